@@ -1,0 +1,72 @@
+"""Load a model for training the way a method needs it: dtype, bitsandbytes quantization,
+attention implementation, then the method's peft wrap or freeze rule.
+
+Safety: weights only from safetensors, never remote code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .errors import SettingsError, UnknownModelError
+from .memory.planner import resolve_quant
+from .memory.settings import TrainingSettings
+from .methods.base import Method
+from .specs import ModelSpec
+from .tiny import TINY_NAME, ensure_tiny
+
+
+def weights_dir(spec: ModelSpec) -> Path:
+    """Folder with the model's weights: the tiny model's cache, or a local folder."""
+    if spec.name == TINY_NAME:
+        return ensure_tiny()
+    if spec.source == "local":
+        return Path(spec.name)
+    raise UnknownModelError(
+        f"{spec.name}: no local weights; measuring and training need 'tiny' or a local folder with safetensors"
+    )
+
+
+def quantization_config(method: Method, knobs: dict[str, Any], settings: TrainingSettings):
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    quant = resolve_quant(method, settings)
+    if quant == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=knobs.get("quant_type", "nf4"),
+            bnb_4bit_use_double_quant=bool(knobs.get("double_quant", True)),
+            bnb_4bit_compute_dtype=getattr(torch, settings.dtype),
+        )
+    if quant == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return None
+
+
+def load_for_training(spec: ModelSpec, method: Method, knobs: dict[str, Any], settings: TrainingSettings):
+    """The model, wrapped/frozen by ``method`` and ready for ``model(**batch).loss.backward()``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    knobs = method.resolve(knobs)
+    if settings.gradient_checkpointing and not method.supports_gradient_checkpointing:
+        raise SettingsError(f"method {method.name!r} cannot be combined with gradient checkpointing")
+    model = AutoModelForCausalLM.from_pretrained(
+        weights_dir(spec),
+        dtype=getattr(torch, settings.dtype),
+        quantization_config=quantization_config(method, knobs, settings),
+        attn_implementation=settings.attention,
+        use_safetensors=True,
+        trust_remote_code=False,
+    )
+    model.config.use_cache = False
+    for param in model.parameters():
+        param.requires_grad_(False)
+    model = method.apply(model, spec, knobs)
+    if settings.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    model.train()
+    return model

@@ -1,0 +1,186 @@
+"""Activation memory: the tensors autograd saves in the forward pass for the backward pass.
+
+For Llama-style decoders (RMSNorm, rotary attention with grouped-query heads, SwiGLU MLP:
+llama, mistral, qwen2, ...) the planner walks each block op by op and records what PyTorch
+saves, *given which inputs require grad* -- autograd only saves what some gradient needs
+(``tools/autograd/derivatives.yaml``) -- and deduplicates tensors saved by several ops
+(the q/k/v projections share their input). The rules, per token, with h = hidden,
+i = intermediate, kv = kv_heads x head_dim, e = compute dtype bytes:
+
+- RMSNorm (transformers ``LlamaRMSNorm``): the fp32 input (4h) and ``rsqrt`` (4) when its
+  input requires grad; the normalised input (e·h) when its gain is trained;
+- a linear layer saves its input (e·in) only when its weight is trained;
+- rotary embedding: cos and sin, once per forward (2 x s x head_dim x e);
+- SDPA (flash / memory-efficient / CPU flash kernels): q and the output (e·h each), k and v
+  (e·kv each, grouped-query heads are not repeated without a mask) and the fp32 logsumexp
+  (4 x heads); eager attention instead keeps the s x s probabilities and repeated k, v;
+- SwiGLU: gate output (e·i) for SiLU, SiLU output and up output (e·i each) for the product,
+  the product (e·i) when down_proj's weight is trained;
+- adapters add what their method declares (``Method.adapter_saved``).
+
+Gradient checkpointing (Chen et al. 2016, arXiv:1604.06174; non-reentrant, per block)
+keeps only each block's input (e·h); one block is recomputed at a time in backward.
+Other architectures fall back to Korthikanti et al. 2022 (arXiv:2205.05198),
+``s·b·h·(34 + 5·a·s/h)`` bytes per layer in 16-bit, scaled to the dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..methods.base import AdapterContext, Method
+from ..specs import ModelSpec
+from .settings import TrainingSettings
+
+LLAMA_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class LayerSaved:
+    """Saved tensors of one block: per-token bytes (deduplicated by storage key) and
+    batch-independent bytes."""
+
+    per_token: dict[str, tuple[str, float]] = field(default_factory=dict)
+    constant: int = 0
+
+    def save(self, key: str, name: str, bytes_per_token: float) -> None:
+        self.per_token.setdefault(key, (name, bytes_per_token))
+
+    def bytes(self, tokens: int) -> int:
+        return int(sum(b for _, b in self.per_token.values()) * tokens) + self.constant
+
+
+@dataclass(frozen=True)
+class ActivationEstimate:
+    saved_bytes: int  # alive at the start of backward
+    recompute_bytes: int  # transient: one block recomputed under gradient checkpointing
+    per_layer_bytes: tuple[int, ...]  # without checkpointing, block by block
+    head_input_saved: bool  # the output head saves its input (it is trained)
+    formula: str
+    exact_architecture: bool
+
+
+def is_llama_like(spec: ModelSpec) -> bool:
+    names = {lin.short_name for lin in spec.inventory.linears}
+    params = {p.name for p in spec.inventory.params}
+    prefix = spec.inventory.block_prefix
+    return set(LLAMA_LINEARS) <= names and f"{prefix}.0.input_layernorm.weight" in params
+
+
+def _walk_block(i: int, rg: bool, spec: ModelSpec, method: Method, knobs: dict, settings: TrainingSettings,
+                trained: set[str], adapted: dict[str, object], tokens_total: int) -> tuple[LayerSaved, bool, bool]:
+    """Saved tensors of block ``i``; returns (saved, output requires grad, rope saved)."""
+    e = settings.element_bytes
+    h, kv, nh, inter = spec.hidden_size, spec.num_kv_heads * spec.head_dim, spec.num_heads, spec.intermediate_size
+    q_width = nh * spec.head_dim
+    p = f"{spec.inventory.block_prefix}.{i}"
+    out = LayerSaved()
+
+    def norm(name: str, x_rg: bool) -> bool:
+        if x_rg:
+            out.save(f"{p}.{name}.x32", f"{name}: fp32 input (4 B x h)", 4 * h)
+            out.save(f"{p}.{name}.rsqrt", f"{name}: rsqrt (4 B)", 4)
+        gain = f"{p}.{name}.weight" in trained
+        if gain:
+            out.save(f"{p}.{name}.normed", f"{name}: normalised input (e x h)", e * h)
+        return x_rg or gain
+
+    def linear(short: str, in_key: str, in_width: int, in_rg: bool) -> bool:
+        name = f"{p}.{'self_attn' if short in LLAMA_LINEARS[:4] else 'mlp'}.{short}"
+        base = f"{name}.weight" in trained
+        if base:
+            out.save(in_key, f"{short}: input (e x {in_width})", e * in_width)
+        lin = adapted.get(name)
+        if lin is not None:
+            ctx = AdapterContext(input_key=in_key, input_bytes=e, input_requires_grad=in_rg, device=settings.device)
+            for s in method.adapter_saved(lin, knobs, ctx):
+                out.save(s.key, s.name, s.bytes_per_token)
+            out.constant += method.adapter_saved_constant(lin, knobs, ctx)
+        return in_rg or base or lin is not None
+
+    y1_rg = norm("input_layernorm", rg)
+    q_rg = linear("q_proj", f"{p}.y1", h, y1_rg)
+    k_rg = linear("k_proj", f"{p}.y1", h, y1_rg)
+    v_rg = linear("v_proj", f"{p}.y1", h, y1_rg)
+    attn_rg = q_rg or k_rg or v_rg
+    prefix = method.extra_kv_positions(knobs)
+    if attn_rg:
+        if settings.attention == "sdpa" and prefix:
+            # a prefix cache brings an attention mask: transformers then repeats k/v per head
+            seq = settings.seq_len
+            width = (q_width if nh != spec.num_kv_heads else kv) * (seq + prefix) / seq
+            out.save(f"{p}.q", "sdpa: rotated q (e x heads x d)", e * q_width)
+            out.save(f"{p}.k", "sdpa: prefix + k, repeated per head", e * width)
+            out.save(f"{p}.v", "sdpa: prefix + v, repeated per head", e * width)
+            out.save(f"{p}.attn_out", "sdpa: output (e x heads x d)", e * q_width)
+            out.save(f"{p}.lse", "sdpa: fp32 logsumexp per head", 4 * nh)
+        elif settings.attention == "sdpa":
+            out.save(f"{p}.q", "sdpa: rotated q (e x heads x d)", e * q_width)
+            out.save(f"{p}.k", "sdpa: rotated k (e x kv)", e * kv)
+            out.save(f"{p}.v", "sdpa: v (e x kv)", e * kv)
+            out.save(f"{p}.attn_out", "sdpa: output (e x heads x d)", e * q_width)
+            out.save(f"{p}.lse", "sdpa: fp32 logsumexp per head", 4 * nh)
+        else:
+            s = settings.seq_len
+            out.save(f"{p}.q", "eager: rotated q", e * q_width)
+            out.save(f"{p}.k", "eager: repeated k", e * q_width)
+            out.save(f"{p}.v", "eager: repeated v", e * q_width)
+            out.save(f"{p}.probs", "eager: softmax probabilities (e x heads x s)", e * nh * s)
+            out.save(f"{p}.probs32", "eager: fp32 softmax output (4 x heads x s)", 4 * nh * s)
+    o_rg = linear("o_proj", f"{p}.attn_out", q_width, attn_rg)
+    y2_rg = norm("post_attention_layernorm", rg or o_rg)
+    gate_rg = linear("gate_proj", f"{p}.y2", h, y2_rg)
+    up_rg = linear("up_proj", f"{p}.y2", h, y2_rg)
+    if gate_rg:
+        out.save(f"{p}.gate", "SiLU input: gate output (e x i)", e * inter)
+        out.save(f"{p}.up", "product: up output (e x i)", e * inter)
+    if up_rg:
+        out.save(f"{p}.act", "product: SiLU output (e x i)", e * inter)
+    down_rg = linear("down_proj", f"{p}.prod", inter, gate_rg or up_rg)
+    return out, rg or o_rg or down_rg, q_rg or k_rg
+
+
+def estimate_activations(spec: ModelSpec, method: Method, knobs: dict, settings: TrainingSettings,
+                         trained: set[str], tokens_per_example: int) -> ActivationEstimate:
+    b, s, e = settings.batch_size, tokens_per_example, settings.element_bytes
+    tokens = b * s
+    inv = spec.inventory
+    head_trained = f"{inv.head_name}.weight" in trained or (inv.tied_embeddings and inv.params[0].name in trained)
+    if not is_llama_like(spec):
+        a, h, L = spec.num_heads, spec.hidden_size, spec.num_layers
+        per_layer = int(s * b * h * (34 + 5 * a * s / h) * e / 2)
+        saved = L * per_layer if not settings.gradient_checkpointing else L * tokens * h * e
+        return ActivationEstimate(saved, per_layer if settings.gradient_checkpointing else 0, (per_layer,) * L,
+                                  head_trained, "Korthikanti et al. 2022: s·b·h·(34 + 5·a·s/h) per layer (approximate)",
+                                  False)
+    adapted = {lin.name: lin for lin in method.adapted_linears(spec, knobs)}
+    embed = next(p.name for p in inv.params if "embed" in p.name)
+    rg = embed in trained or method.extra_tokens(knobs) > 0 or method.name == "prefix"
+    per_layer, rope = [], False
+    ids_bytes = 8 * tokens if embed in trained else 0
+    for i in range(spec.num_layers):
+        layer, rg_out, layer_rope = _walk_block(i, rg, spec, method, knobs, settings, trained, adapted, tokens)
+        per_layer.append(layer.bytes(tokens))
+        rope = rope or layer_rope
+        rg = rg_out
+    rope_bytes = 2 * s * spec.head_dim * e if rope else 0
+    prefix = method.extra_kv_positions(knobs)
+    if prefix:  # the (b, 1, s, p + s) additive mask, in the compute dtype, once per forward
+        rope_bytes += b * s * (s + prefix) * e
+    final = 0
+    if rg:
+        final += (4 * spec.hidden_size + 4) * tokens
+    if f"{inv.block_prefix.rsplit('.', 1)[0]}.norm.weight" in trained:
+        final += e * spec.hidden_size * tokens
+    if settings.gradient_checkpointing:
+        # Trainer/peft make the embedding output require grad (enable_input_require_grads), so
+        # every block input is kept; one block is live again while it is recomputed.
+        block_inputs = spec.num_layers * tokens * spec.hidden_size * e
+        saved = ids_bytes + block_inputs + final
+        return ActivationEstimate(saved, max(per_layer) + rope_bytes, tuple(per_layer), head_trained,
+                                  f"checkpointing: {spec.num_layers} block inputs x b·s·h·e = {block_inputs:,} B "
+                                  f"+ final norm {final:,} B; one block recomputed at a time", True)
+    saved = ids_bytes + sum(per_layer) + rope_bytes + final
+    formula = (f"sum over {spec.num_layers} blocks of saved tensors x b·s = {b}x{s} tokens "
+               f"({sum(per_layer):,} B) + rotary cos/sin {rope_bytes:,} B + final norm {final:,} B")
+    return ActivationEstimate(saved, 0, tuple(per_layer), head_trained, formula, True)

@@ -1,0 +1,73 @@
+"""Optimizer state bytes, per trainable tensor, for the optimizers the workbench offers.
+
+- ``adamw`` (``torch.optim.AdamW``, Loshchilov & Hutter 2019): ``exp_avg`` and
+  ``exp_avg_sq`` shaped and typed like the parameter, plus a 4-byte fp32 ``step`` tensor per
+  parameter tensor (torch/optim/adamw.py, ``_init_group``).
+- ``adamw_8bit`` / ``paged_adamw_8bit`` (bitsandbytes, Dettmers et al. 2022,
+  arXiv:2110.02861): tensors of at least 4096 elements keep two uint8 states plus one fp32
+  absmax per 256-element block for each; smaller tensors keep two fp32 states; two shared
+  256-entry fp32 quantization maps. Paged states live in CUDA unified memory.
+- ``sgd``: no state; ``sgd_momentum``: one momentum buffer like the parameter.
+- ``adafactor`` (Shazeer & Stern 2018, transformers ``Adafactor``): factored second moment,
+  fp32 row and column sums for matrices (rows x 1 and 1 x cols), a full fp32 copy for vectors.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..methods.base import TensorGroup
+from .weights import Term
+
+BNB_MIN_8BIT_SIZE = 4096
+BNB_OPT_BLOCK = 256
+BNB_QMAP_BYTES = 2 * 256 * 4
+
+
+def _adafactor_bytes(shape: tuple[int, ...]) -> int:
+    if len(shape) >= 2:
+        return 4 * (math.prod(shape[:-1]) + math.prod(shape[:-2]) * shape[-1])
+    return 4 * math.prod(shape)
+
+
+def _bnb8_bytes(numel: int) -> int:
+    if numel >= BNB_MIN_8BIT_SIZE:
+        return 2 * numel + 2 * 4 * math.ceil(numel / BNB_OPT_BLOCK)
+    return 2 * 4 * numel
+
+
+def optimizer_term(optimizer: str, tensors: list[tuple[TensorGroup, int]]) -> Term:
+    n_tensors = sum(g.count for g, _ in tensors)
+    if optimizer == "adamw":
+        states = sum(2 * g.total * b for g, b in tensors)
+        return Term("optimizer", states + 4 * n_tensors,
+                    f"AdamW: 2 states x param bytes ({states:,} B) + 4 B step x {n_tensors:,} tensors")
+    if optimizer in ("adamw_8bit", "paged_adamw_8bit"):
+        total = sum(_bnb8_bytes(g.numel) * g.count for g, _ in tensors)
+        paged = " (paged: CUDA unified memory)" if optimizer.startswith("paged") else ""
+        return Term("optimizer", total + BNB_QMAP_BYTES,
+                    f"8-bit AdamW{paged}: 2 x 1 B + 2 x 4 B/256 per element (tensors >= 4096 elements; "
+                    f"smaller ones 2 x 4 B) + {BNB_QMAP_BYTES} B shared maps")
+    if optimizer == "sgd":
+        return Term("optimizer", 0, "SGD without momentum keeps no state")
+    if optimizer == "sgd_momentum":
+        total = sum(g.total * b for g, b in tensors)
+        return Term("optimizer", total, "SGD momentum: 1 buffer x param bytes")
+    if optimizer == "adafactor":
+        total = sum(_adafactor_bytes(g.shape) * g.count for g, _ in tensors)
+        return Term("optimizer", total, "Adafactor: fp32 row + column second moments per matrix, full fp32 for vectors")
+    raise ValueError(optimizer)
+
+
+def optimizer_step_transient(optimizer: str, device: str, tensors: list[tuple[TensorGroup, int]]) -> Term:
+    """Temporaries during ``optimizer.step()``. On CUDA torch AdamW defaults to the
+    ``foreach`` implementation, whose ``_foreach_sqrt(exp_avg_sq)`` etc. materialise one
+    extra copy of all states (torch/optim/adamw.py ``_multi_tensor_adamw``); on CPU the
+    single-tensor loop needs one copy of the largest tensor."""
+    if optimizer not in ("adamw", "sgd_momentum") or not tensors:
+        return Term("optimizer_step", 0, "no large temporaries")
+    if device == "cuda" and optimizer == "adamw":
+        total = sum(g.total * b for g, b in tensors)
+        return Term("optimizer_step", total, "foreach AdamW: one temporary copy of every state tensor")
+    largest = max(g.numel * b for g, b in tensors)
+    return Term("optimizer_step", largest, "single-tensor loop: one temporary as large as the largest tensor")

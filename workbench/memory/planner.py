@@ -1,0 +1,170 @@
+"""``plan(model, method, knobs, settings) -> Plan``: the memory of one training step, as a
+breakdown of named components with formulas, and the true peak of the step.
+
+Components (what is resident): ``weights``, ``trainable_weights``, ``gradients``,
+``optimizer``, ``activations``, ``logits``, ``overhead``. The peak is not their sum:
+
+    persistent = weights + trainable_weights + optimizer + overhead
+    backward   = activations + logits (+ recomputed block) + fp32 loss-gradient temporaries
+                 (+ all gradients when they accumulate over micro-batches)
+    step       = gradients + optimizer-step temporaries
+    peak       = persistent + max(backward, step)
+
+Backward starts with every saved activation alive and the gradients still empty; the
+optimizer step runs when activations are freed and all gradients exist.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..errors import SettingsError
+from ..methods.base import Method
+from ..paths import PACKAGE_DIR
+from ..specs import ModelSpec
+from .activations import estimate_activations
+from .optimizer import optimizer_step_transient, optimizer_term
+from .settings import TrainingSettings
+from .weights import Term, gradients_term, trainable_tensors, trainable_weights_term, weights_term
+
+COMPONENTS = ("weights", "trainable_weights", "gradients", "optimizer", "activations", "logits", "overhead")
+QUANT_CAPABLE = {"lora", "rslora", "dora", "qlora", "lora-8bit", "ia3", "adalora", "vera", "prefix", "prompt", "oft"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    model: str
+    model_label: str
+    method: str
+    knobs: dict[str, Any]
+    settings: dict[str, Any]
+    quant: str
+    total_params: int
+    trainable_params: int
+    components: tuple[Term, ...]
+    peak_terms: tuple[Term, ...]
+    peak_bytes: int
+    inference_bytes: int
+    inference_formula: str
+    activations_exact: bool
+
+    @property
+    def trainable_percent(self) -> float:
+        return 100.0 * self.trainable_params / self.total_params if self.total_params else 0.0
+
+    @property
+    def peak_over_inference(self) -> float:
+        return self.peak_bytes / self.inference_bytes
+
+    def component(self, name: str) -> int:
+        return next(t.bytes for t in self.components if t.name == name)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "model_label": self.model_label, "method": self.method, "knobs": self.knobs,
+            "settings": self.settings, "quant": self.quant, "total_params": self.total_params,
+            "trainable_params": self.trainable_params, "trainable_percent": round(self.trainable_percent, 6),
+            "components": [asdict(t) for t in self.components],
+            "peak_terms": [asdict(t) for t in self.peak_terms],
+            "peak_bytes": self.peak_bytes, "inference_bytes": self.inference_bytes,
+            "inference_formula": self.inference_formula,
+            "peak_over_inference": round(self.peak_over_inference, 4),
+            "activations_exact_architecture": self.activations_exact,
+        }
+
+
+def device_constants() -> dict[str, Any]:
+    return json.loads((PACKAGE_DIR / "memory" / "constants.json").read_text())
+
+
+def resolve_quant(method: Method, settings: TrainingSettings) -> str:
+    wanted = settings.quant
+    if method.quantization:
+        if wanted not in (None, method.quantization):
+            raise SettingsError(f"method {method.name!r} stores its base in {method.quantization}; got --quant {wanted}")
+        return method.quantization
+    if wanted in (None, "none"):
+        return "none"
+    if method.name not in QUANT_CAPABLE:
+        raise SettingsError(
+            f"method {method.name!r} cannot train on a {wanted} base (quantized weights cannot be trained or "
+            f"wrapped by this method); use --quant none, or a method such as qlora or lora-8bit"
+        )
+    return wanted
+
+
+def _logits(spec: ModelSpec, settings: TrainingSettings, tokens: int, head_saves_input: bool) -> tuple[Term, Term]:
+    """transformers ``ForCausalLMLoss``: logits (e x V) are returned; ``logits.float()`` is
+    a temporary fp32 copy; ``cross_entropy``'s log_softmax saves its fp32 output; the labels
+    are padded and shifted into an int64 copy. Backward of the loss then holds an fp32
+    gradient of the log-probabilities while the saved output is still alive."""
+    e, v = settings.element_bytes, spec.vocab_size
+    head_input = e * spec.hidden_size * tokens if head_saves_input else 0
+    resident = e * v * tokens + 4 * v * tokens + 8 * tokens + 4 + head_input
+    logits = Term("logits", resident,
+                  f"b·s x V x (e + 4) = {tokens}x{v}x({e}+4): logits + fp32 log-softmax saved for the loss"
+                  f" + int64 labels{' + head input' if head_input else ''}")
+    transient = Term("loss_backward", 4 * v * tokens * (2 if e != 4 else 1),
+                     "fp32 gradient of the log-probabilities" + (" + fp32 upcast of logits" if e != 4 else ""))
+    return logits, transient
+
+
+def plan(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, settings: TrainingSettings) -> Plan:
+    """The memory plan. Pure arithmetic over the spec's inventory: no weights, no GPU."""
+    knobs = method.resolve(knobs)
+    quant = resolve_quant(method, settings)
+    if settings.gradient_checkpointing and not method.supports_gradient_checkpointing:
+        raise SettingsError(f"method {method.name!r} cannot be combined with gradient checkpointing "
+                            "(transformers drops the prefix cache in checkpointed blocks); turn it off")
+    e = settings.element_bytes
+    tokens_per_example = settings.seq_len + method.extra_tokens(knobs)
+    tokens = settings.batch_size * tokens_per_example
+    trained = method.trains_base(spec, knobs)
+    tensors = trainable_tensors(spec, method, knobs, settings)
+    trainable_params = sum(g.total for g, _ in tensors)
+
+    weights = weights_term(spec, method, knobs, settings, quant)
+    trainable_w = trainable_weights_term(tensors)
+    grads = gradients_term(tensors)
+    opt = optimizer_term(settings.optimizer, tensors)
+    acts = estimate_activations(spec, method, knobs, settings, trained, tokens_per_example)
+    activations = Term("activations", acts.saved_bytes, acts.formula)
+    logits, loss_bwd = _logits(spec, settings, tokens, acts.head_input_saved)
+    if settings.device == "cuda":
+        c = device_constants()["cuda"]
+        overhead = Term("overhead", c["cublas_workspace_bytes"],
+                        "cuBLAS workspace (constants.json); the CUDA context is outside torch's allocator")
+    else:
+        overhead = Term("overhead", 0, "CPU: no device overhead (process RSS reported separately)")
+    components = (weights, trainable_w, grads, opt, activations, logits, overhead)
+
+    persistent = weights.bytes + trainable_w.bytes + opt.bytes + overhead.bytes
+    backward = activations.bytes + logits.bytes + loss_bwd.bytes + acts.recompute_bytes
+    if settings.grad_accum > 1:
+        backward += grads.bytes
+    step_tmp = optimizer_step_transient(settings.optimizer, settings.device, tensors)
+    step = grads.bytes + step_tmp.bytes
+    peak_terms = (
+        Term("persistent", persistent, "weights + trainable_weights + optimizer + overhead"),
+        Term("backward", backward,
+             "activations + logits + loss-gradient temporaries"
+             + (" + one recomputed block" if acts.recompute_bytes else "")
+             + (" + accumulated gradients" if settings.grad_accum > 1 else "")),
+        Term("recompute", acts.recompute_bytes, "one block's activations, recomputed under checkpointing"),
+        loss_bwd,
+        Term("step", step, "gradients + " + step_tmp.formula),
+    )
+    peak = persistent + max(backward, step)
+
+    kv_cache = 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * tokens * e
+    inference = weights.bytes + trainable_w.bytes + kv_cache
+    return Plan(
+        model=spec.name, model_label=spec.label or spec.name, method=method.name, knobs=knobs,
+        settings={**settings.as_dict(), "quant": quant}, quant=quant, total_params=spec.total_params,
+        trainable_params=trainable_params, components=components, peak_terms=peak_terms, peak_bytes=peak,
+        inference_bytes=inference,
+        inference_formula=f"weights + adapters + KV cache 2·L·kv_heads·d·b·s·e = {kv_cache:,} B",
+        activations_exact=acts.exact_architecture,
+    )

@@ -1,0 +1,40 @@
+"""DoRA: weight-decomposed LoRA, a trained magnitude per output channel times the LoRA-
+updated direction (Liu et al. 2024, arXiv:2402.09353). peft's ``use_dora=True``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..specs import LinearInfo
+from .base import AdapterContext, Saved
+from .lora import LoraMethod
+
+
+class DoraMethod(LoraMethod):
+    name = "dora"
+    title = "DoRA"
+    summary = "LoRA plus a trained magnitude per output channel; closer to full fine-tuning, more activations."
+    use_dora = True
+
+    def adapter_saved(self, linear: LinearInfo, knobs: dict[str, Any], ctx: AdapterContext) -> list[Saved]:
+        """LoRA's tensors plus, from peft ``DoraLinearLayer.forward``: the base output
+        ``F.linear(x, W)`` (fp32, out wide) that is scaled by the magnitude, and the LoRA
+        branch output (fp32, out wide) that is multiplied by the magnitude/norm ratio."""
+        a = ctx.adapter_bytes
+        out = linear.out_features
+        return super().adapter_saved(linear, knobs, ctx) + [
+            Saved(f"{linear.name}: DoRA base output (4 B x out)", a * out, f"{linear.name}:dora_base"),
+            Saved(f"{linear.name}: DoRA lora output (4 B x out)", a * out, f"{linear.name}:dora_lora"),
+        ]
+
+    def adapter_saved_constant(self, linear: LinearInfo, knobs: dict[str, Any], ctx: AdapterContext) -> int:
+        """peft ``DoraLinearLayer.forward`` forms the LoRA weight as ``lora_B(lora_A(I))`` with
+        an in x in identity (saved by lora_A) and its in x r product (saved by lora_B), then
+        the weight norm (out) and two (1 x out) magnitude/norm scales, all fp32; a 16-bit base
+        weight is first copied to fp32 (out x in) for the norm."""
+        n_in, out, r = linear.in_features, linear.out_features, knobs["rank"]
+        weight_copy = 4 * n_in * out if ctx.input_bytes != 4 else 0
+        return 4 * (n_in * n_in + n_in * r + 3 * out) + weight_copy
+
+
+METHOD = DoraMethod()

@@ -1,0 +1,70 @@
+"""LoRA: a low-rank update B·A beside each targeted linear layer (Hu et al. 2021,
+arXiv:2106.09685). The relatives (rsLoRA, DoRA, QLoRA, 8-bit LoRA) subclass this one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..specs import LinearInfo, ModelSpec
+from .base import (
+    TARGETS_HELP, AdapterContext, Knob, Method, Saved, TensorGroup, dropout_saved, input_saved, peft_targets,
+    resolve_targets,
+)
+
+LORA_KNOBS = (
+    Knob("rank", int, 8, "rank r of the update B·A; more rank = more trainable parameters", 1, 4096),
+    Knob("alpha", float, 16.0, "scale of the update is alpha / r (alpha / sqrt(r) for rsLoRA)", 0.0, 1e6),
+    Knob("dropout", float, 0.05, "dropout on the adapter's input during training", 0.0, 0.99),
+    Knob("target_modules", str, "all-linear", TARGETS_HELP),
+)
+
+
+class LoraMethod(Method):
+    name = "lora"
+    title = "LoRA"
+    summary = "Freeze the model; train a rank-r update B·A beside each targeted linear layer."
+    knobs = LORA_KNOBS
+    use_dora = False
+    use_rslora = False
+
+    def adapted_linears(self, spec: ModelSpec, knobs: dict[str, Any]) -> list[LinearInfo]:
+        return resolve_targets(spec, knobs["target_modules"])
+
+    def trainable_groups(self, spec: ModelSpec, knobs: dict[str, Any]) -> list[TensorGroup]:
+        """r·(in + out) per targeted linear (A is r×in, B is out×r); DoRA adds a magnitude
+        vector of ``out`` elements (Liu et al. 2024, arXiv:2402.09353)."""
+        r = knobs["rank"]
+        groups = []
+        for lin in self.adapted_linears(spec, knobs):
+            groups.append(TensorGroup(f"{lin.name}.lora_A", (r, lin.in_features)))
+            groups.append(TensorGroup(f"{lin.name}.lora_B", (lin.out_features, r)))
+            if self.use_dora:
+                groups.append(TensorGroup(f"{lin.name}.lora_magnitude_vector", (lin.out_features,)))
+        return groups
+
+    def adapter_saved(self, linear: LinearInfo, knobs: dict[str, Any], ctx: AdapterContext) -> list[Saved]:
+        """peft ``lora.Linear.forward``: ``x`` is cast to the adapter dtype (a copy when it
+        differs), passed through dropout (autograd saves the mask, one byte per element, and
+        lora_A saves the dropped-out copy), lora_A saves its input and lora_B saves the r-wide
+        output of lora_A. Without dropout and without a cast, lora_A saves ``x`` itself, which
+        the q/k/v adapters of one block share."""
+        a = ctx.adapter_bytes
+        saved = dropout_saved(linear, ctx) if knobs["dropout"] > 0 else input_saved(linear, ctx)
+        saved.append(Saved(f"{linear.name}: lora_A output ({a} B x r)", a * knobs["rank"], f"{linear.name}:a_out"))
+        return saved
+
+    def peft_config(self, spec: ModelSpec, knobs: dict[str, Any]):
+        import peft
+
+        return peft.LoraConfig(
+            r=knobs["rank"],
+            lora_alpha=knobs["alpha"],
+            lora_dropout=knobs["dropout"],
+            target_modules=peft_targets(knobs["target_modules"]),
+            use_dora=self.use_dora,
+            use_rslora=self.use_rslora,
+            task_type="CAUSAL_LM",
+        )
+
+
+METHOD = LoraMethod()

@@ -1,0 +1,68 @@
+"""VeRA: one pair of frozen random matrices shared by all layers, and per layer only two
+trained scaling vectors (Kopiczko et al. 2024, arXiv:2310.11454)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..specs import LinearInfo, ModelSpec
+from .base import (
+    TARGETS_HELP, AdapterContext, Knob, Method, Saved, TensorGroup, peft_targets,
+    resolve_targets,
+)
+
+
+class VeraMethod(Method):
+    name = "vera"
+    title = "VeRA"
+    summary = "Shared frozen random projections, two trained vectors per layer: tiny adapters."
+    knobs = (
+        Knob("rank", int, 256, "rank of the shared random projections", 1, 8192),
+        Knob("dropout", float, 0.0, "dropout on the adapter's input", 0.0, 0.99),
+        Knob("target_modules", str, "q_proj,v_proj", TARGETS_HELP),
+    )
+
+    def adapted_linears(self, spec: ModelSpec, knobs: dict[str, Any]) -> list[LinearInfo]:
+        return resolve_targets(spec, knobs["target_modules"])
+
+    def trainable_groups(self, spec: ModelSpec, knobs: dict[str, Any]) -> list[TensorGroup]:
+        """``lambda_b`` (out) and ``lambda_d`` (r) per targeted layer."""
+        groups = []
+        for lin in self.adapted_linears(spec, knobs):
+            groups.append(TensorGroup(f"{lin.name}.vera_lambda_b", (lin.out_features,)))
+            groups.append(TensorGroup(f"{lin.name}.vera_lambda_d", (knobs["rank"],)))
+        return groups
+
+    def extra_weight_groups(self, spec: ModelSpec, knobs: dict[str, Any]) -> list[TensorGroup]:
+        """The shared frozen projections: A is r x max(in), B is max(out) x r (fp32)."""
+        lins = self.adapted_linears(spec, knobs)
+        r = knobs["rank"]
+        return [
+            TensorGroup("vera_A (shared, frozen)", (r, max(lin.in_features for lin in lins)), role="buffer"),
+            TensorGroup("vera_B (shared, frozen)", (max(lin.out_features for lin in lins), r), role="buffer"),
+        ]
+
+    def adapter_saved(self, linear: LinearInfo, knobs: dict[str, Any], ctx: AdapterContext) -> list[Saved]:
+        """peft ``vera.Linear.forward``: ``lambda_b * linear(lambda_d * linear(x, A), B)``;
+        A and B are frozen, so x itself is never needed: only the r-wide product that lambda_d
+        scales and the out-wide product that lambda_b scales are kept (fp32)."""
+        a, out, r = ctx.adapter_bytes, linear.out_features, knobs["rank"]
+        saved = [
+            Saved(f"{linear.name}: x·Aᵀ (fp32, r wide) for lambda_d", a * r, f"{linear.name}:xa"),
+            Saved(f"{linear.name}: λd·x·Aᵀ·Bᵀ (fp32, out wide) for lambda_b", a * out, f"{linear.name}:b_out"),
+        ]
+        if knobs["dropout"] > 0 and ctx.input_requires_grad:
+            mask = 1 if ctx.device == "cuda" else a
+            saved.append(Saved(f"{linear.name}: dropout mask", mask * linear.in_features, f"{linear.name}:mask"))
+        return saved
+
+    def peft_config(self, spec: ModelSpec, knobs: dict[str, Any]):
+        import peft
+
+        return peft.VeraConfig(
+            r=knobs["rank"], vera_dropout=knobs["dropout"], target_modules=peft_targets(knobs["target_modules"]),
+            task_type="CAUSAL_LM",
+        )
+
+
+METHOD = VeraMethod()
