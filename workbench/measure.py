@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import resource
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,27 +74,37 @@ def _quant_state_tensors(model):
             yield scb
 
 
-def _base_name(name: str) -> str:
+def _logical_numel(param) -> int:
+    """Elements of the weight a parameter stands for (a 4-bit one packs two per byte)."""
+    qs = getattr(param, "quant_state", None)
+    return int(qs.shape.numel()) if qs is not None else param.numel()
+
+
+def _base_name(name: str, known: set[str]) -> str:
     """A parameter/module name without peft's wrappers (``base_model.model.`` for tuners,
-    ``base_model.`` for prompt learning, ``.base_layer`` inside adapted layers)."""
-    for prefix in ("base_model.model.", "base_model."):
-        if name.startswith(prefix):
-            name = name[len(prefix):]
-            break
-    return name.replace(".base_layer", "")
+    ``base_model.`` for prompt learning, ``.base_layer`` inside adapted layers): the first
+    candidate that names something in the original model."""
+    candidates = [name[len(p):] for p in ("base_model.model.", "base_model.") if name.startswith(p)] + [name]
+    candidates = [c.replace(".base_layer", "") for c in candidates]
+    return next((c for c in candidates if c in known), candidates[0])
 
 
 class _SavedTensorMeter:
-    """Counts bytes saved for backward, by phase (``block<i>``, ``final``, ``logits``)."""
+    """Counts bytes saved for backward and still alive when the forward pass ends, by phase
+    (``block<i>``, ``final``, ``logits``). Tensors saved by a side graph that is dropped
+    during the forward (e.g. a detached weight-norm computation) are freed before backward
+    and are not counted: each saved tensor is held by a weak reference only."""
 
     def __init__(self, model, spec: ModelSpec, exclude: set) -> None:
         self.exclude = exclude
         self.phase = "embed"
+        self.records: list[tuple[weakref.ref, str]] = []
         self.by_phase: dict[str, dict[tuple[int, int], int]] = {}
         self.handles = []
         inv = spec.inventory
+        modules = {p.name.rsplit(".", i)[0] for p in inv.params for i in range(1, p.name.count(".") + 1)}
         for name, module in model.named_modules():
-            base = _base_name(name)
+            base = _base_name(name, modules)
             parts = base.split(".")
             if base.startswith(inv.block_prefix + ".") and len(parts) == len(inv.block_prefix.split(".")) + 1:
                 phase = "block" + parts[-1]
@@ -109,10 +120,21 @@ class _SavedTensorMeter:
         self.phase = phase
 
     def pack(self, t):
-        k = _key(t)
-        if k not in self.exclude and not any(k in d for d in self.by_phase.values()):
-            self.by_phase.setdefault(self.phase, {})[k] = k[1]
+        self.records.append((weakref.ref(t), self.phase))
         return t
+
+    def settle(self) -> None:
+        """Group the saved tensors alive now by phase, deduplicated by storage."""
+        seen: set[tuple[int, int]] = set()
+        for ref, phase in self.records:
+            t = ref()
+            if t is None:
+                continue
+            k = _key(t)
+            if k in self.exclude or k in seen:
+                continue
+            seen.add(k)
+            self.by_phase.setdefault(phase, {})[k] = k[1]
 
     def total(self, phases) -> int:
         return sum(sum(d.values()) for p, d in self.by_phase.items() if phases(p))
@@ -144,7 +166,7 @@ def measure(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, setti
     optimizer = build_optimizer(trainable.values(), settings.optimizer, lr=1e-2)
 
     base_names = {p.name for p in spec.inventory.params}
-    adapter_params = [p for n, p in trainable.items() if _base_name(n) not in base_names]
+    adapter_params = [p for n, p in trainable.items() if _base_name(n, base_names) not in base_names]
     model_tensors = list(params.values()) + list(model.buffers()) + list(_quant_state_tensors(model))
     exclude = {_key(t) for t in model_tensors}
     weights = _sum_unique(t for t in model_tensors if not any(t is a for a in adapter_params))
@@ -159,6 +181,7 @@ def measure(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, setti
         with torch.autograd.graph.saved_tensors_hooks(meter.pack, lambda t: t):
             out = model(input_ids=ids, labels=ids)
         meter.close()
+        meter.settle()
         if step == 0:
             activations = meter.total(lambda p: p != "logits")
             logits = meter.total(lambda p: p == "logits")
@@ -193,7 +216,7 @@ def measure(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, setti
     return Measurement(
         model=spec.name, method=method.name, knobs=knobs, settings=settings.as_dict(), components=components,
         per_block_bytes=per_block, losses=losses, total_params=sum(
-            p.numel() for n, p in params.items() if _base_name(n) in base_names
+            _logical_numel(p) for n, p in params.items() if _base_name(n, base_names) in base_names
         ), trainable_params=sum(p.numel() for p in trainable.values()), changed_trainable=changed,
         frozen_unchanged=frozen_same, device_peak=device_peak,
     )

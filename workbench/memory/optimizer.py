@@ -9,7 +9,8 @@
   256-entry fp32 quantization maps. Paged states live in CUDA unified memory.
 - ``sgd``: no state; ``sgd_momentum``: one momentum buffer like the parameter.
 - ``adafactor`` (Shazeer & Stern 2018, transformers ``Adafactor``): factored second moment,
-  fp32 row and column sums for matrices (rows x 1 and 1 x cols), a full fp32 copy for vectors.
+  fp32 row and column sums for matrices (rows x 1 and 1 x cols), a full fp32 copy for vectors,
+  and (measured) one 4-byte tensor per parameter.
 """
 
 from __future__ import annotations
@@ -44,10 +45,11 @@ def optimizer_term(optimizer: str, tensors: list[tuple[TensorGroup, int]]) -> Te
                     f"AdamW: 2 states x param bytes ({states:,} B) + 4 B step x {n_tensors:,} tensors")
     if optimizer in ("adamw_8bit", "paged_adamw_8bit"):
         total = sum(_bnb8_bytes(g.numel) * g.count for g, _ in tensors)
+        maps = BNB_QMAP_BYTES if any(g.numel >= BNB_MIN_8BIT_SIZE for g, _ in tensors) else 0
         paged = " (paged: CUDA unified memory)" if optimizer.startswith("paged") else ""
-        return Term("optimizer", total + BNB_QMAP_BYTES,
+        return Term("optimizer", total + maps,
                     f"8-bit AdamW{paged}: 2 x 1 B + 2 x 4 B/256 per element (tensors >= 4096 elements; "
-                    f"smaller ones 2 x 4 B) + {BNB_QMAP_BYTES} B shared maps")
+                    f"smaller ones 2 x 4 B) + {maps} B shared maps (only when some tensor is quantized)")
     if optimizer == "sgd":
         return Term("optimizer", 0, "SGD without momentum keeps no state")
     if optimizer == "sgd_momentum":
@@ -55,7 +57,9 @@ def optimizer_term(optimizer: str, tensors: list[tuple[TensorGroup, int]]) -> Te
         return Term("optimizer", total, "SGD momentum: 1 buffer x param bytes")
     if optimizer == "adafactor":
         total = sum(_adafactor_bytes(g.shape) * g.count for g, _ in tensors)
-        return Term("optimizer", total, "Adafactor: fp32 row + column second moments per matrix, full fp32 for vectors")
+        return Term("optimizer", total + 4 * n_tensors,
+                    "Adafactor: fp32 row + column second moments per matrix, full fp32 for vectors, "
+                    f"+ 4 B step x {n_tensors:,} tensors")
     raise ValueError(optimizer)
 
 

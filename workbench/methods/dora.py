@@ -28,13 +28,13 @@ class DoraMethod(LoraMethod):
         ]
 
     def adapter_saved_constant(self, linear: LinearInfo, knobs: dict[str, Any], ctx: AdapterContext) -> int:
-        """peft ``DoraLinearLayer.forward`` forms the LoRA weight as ``lora_B(lora_A(I))`` with
-        an in x in identity (saved by lora_A) and its in x r product (saved by lora_B), then
-        the weight norm (out) and two (1 x out) magnitude/norm scales, all fp32; a 16-bit base
-        weight is first copied to fp32 (out x in) for the norm."""
-        n_in, out, r = linear.in_features, linear.out_features, knobs["rank"]
-        weight_copy = 4 * n_in * out if ctx.input_bytes != 4 else 0
-        return 4 * (n_in * n_in + n_in * r + 3 * out) + weight_copy
+        """peft ``DoraLinearLayer.forward`` forms the LoRA weight as ``lora_B(lora_A(I))`` and
+        the weight norm from it *detached*, so that side graph (an in x in identity, a fp32
+        copy of the weight) is freed within the forward. What stays: the weight norm (out)
+        and the two (1 x out) magnitude/norm scales, fp32, and -- for a 16-bit base -- the
+        fp32 copy of the base weight (out x in) that the DoRA branch multiplies x with."""
+        weight_copy = 4 * linear.in_features * linear.out_features if ctx.input_bytes != 4 else 0
+        return 4 * 3 * linear.out_features + weight_copy
 
 
 METHOD = DoraMethod()

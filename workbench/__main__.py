@@ -1,0 +1,5 @@
+"""``python -m workbench ...``: see :mod:`workbench.cli`."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,158 @@
+"""Command line: ``python -m workbench methods|plan|measure``.
+
+Flags are generated from the method knobs and the training settings, so the CLI, the UI
+and the registry never drift apart. Errors a user can cause print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from typing import Any
+
+from .errors import WorkbenchError
+from .memory import TrainingSettings, plan
+from .memory.settings import ATTENTIONS, DEVICES, DTYPE_BYTES, OPTIMIZERS, QUANTS, SETTING_HELP
+from .methods import METHODS, get_method
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def _add_run_flags(p: argparse.ArgumentParser, default_device: str) -> None:
+    p.add_argument("--model", required=True, help="tiny, a bundled name, a local folder or a hub id")
+    p.add_argument("--method", required=True, help="one of: " + ", ".join(METHODS))
+    p.add_argument("--json", action="store_true", help="print JSON")
+    knobs = {}
+    for method in METHODS.values():
+        for knob in method.knobs:
+            knobs.setdefault(knob.name, knob)
+    group = p.add_argument_group("method knobs (see `methods`)")
+    for knob in knobs.values():
+        group.add_argument(knob.flag, dest=f"knob_{knob.name}", default=None, help=knob.help)
+    s = p.add_argument_group("training settings")
+    s.add_argument("--dtype", choices=list(DTYPE_BYTES), default="bfloat16", help=SETTING_HELP["dtype"])
+    s.add_argument("--quant", choices=list(QUANTS), default=None, help=SETTING_HELP["quant"])
+    s.add_argument("--batch-size", default="4", help=SETTING_HELP["batch_size"])
+    s.add_argument("--seq-len", default="512", help=SETTING_HELP["seq_len"])
+    s.add_argument("--grad-accum", default="1", help=SETTING_HELP["grad_accum"])
+    s.add_argument("--gradient-checkpointing", action="store_true", help=SETTING_HELP["gradient_checkpointing"])
+    s.add_argument("--optimizer", choices=list(OPTIMIZERS), default="adamw", help=SETTING_HELP["optimizer"])
+    s.add_argument("--device", choices=list(DEVICES), default=default_device, help=SETTING_HELP["device"])
+    s.add_argument("--attention", choices=list(ATTENTIONS), default="sdpa", help=SETTING_HELP["attention"])
+
+
+def _int(name: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise WorkbenchError(f"--{name.replace('_', '-')}: expected a whole number, got {value!r}") from None
+
+
+def _parse_run(args: argparse.Namespace):
+    from .specs import load_model_spec
+
+    method = get_method(args.method)
+    given = {k.removeprefix("knob_"): v for k, v in vars(args).items() if k.startswith("knob_") and v is not None}
+    unknown = sorted(set(given) - {k.name for k in method.knobs})
+    if unknown:
+        flags = ", ".join("--" + u.replace("_", "-") for u in unknown)
+        valid = ", ".join(k.flag for k in method.knobs) or "(none)"
+        raise WorkbenchError(f"method {method.name!r} has no knob {flags}; its knobs are: {valid}")
+    knobs = method.resolve(given)
+    settings = TrainingSettings(
+        dtype=args.dtype, quant=args.quant, batch_size=_int("batch_size", args.batch_size),
+        seq_len=_int("seq_len", args.seq_len), grad_accum=_int("grad_accum", args.grad_accum),
+        gradient_checkpointing=args.gradient_checkpointing, optimizer=args.optimizer, device=args.device,
+        attention=args.attention,
+    )
+    return load_model_spec(args.model), method, knobs, settings
+
+
+def _print_plan(d: dict[str, Any]) -> None:
+    print(f"model   {d['model_label']}")
+    print(f"method  {d['method']}  knobs {json.dumps(d['knobs'])}")
+    print(f"params  {d['total_params']:,} total, {d['trainable_params']:,} trainable ({d['trainable_percent']:.4f}%)")
+    print()
+    width = max(len(c["name"]) for c in d["components"])
+    for c in d["components"]:
+        print(f"  {c['name']:<{width}}  {_human(c['bytes']):>11}   {c['formula']}")
+    print()
+    print(f"  {'peak':<{width}}  {_human(d['peak_bytes']):>11}   "
+          + "persistent + max(backward, step): " + ", ".join(f"{t['name']} {_human(t['bytes'])}" for t in d["peak_terms"]))
+    print(f"  {'inference':<{width}}  {_human(d['inference_bytes']):>11}   {d['inference_formula']}")
+    print(f"  peak / inference = {d['peak_over_inference']:.2f}x")
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    data = [m.describe() for m in METHODS.values()]
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    for m in data:
+        print(f"{m['name']:<10} {m['summary']}")
+        for k in m["knobs"]:
+            print(f"    {k['flag']:<24} default {k['default']!r:<14} {k['help']}")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    spec, method, knobs, settings = _parse_run(args)
+    result = plan(spec, method, knobs, settings).as_dict()
+    print(json.dumps(result, indent=2)) if args.json else _print_plan(result)
+    return 0
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    from .measure import measure
+
+    spec, method, knobs, settings = _parse_run(args)
+    planned = plan(spec, method, knobs, settings)
+    measured = measure(spec, method, knobs, settings, steps=args.steps)
+    result = measured.as_dict()
+    result["planned"] = {t.name: t.bytes for t in planned.components}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"model {spec.label}  method {method.name}  losses {[round(x, 4) for x in measured.losses]}")
+    print(f"  {'component':<18} {'planned':>14} {'measured':>14}  diff")
+    for name, value in measured.components.items():
+        p = result["planned"][name]
+        diff = "exact" if p == value else f"{(p - value) / max(value, 1) * 100:+.2f}%"
+        print(f"  {name:<18} {p:>14,} {value:>14,}  {diff}")
+    for k, v in measured.device_peak.items():
+        print(f"  {k:<18} {v:>14,}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m workbench", description="PEFT Workbench")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("methods", help="list the fine-tuning methods and their knobs")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_methods)
+    p = sub.add_parser("plan", help="predicted memory of training, per component")
+    _add_run_flags(p, "cuda")
+    p.set_defaults(func=cmd_plan)
+    p = sub.add_parser("measure", help="run real training steps on CPU and measure the same components")
+    _add_run_flags(p, "cpu")
+    p.add_argument("--steps", type=int, default=2)
+    p.set_defaults(func=cmd_measure)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except WorkbenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
