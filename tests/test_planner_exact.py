@@ -15,6 +15,9 @@ from workbench.methods import METHODS
 from workbench.specs import load_model_spec
 
 EXACT = ("weights", "trainable_weights", "gradients", "optimizer")
+# Under gradient checkpointing, adapters that materialise a full-size delta weight allocate
+# more in the recomputed block's backward than the planner models (6-8% low on tiny).
+WIDER_PEAK_TOLERANCE = {("dora", True): 0.10, ("loha", True): 0.10}
 SHAPES = [(2, 64, "float32"), (1, 96, "bfloat16")]
 
 
@@ -46,6 +49,10 @@ def test_plan_equals_measurement_and_method_trains(name, batch, seq, dtype, gc):
     assert measured.changed_trainable and measured.frozen_unchanged
     assert measured.trainable_params == planned.trainable_params
     assert measured.total_params == planned.total_params
+    # the peak of a whole training step: every tensor byte alive at once, tracked op by op
+    peak = measured.device_peak["peak_tensor_bytes"]
+    tolerance = WIDER_PEAK_TOLERANCE.get((name, gc), 0.05)
+    assert abs(planned.peak_bytes - peak) <= tolerance * peak, measured.device_peak["peak_at_op"]
 
 
 @pytest.mark.parametrize("optimizer", ["adamw_8bit", "paged_adamw_8bit", "sgd", "sgd_momentum", "adafactor"])
@@ -64,12 +71,17 @@ def test_qlora_variants_exact(knobs):
     _compare(spec, METHODS["qlora"], knobs, settings)
 
 
-def test_recompute_term_is_one_measured_block():
+@pytest.mark.parametrize("name", ["full", "lora", "dora", "ia3", "prefix"])
+def test_each_block_matches_measured_block(name):
+    """Block by block, not only in total: the walk knows where autograd starts saving."""
+    from workbench.memory.activations import estimate_activations
+
     spec = load_model_spec("tiny")
-    method = METHODS["lora"]
-    plain = TrainingSettings(dtype="float32", batch_size=2, seq_len=64, device="cpu")
-    measured = measure(spec, method, {}, plain, steps=1)
-    gc = TrainingSettings(dtype="float32", batch_size=2, seq_len=64, gradient_checkpointing=True, device="cpu")
-    recompute = next(t.bytes for t in plan(spec, method, {}, gc).peak_terms if t.name == "recompute")
-    block = max(measured.per_block_bytes)
-    assert abs(recompute - block) <= 0.05 * block
+    method = METHODS[name]
+    knobs = method.resolve({})
+    settings = TrainingSettings(dtype="bfloat16", batch_size=2, seq_len=64, device="cpu")
+    measured = measure(spec, method, knobs, settings, steps=1)
+    planned = estimate_activations(spec, method, knobs, settings, method.trains_base(spec, knobs),
+                                   settings.seq_len + method.extra_tokens(knobs)).per_layer_bytes
+    for block, (p, m) in enumerate(zip(planned, measured.per_block_bytes)):
+        assert abs(p - m) <= 0.05 * m, f"block {block}: planned {p:,} measured {m:,}"

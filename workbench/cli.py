@@ -118,6 +118,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     measured = measure(spec, method, knobs, settings, steps=args.steps)
     result = measured.as_dict()
     result["planned"] = {t.name: t.bytes for t in planned.components}
+    result["planned_peak_bytes"] = planned.peak_bytes
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -127,8 +128,12 @@ def cmd_measure(args: argparse.Namespace) -> int:
         p = result["planned"][name]
         diff = "exact" if p == value else f"{(p - value) / max(value, 1) * 100:+.2f}%"
         print(f"  {name:<18} {p:>14,} {value:>14,}  {diff}")
+    measured_peak = measured.device_peak.get("peak_tensor_bytes") or measured.device_peak.get("max_memory_allocated")
+    if measured_peak:
+        diff = (planned.peak_bytes - measured_peak) / measured_peak * 100
+        print(f"  {'peak':<18} {planned.peak_bytes:>14,} {measured_peak:>14,}  {diff:+.2f}%")
     for k, v in measured.device_peak.items():
-        print(f"  {k:<18} {v:>14,}")
+        print(f"  {k:<18} {v:>14,}" if isinstance(v, int) else f"  {k:<18} {v}")
     return 0
 
 

@@ -13,11 +13,11 @@
 from __future__ import annotations
 
 import resource
-import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
 from .memory.settings import TrainingSettings
+from .tracking import PeakTracker, SavedTensorMeter, base_name, storage_key
 from .methods.base import Method
 from .specs import ModelSpec
 
@@ -47,15 +47,10 @@ class Measurement:
         }
 
 
-def _key(t) -> tuple[int, int]:
-    s = t.untyped_storage()
-    return (s.data_ptr(), s.nbytes())
-
-
 def _sum_unique(tensors, exclude: set | None = None) -> int:
     seen: dict[tuple[int, int], int] = {}
     for t in tensors:
-        k = _key(t)
+        k = storage_key(t)
         if exclude is None or k not in exclude:
             seen[k] = k[1]
     return sum(seen.values())
@@ -80,68 +75,23 @@ def _logical_numel(param) -> int:
     return int(qs.shape.numel()) if qs is not None else param.numel()
 
 
-def _base_name(name: str, known: set[str]) -> str:
-    """A parameter/module name without peft's wrappers (``base_model.model.`` for tuners,
-    ``base_model.`` for prompt learning, ``.base_layer`` inside adapted layers): the first
-    candidate that names something in the original model."""
-    candidates = [name[len(p):] for p in ("base_model.model.", "base_model.") if name.startswith(p)] + [name]
-    candidates = [c.replace(".base_layer", "") for c in candidates]
-    return next((c for c in candidates if c in known), candidates[0])
+def _tracked_step(model, optimizer, ids, exclude) -> tuple[float, int, str]:
+    """One training step under :class:`PeakTracker`: (loss, peak bytes, op at the peak)."""
+    import torch
 
-
-class _SavedTensorMeter:
-    """Counts bytes saved for backward and still alive when the forward pass ends, by phase
-    (``block<i>``, ``final``, ``logits``). Tensors saved by a side graph that is dropped
-    during the forward (e.g. a detached weight-norm computation) are freed before backward
-    and are not counted: each saved tensor is held by a weak reference only."""
-
-    def __init__(self, model, spec: ModelSpec, exclude: set) -> None:
-        self.exclude = exclude
-        self.phase = "embed"
-        self.records: list[tuple[weakref.ref, str]] = []
-        self.by_phase: dict[str, dict[tuple[int, int], int]] = {}
-        self.handles = []
-        inv = spec.inventory
-        modules = {p.name.rsplit(".", i)[0] for p in inv.params for i in range(1, p.name.count(".") + 1)}
-        for name, module in model.named_modules():
-            base = _base_name(name, modules)
-            parts = base.split(".")
-            if base.startswith(inv.block_prefix + ".") and len(parts) == len(inv.block_prefix.split(".")) + 1:
-                phase = "block" + parts[-1]
-            elif base == inv.head_name:
-                phase = "logits"
-            elif base == inv.block_prefix.rsplit(".", 1)[0] + ".norm":
-                phase = "final"
-            else:
-                continue
-            self.handles.append(module.register_forward_pre_hook(lambda m, a, ph=phase: self._enter(ph)))
-
-    def _enter(self, phase: str) -> None:
-        self.phase = phase
-
-    def pack(self, t):
-        self.records.append((weakref.ref(t), self.phase))
-        return t
-
-    def settle(self) -> None:
-        """Group the saved tensors alive now by phase, deduplicated by storage."""
-        seen: set[tuple[int, int]] = set()
-        for ref, phase in self.records:
-            t = ref()
-            if t is None:
-                continue
-            k = _key(t)
-            if k in self.exclude or k in seen:
-                continue
-            seen.add(k)
-            self.by_phase.setdefault(phase, {})[k] = k[1]
-
-    def total(self, phases) -> int:
-        return sum(sum(d.values()) for p, d in self.by_phase.items() if phases(p))
-
-    def close(self) -> None:
-        for h in self.handles:
-            h.remove()
+    baseline = {k[0] for k in exclude} | {ids.untyped_storage().data_ptr()}
+    baseline |= {
+        v.untyped_storage().data_ptr()
+        for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)
+    }
+    tracker = PeakTracker(baseline)
+    with tracker:
+        out = model(input_ids=ids, labels=ids)
+        loss = float(out.loss.detach())
+        out.loss.backward()
+        del out
+        optimizer.step()
+    return loss, tracker.peak, tracker.peak_op
 
 
 def measure(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, settings: TrainingSettings,
@@ -166,32 +116,43 @@ def measure(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, setti
     optimizer = build_optimizer(trainable.values(), settings.optimizer, lr=1e-2)
 
     base_names = {p.name for p in spec.inventory.params}
-    adapter_params = [p for n, p in trainable.items() if _base_name(n, base_names) not in base_names]
+    adapter_params = [p for n, p in trainable.items() if base_name(n, base_names) not in base_names]
     model_tensors = list(params.values()) + list(model.buffers()) + list(_quant_state_tensors(model))
-    exclude = {_key(t) for t in model_tensors}
+    exclude = {storage_key(t) for t in model_tensors}
     weights = _sum_unique(t for t in model_tensors if not any(t is a for a in adapter_params))
 
     vocab = spec.vocab_size
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(10, vocab, (settings.batch_size, settings.seq_len), generator=gen).to(device)
     losses, activations, logits, per_block = [], 0, 0, []
+    peak_step = None
     for step in range(steps):
         optimizer.zero_grad(set_to_none=True)
-        meter = _SavedTensorMeter(model, spec, exclude)
-        with torch.autograd.graph.saved_tensors_hooks(meter.pack, lambda t: t):
-            out = model(input_ids=ids, labels=ids)
-        meter.close()
-        meter.settle()
-        if step == 0:
+        if step == 0:  # what the forward saves for backward
+            meter = SavedTensorMeter(model, spec, exclude)
+            with torch.autograd.graph.saved_tensors_hooks(meter.pack, lambda t: t):
+                out = model(input_ids=ids, labels=ids)
+            meter.close()
+            meter.settle(out.loss)
             activations = meter.total(lambda p: p != "logits")
             logits = meter.total(lambda p: p == "logits")
-            if _key(out.logits) not in meter.by_phase.get("logits", {}):
-                logits += _key(out.logits)[1]
+            if storage_key(out.logits) not in meter.by_phase.get("logits", {}):
+                logits += storage_key(out.logits)[1]
             per_block = [sum(meter.by_phase.get(f"block{i}", {}).values()) for i in range(spec.num_layers)]
-        losses.append(float(out.loss.detach()))
-        out.loss.backward()
-        del out
-        optimizer.step()
+            losses.append(float(out.loss.detach()))
+            out.loss.backward()
+            del out
+            optimizer.step()
+        elif step == steps - 1 and device.type == "cpu":  # the peak of a whole step, states included
+            loss, peak, peak_op = _tracked_step(model, optimizer, ids, exclude)
+            losses.append(loss)
+            peak_step = (peak, peak_op)
+        else:
+            out = model(input_ids=ids, labels=ids)
+            losses.append(float(out.loss.detach()))
+            out.loss.backward()
+            del out
+            optimizer.step()
 
     grads = _sum_unique(p.grad for p in trainable.values() if p.grad is not None)
     state_tensors = [
@@ -208,6 +169,10 @@ def measure(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, setti
         "overhead": 0,
     }
     device_peak = {"host_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    if peak_step is not None:
+        persistent = components["weights"] + components["trainable_weights"] + components["optimizer"]
+        device_peak["peak_tensor_bytes"] = persistent + peak_step[0]
+        device_peak["peak_at_op"] = peak_step[1]
     if device.type == "cuda":
         device_peak.update(max_memory_allocated=torch.cuda.max_memory_allocated(),
                            memory_reserved=torch.cuda.memory_reserved())
@@ -216,7 +181,7 @@ def measure(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, setti
     return Measurement(
         model=spec.name, method=method.name, knobs=knobs, settings=settings.as_dict(), components=components,
         per_block_bytes=per_block, losses=losses, total_params=sum(
-            _logical_numel(p) for n, p in params.items() if _base_name(n, base_names) in base_names
+            _logical_numel(p) for n, p in params.items() if base_name(n, base_names) in base_names
         ), trainable_params=sum(p.numel() for p in trainable.values()), changed_trainable=changed,
         frozen_unchanged=frozen_same, device_peak=device_peak,
     )

@@ -9,7 +9,8 @@ i = intermediate, kv = kv_heads x head_dim, e = compute dtype bytes:
 
 - RMSNorm (transformers ``LlamaRMSNorm``): the fp32 input (4h) and ``rsqrt`` (4) when its
   input requires grad; the normalised input (e·h) when its gain is trained;
-- a linear layer saves its input (e·in) only when its weight is trained;
+- a linear layer saves its input (e·in) only when its weight is trained -- or, for an int8
+  base (bitsandbytes ``MatMul8bitLt``), whenever its input requires grad;
 - rotary embedding: cos and sin, once per forward (2 x s x head_dim x e);
 - SDPA (flash / memory-efficient / CPU flash kernels): q and the output (e·h each), k and v
   (e·kv each, grouped-query heads are not repeated without a mask) and the fp32 logsumexp
@@ -42,12 +43,18 @@ class LayerSaved:
 
     per_token: dict[str, tuple[str, float]] = field(default_factory=dict)
     constant: int = 0
+    transient: int = 0  # allocated and freed inside the block's forward
+    backward_transient: int = 0  # allocated by an adapter's backward, beyond what it saved
+    outside_autograd: set[str] = field(default_factory=set)  # kept on ctx, survives checkpointing
 
     def save(self, key: str, name: str, bytes_per_token: float) -> None:
         self.per_token.setdefault(key, (name, bytes_per_token))
 
     def bytes(self, tokens: int) -> int:
         return int(sum(b for _, b in self.per_token.values()) * tokens) + self.constant
+
+    def kept_outside_autograd(self, tokens: int) -> int:
+        return int(sum(self.per_token[k][1] for k in self.outside_autograd) * tokens)
 
 
 @dataclass(frozen=True)
@@ -68,7 +75,7 @@ def is_llama_like(spec: ModelSpec) -> bool:
 
 
 def _walk_block(i: int, rg: bool, spec: ModelSpec, method: Method, knobs: dict, settings: TrainingSettings,
-                trained: set[str], adapted: dict[str, object], tokens_total: int) -> tuple[LayerSaved, bool, bool]:
+                trained: set[str], adapted: dict[str, object], quant: str) -> tuple[LayerSaved, bool, bool]:
     """Saved tensors of block ``i``; returns (saved, output requires grad, rope saved)."""
     e = settings.element_bytes
     h, kv, nh, inter = spec.hidden_size, spec.num_kv_heads * spec.head_dim, spec.num_heads, spec.intermediate_size
@@ -90,20 +97,25 @@ def _walk_block(i: int, rg: bool, spec: ModelSpec, method: Method, knobs: dict, 
         base = f"{name}.weight" in trained
         if base:
             out.save(in_key, f"{short}: input (e x {in_width})", e * in_width)
+        elif quant == "8bit" and in_rg:  # bitsandbytes MatMul8bitLt keeps A on ctx.tensors
+            out.save(in_key, f"{short}: input kept by the int8 matmul (e x {in_width})", e * in_width)
+            out.outside_autograd.add(in_key)
         lin = adapted.get(name)
         if lin is not None:
             ctx = AdapterContext(input_key=in_key, input_bytes=e, input_requires_grad=in_rg, device=settings.device)
             for s in method.adapter_saved(lin, knobs, ctx):
                 out.save(s.key, s.name, s.bytes_per_token)
             out.constant += method.adapter_saved_constant(lin, knobs, ctx)
+            out.transient = max(out.transient, method.adapter_transient_constant(lin, knobs, ctx))
+            out.backward_transient = max(out.backward_transient, method.adapter_backward_transient(lin, knobs, ctx))
         return in_rg or base or lin is not None
 
     y1_rg = norm("input_layernorm", rg)
     q_rg = linear("q_proj", f"{p}.y1", h, y1_rg)
     k_rg = linear("k_proj", f"{p}.y1", h, y1_rg)
     v_rg = linear("v_proj", f"{p}.y1", h, y1_rg)
-    attn_rg = q_rg or k_rg or v_rg
     prefix = method.extra_kv_positions(knobs)
+    attn_rg = q_rg or k_rg or v_rg or prefix > 0  # trained prefix keys/values enter here
     if attn_rg:
         if settings.attention == "sdpa" and prefix:
             # a prefix cache brings an attention mask: transformers then repeats k/v per head
@@ -140,8 +152,28 @@ def _walk_block(i: int, rg: bool, spec: ModelSpec, method: Method, knobs: dict, 
     return out, rg or o_rg or down_rg, q_rg or k_rg
 
 
+def _trained_grad_bytes_from_each_block(spec: ModelSpec, trained: set[str], e: int) -> list[int]:
+    """For each block i: bytes of the gradients of the model's own trained weights in blocks
+    i..L-1 and outside the blocks after them (final norm, head)."""
+    prefix = spec.inventory.block_prefix + "."
+    per_block = [0] * spec.num_layers
+    after = 0
+    for p in spec.inventory.params:
+        if p.name not in trained:
+            continue
+        if p.name.startswith(prefix):
+            per_block[int(p.name[len(prefix):].split(".")[0])] += p.numel * e
+        elif "embed" not in p.name:
+            after += p.numel * e
+    out, running = [0] * spec.num_layers, after
+    for i in reversed(range(spec.num_layers)):
+        running += per_block[i]
+        out[i] = running
+    return out
+
+
 def estimate_activations(spec: ModelSpec, method: Method, knobs: dict, settings: TrainingSettings,
-                         trained: set[str], tokens_per_example: int) -> ActivationEstimate:
+                         trained: set[str], tokens_per_example: int, quant: str = "none") -> ActivationEstimate:
     b, s, e = settings.batch_size, tokens_per_example, settings.element_bytes
     tokens = b * s
     inv = spec.inventory
@@ -155,12 +187,14 @@ def estimate_activations(spec: ModelSpec, method: Method, knobs: dict, settings:
                                   False)
     adapted = {lin.name: lin for lin in method.adapted_linears(spec, knobs)}
     embed = next(p.name for p in inv.params if "embed" in p.name)
-    rg = embed in trained or method.extra_tokens(knobs) > 0 or method.name == "prefix"
-    per_layer, rope = [], False
+    rg = embed in trained or method.extra_tokens(knobs) > 0
+    per_layer, rope, transient, kept = [], False, 0, 0
     ids_bytes = 8 * tokens if embed in trained else 0
     for i in range(spec.num_layers):
-        layer, rg_out, layer_rope = _walk_block(i, rg, spec, method, knobs, settings, trained, adapted, tokens)
+        layer, rg_out, layer_rope = _walk_block(i, rg, spec, method, knobs, settings, trained, adapted, quant)
         per_layer.append(layer.bytes(tokens))
+        transient = max(transient, layer.transient, layer.backward_transient)
+        kept += layer.kept_outside_autograd(tokens)
         rope = rope or layer_rope
         rg = rg_out
     rope_bytes = 2 * s * spec.head_dim * e if rope else 0
@@ -175,11 +209,19 @@ def estimate_activations(spec: ModelSpec, method: Method, knobs: dict, settings:
     if settings.gradient_checkpointing:
         # Trainer/peft make the embedding output require grad (enable_input_require_grads), so
         # every block input is kept; one block is live again while it is recomputed.
+        # Tensors a custom autograd function keeps on ctx (int8 matmul) escape checkpointing.
+        # While a block is recomputed and back-propagated, its saved tensors, the gradient of
+        # its output and the MLP product's gradients (3 x e·i) are live at once.
         block_inputs = spec.num_layers * tokens * spec.hidden_size * e
-        saved = ids_bytes + block_inputs + final
-        return ActivationEstimate(saved, max(per_layer) + rope_bytes, tuple(per_layer), head_trained,
+        saved = ids_bytes + block_inputs + final + kept
+        # Gradients of trained weights in block i and after it exist while block i is redone.
+        grads_from = _trained_grad_bytes_from_each_block(spec, trained, e)
+        backward_tmp = tokens * e * (spec.hidden_size + 3 * spec.intermediate_size)
+        recompute = max(a + g for a, g in zip(per_layer, grads_from)) + rope_bytes + transient + backward_tmp
+        return ActivationEstimate(saved, recompute, tuple(per_layer), head_trained,
                                   f"checkpointing: {spec.num_layers} block inputs x b·s·h·e = {block_inputs:,} B "
-                                  f"+ final norm {final:,} B; one block recomputed at a time", True)
+                                  f"+ final norm {final:,} B" + (f" + int8 matmul inputs {kept:,} B" if kept else "")
+                                  + "; one block recomputed at a time", True)
     saved = ids_bytes + sum(per_layer) + rope_bytes + final
     formula = (f"sum over {spec.num_layers} blocks of saved tensors x b·s = {b}x{s} tokens "
                f"({sum(per_layer):,} B) + rotary cos/sin {rope_bytes:,} B + final norm {final:,} B")

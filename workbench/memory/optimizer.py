@@ -67,11 +67,15 @@ def optimizer_step_transient(optimizer: str, device: str, tensors: list[tuple[Te
     """Temporaries during ``optimizer.step()``. On CUDA torch AdamW defaults to the
     ``foreach`` implementation, whose ``_foreach_sqrt(exp_avg_sq)`` etc. materialise one
     extra copy of all states (torch/optim/adamw.py ``_multi_tensor_adamw``); on CPU the
-    single-tensor loop needs one copy of the largest tensor."""
+    single-tensor loop computes ``(exp_avg_sq.sqrt() / bias_correction2_sqrt)``: two
+    temporaries as large as the largest tensor."""
     if optimizer not in ("adamw", "sgd_momentum") or not tensors:
         return Term("optimizer_step", 0, "no large temporaries")
     if device == "cuda" and optimizer == "adamw":
         total = sum(g.total * b for g, b in tensors)
         return Term("optimizer_step", total, "foreach AdamW: one temporary copy of every state tensor")
     largest = max(g.numel * b for g, b in tensors)
-    return Term("optimizer_step", largest, "single-tensor loop: one temporary as large as the largest tensor")
+    if optimizer == "sgd_momentum":
+        return Term("optimizer_step", 0, "SGD momentum updates in place")
+    return Term("optimizer_step", 2 * largest,
+                "single-tensor loop: sqrt(exp_avg_sq) and its division, each as large as the largest tensor")

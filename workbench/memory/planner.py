@@ -5,7 +5,7 @@ Components (what is resident): ``weights``, ``trainable_weights``, ``gradients``
 ``optimizer``, ``activations``, ``logits``, ``overhead``. The peak is not their sum:
 
     persistent = weights + trainable_weights + optimizer + overhead
-    backward   = activations + logits (+ recomputed block) + fp32 loss-gradient temporaries
+    backward   = activations + max(logits + fp32 loss-gradient temporaries, recomputed block)
                  (+ all gradients when they accumulate over micro-batches)
     step       = gradients + optimizer-step temporaries
     peak       = persistent + max(backward, step)
@@ -106,8 +106,8 @@ def _logits(spec: ModelSpec, settings: TrainingSettings, tokens: int, head_saves
     logits = Term("logits", resident,
                   f"b·s x V x (e + 4) = {tokens}x{v}x({e}+4): logits + fp32 log-softmax saved for the loss"
                   f" + int64 labels{' + head input' if head_input else ''}")
-    transient = Term("loss_backward", 4 * v * tokens * (2 if e != 4 else 1),
-                     "fp32 gradient of the log-probabilities" + (" + fp32 upcast of logits" if e != 4 else ""))
+    transient = Term("loss_backward", 2 * 4 * v * tokens,
+                     "log-softmax backward: fp32 gradients of the log-probabilities and of the logits")
     return logits, transient
 
 
@@ -129,7 +129,7 @@ def plan(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, settings
     trainable_w = trainable_weights_term(tensors)
     grads = gradients_term(tensors)
     opt = optimizer_term(settings.optimizer, tensors)
-    acts = estimate_activations(spec, method, knobs, settings, trained, tokens_per_example)
+    acts = estimate_activations(spec, method, knobs, settings, trained, tokens_per_example, quant)
     activations = Term("activations", acts.saved_bytes, acts.formula)
     logits, loss_bwd = _logits(spec, settings, tokens, acts.head_input_saved)
     if settings.device == "cuda":
@@ -141,7 +141,9 @@ def plan(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, settings
     components = (weights, trainable_w, grads, opt, activations, logits, overhead)
 
     persistent = weights.bytes + trainable_w.bytes + opt.bytes + overhead.bytes
-    backward = activations.bytes + logits.bytes + loss_bwd.bytes + acts.recompute_bytes
+    # The loss backward runs first, while every activation is alive; a checkpointed block is
+    # recomputed only after the logits and their gradients are gone.
+    backward = activations.bytes + max(logits.bytes + loss_bwd.bytes, acts.recompute_bytes)
     if settings.grad_accum > 1:
         backward += grads.bytes
     step_tmp = optimizer_step_transient(settings.optimizer, settings.device, tensors)
@@ -149,8 +151,9 @@ def plan(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, settings
     peak_terms = (
         Term("persistent", persistent, "weights + trainable_weights + optimizer + overhead"),
         Term("backward", backward,
-             "activations + logits + loss-gradient temporaries"
-             + (" + one recomputed block" if acts.recompute_bytes else "")
+             "activations + "
+             + ("max(logits + loss-gradient temporaries, one recomputed block)" if acts.recompute_bytes
+                else "logits + loss-gradient temporaries")
              + (" + accumulated gradients" if settings.grad_accum > 1 else "")),
         Term("recompute", acts.recompute_bytes, "one block's activations, recomputed under checkpointing"),
         loss_bwd,

@@ -188,6 +188,16 @@ class Method:
         materialised delta weight)."""
         return 0
 
+    def adapter_transient_constant(self, linear: LinearInfo, knobs: dict[str, Any], ctx: AdapterContext) -> int:
+        """Bytes the adapter allocates and frees within its own forward (batch-independent);
+        they matter when a checkpointed block is recomputed during backward."""
+        return 0
+
+    def adapter_backward_transient(self, linear: LinearInfo, knobs: dict[str, Any], ctx: AdapterContext) -> int:
+        """Bytes the adapter's backward allocates beyond its saved tensors (e.g. the gradient
+        of a materialised delta weight); they matter while a checkpointed block is redone."""
+        return 0
+
     def extra_kv_positions(self, knobs: dict[str, Any]) -> int:
         """Key/value positions added in every attention layer (prefix tuning)."""
         return 0

@@ -27,13 +27,25 @@ class DoraMethod(LoraMethod):
             Saved(f"{linear.name}: DoRA lora output (4 B x out)", a * out, f"{linear.name}:dora_lora"),
         ]
 
+    def adapter_transient_constant(self, linear: LinearInfo, knobs: dict[str, Any], ctx: AdapterContext) -> int:
+        """The detached weight-norm side graph: identity (in x in), its LoRA image (in x r),
+        the fp32 weight and the updated weight (out x in each)."""
+        n_in, out = linear.in_features, linear.out_features
+        return 4 * (n_in * n_in + n_in * knobs["rank"] + 2 * n_in * out)
+
+    def adapter_backward_transient(self, linear: LinearInfo, knobs: dict[str, Any], ctx: AdapterContext) -> int:
+        """The fp32 (b·s-independent) gradient of the weight-norm path: out x in."""
+        return 4 * linear.in_features * linear.out_features
+
     def adapter_saved_constant(self, linear: LinearInfo, knobs: dict[str, Any], ctx: AdapterContext) -> int:
         """peft ``DoraLinearLayer.forward`` forms the LoRA weight as ``lora_B(lora_A(I))`` and
         the weight norm from it *detached*, so that side graph (an in x in identity, a fp32
         copy of the weight) is freed within the forward. What stays: the weight norm (out)
         and the two (1 x out) magnitude/norm scales, fp32, and -- for a 16-bit base -- the
-        fp32 copy of the base weight (out x in) that the DoRA branch multiplies x with."""
-        weight_copy = 4 * linear.in_features * linear.out_features if ctx.input_bytes != 4 else 0
+        fp32 copy of the base weight (out x in) that the DoRA branch multiplies x with, kept
+        when x needs a gradient."""
+        copied = ctx.input_bytes != 4 and ctx.input_requires_grad  # only x's gradient needs it
+        weight_copy = 4 * linear.in_features * linear.out_features if copied else 0
         return 4 * 3 * linear.out_features + weight_copy
 
 

@@ -45,6 +45,11 @@ class LohaMethod(Method):
         function keeps only the four factors (parameters), so nothing else is full size."""
         return 4 * linear.in_features * linear.out_features
 
+    def adapter_backward_transient(self, linear: LinearInfo, knobs: dict[str, Any], ctx: AdapterContext) -> int:
+        """Backward of ``F.linear(x, ΔW)`` gives the out x in gradient of ΔW; ``HadaWeight``
+        turns it into the gradients of both low-rank products (out x in each): 3 fp32 matrices."""
+        return 3 * 4 * linear.in_features * linear.out_features
+
     def peft_config(self, spec: ModelSpec, knobs: dict[str, Any]):
         import peft
 

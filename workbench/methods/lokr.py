@@ -62,6 +62,10 @@ class LokrMethod(Method):
         """ΔW = W1 ⊗ W2 (out x in, fp32) is saved by the matmul each forward."""
         return 4 * linear.in_features * linear.out_features
 
+    def adapter_backward_transient(self, linear: LinearInfo, knobs: dict[str, Any], ctx: AdapterContext) -> int:
+        """The out x in gradient of ΔW and its reshaped copy for the Kronecker backward (fp32)."""
+        return 2 * 4 * linear.in_features * linear.out_features
+
     def peft_config(self, spec: ModelSpec, knobs: dict[str, Any]):
         import peft
 
