@@ -1,0 +1,33 @@
+"""Start the PEFT Workbench in the browser: ``python app.py [--host H] [--port P]``."""
+
+import argparse
+import ipaddress
+import sys
+
+from workbench.ui.app import build_app
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="PEFT Workbench web UI")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--auth", default=None, help="user:password, required to bind a non-loopback host")
+    args = parser.parse_args()
+    loopback = args.host == "localhost" or _is_loopback(args.host)
+    if not loopback and not args.auth:
+        print(f"error: refusing to serve on {args.host} without --auth user:password", file=sys.stderr)
+        return 2
+    auth = tuple(args.auth.split(":", 1)) if args.auth else None
+    build_app().queue().launch(server_name=args.host, server_port=args.port, auth=auth, share=False)
+    return 0
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

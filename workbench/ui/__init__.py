@@ -1,0 +1,1 @@
+"""The browser UI: the only package that imports gradio."""
