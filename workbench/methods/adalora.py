@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..specs import LinearInfo, ModelSpec
-from .base import TARGETS_HELP, AdapterContext, Knob, Method, Saved, TensorGroup, peft_targets, resolve_targets
+from .base import TARGETS_HELP, AdapterContext, Knob, Method, Saved, TensorGroup, peft_targets
 
 
 class AdaLoraMethod(Method):
@@ -21,9 +21,6 @@ class AdaLoraMethod(Method):
         Knob("total_step", int, 1000, "training steps (AdaLoRA schedules its pruning over them)", 1, 10**9),
         Knob("target_modules", str, "all-linear", TARGETS_HELP),
     )
-
-    def adapted_linears(self, spec: ModelSpec, knobs: dict[str, Any]) -> list[LinearInfo]:
-        return resolve_targets(spec, knobs["target_modules"])
 
     def trainable_groups(self, spec: ModelSpec, knobs: dict[str, Any]) -> list[TensorGroup]:
         """Per targeted linear: P (r x in), Q (out x r), E (r x 1), peft

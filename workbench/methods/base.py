@@ -176,8 +176,8 @@ class Method:
         return set()
 
     def adapted_linears(self, spec: ModelSpec, knobs: dict[str, Any]) -> list[LinearInfo]:
-        """Linear layers that get an adapter."""
-        return []
+        """Linear layers that get an adapter: those its ``target_modules`` knob selects."""
+        return resolve_targets(spec, knobs["target_modules"]) if "target_modules" in knobs else []
 
     def adapter_saved(self, linear: LinearInfo, knobs: dict[str, Any], ctx: AdapterContext) -> list[Saved]:
         """Tensors the adapter on ``linear`` saves for backward, per token."""

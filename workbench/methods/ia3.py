@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..specs import LinearInfo, ModelSpec
-from .base import AdapterContext, Knob, Method, Saved, TensorGroup, input_saved, peft_targets, resolve_targets
+from .base import AdapterContext, Knob, Method, Saved, TensorGroup, input_saved, peft_targets
 
 
 class Ia3Method(Method):
@@ -17,9 +17,6 @@ class Ia3Method(Method):
         Knob("target_modules", str, "k_proj,v_proj,down_proj", "layers whose activations are rescaled"),
         Knob("feedforward_modules", str, "down_proj", "of those, the ones scaled on their input side"),
     )
-
-    def adapted_linears(self, spec: ModelSpec, knobs: dict[str, Any]) -> list[LinearInfo]:
-        return resolve_targets(spec, knobs["target_modules"])
 
     def _is_ff(self, linear: LinearInfo, knobs: dict[str, Any]) -> bool:
         return linear.short_name in {t.strip() for t in knobs["feedforward_modules"].split(",")}

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..specs import LinearInfo, ModelSpec
-from .base import TARGETS_HELP, AdapterContext, Knob, Method, Saved, TensorGroup, peft_targets, resolve_targets
+from .base import TARGETS_HELP, AdapterContext, Knob, Method, Saved, TensorGroup, peft_targets
 
 
 class LohaMethod(Method):
@@ -18,9 +18,6 @@ class LohaMethod(Method):
         Knob("alpha", float, 16.0, "scale of the update is alpha / r", 0.0, 1e6),
         Knob("target_modules", str, "all-linear", TARGETS_HELP),
     )
-
-    def adapted_linears(self, spec: ModelSpec, knobs: dict[str, Any]) -> list[LinearInfo]:
-        return resolve_targets(spec, knobs["target_modules"])
 
     def trainable_groups(self, spec: ModelSpec, knobs: dict[str, Any]) -> list[TensorGroup]:
         """2·r·(in + out) per targeted linear: hada_w1_a/w2_a (out x r), hada_w1_b/w2_b (r x in)."""

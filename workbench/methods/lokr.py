@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..specs import LinearInfo, ModelSpec
-from .base import TARGETS_HELP, AdapterContext, Knob, Method, Saved, TensorGroup, peft_targets, resolve_targets
+from .base import TARGETS_HELP, AdapterContext, Knob, Method, Saved, TensorGroup, peft_targets
 
 
 def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
@@ -26,9 +26,6 @@ class LokrMethod(Method):
         Knob("decompose_factor", int, -1, "split of each dimension into two factors (-1 = most square)", -1, 1 << 20),
         Knob("target_modules", str, "all-linear", TARGETS_HELP),
     )
-
-    def adapted_linears(self, spec: ModelSpec, knobs: dict[str, Any]) -> list[LinearInfo]:
-        return resolve_targets(spec, knobs["target_modules"])
 
     def _factors(self, lin: LinearInfo, knobs: dict[str, Any]) -> list[tuple[str, tuple[int, int]]]:
         """peft ``LoKrLayer.update_layer``: out = l·k, in = m·n; W1 is (l x m) in full; W2 is

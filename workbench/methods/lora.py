@@ -8,7 +8,6 @@ from typing import Any
 from ..specs import LinearInfo, ModelSpec
 from .base import (
     TARGETS_HELP, AdapterContext, Knob, Method, Saved, TensorGroup, dropout_saved, input_saved, peft_targets,
-    resolve_targets,
 )
 
 LORA_KNOBS = (
@@ -26,9 +25,6 @@ class LoraMethod(Method):
     knobs = LORA_KNOBS
     use_dora = False
     use_rslora = False
-
-    def adapted_linears(self, spec: ModelSpec, knobs: dict[str, Any]) -> list[LinearInfo]:
-        return resolve_targets(spec, knobs["target_modules"])
 
     def trainable_groups(self, spec: ModelSpec, knobs: dict[str, Any]) -> list[TensorGroup]:
         """r·(in + out) per targeted linear (A is r×in, B is out×r); DoRA adds a magnitude

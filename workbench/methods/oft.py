@@ -8,7 +8,7 @@ from typing import Any
 
 from ..specs import LinearInfo, ModelSpec
 from .base import (
-    TARGETS_HELP, AdapterContext, Knob, Method, Saved, TensorGroup, input_saved, peft_targets, resolve_targets,
+    TARGETS_HELP, AdapterContext, Knob, Method, Saved, TensorGroup, input_saved, peft_targets
 )
 
 
@@ -36,9 +36,6 @@ class OftMethod(Method):
         Knob("block_size", int, 32, "size of each orthogonal block (adjusted to divide the layer width)", 2, 4096),
         Knob("target_modules", str, "all-linear", TARGETS_HELP),
     )
-
-    def adapted_linears(self, spec: ModelSpec, knobs: dict[str, Any]) -> list[LinearInfo]:
-        return resolve_targets(spec, knobs["target_modules"])
 
     def trainable_groups(self, spec: ModelSpec, knobs: dict[str, Any]) -> list[TensorGroup]:
         """in/b blocks per layer, each b·(b-1)/2 numbers (the strict upper triangle)."""

@@ -8,7 +8,6 @@ from typing import Any
 from ..specs import LinearInfo, ModelSpec
 from .base import (
     TARGETS_HELP, AdapterContext, Knob, Method, Saved, TensorGroup, peft_targets,
-    resolve_targets,
 )
 
 
@@ -21,9 +20,6 @@ class VeraMethod(Method):
         Knob("dropout", float, 0.0, "dropout on the adapter's input", 0.0, 0.99),
         Knob("target_modules", str, "q_proj,v_proj", TARGETS_HELP),
     )
-
-    def adapted_linears(self, spec: ModelSpec, knobs: dict[str, Any]) -> list[LinearInfo]:
-        return resolve_targets(spec, knobs["target_modules"])
 
     def trainable_groups(self, spec: ModelSpec, knobs: dict[str, Any]) -> list[TensorGroup]:
         """``lambda_b`` (out) and ``lambda_d`` (r) per targeted layer."""
