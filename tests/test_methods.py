@@ -58,11 +58,7 @@ def _peft_count(spec, method):
     return trainable - ranknum  # AdaLoRA's rank counters are bookkeeping (we freeze them)
 
 
-MODELS = ["tiny", "meta-llama/Llama-2-7b-hf", "Qwen/Qwen2.5-0.5B", "meta-llama/Llama-3.2-1B",
-          "mistralai/Mistral-7B-v0.1", "HuggingFaceTB/SmolLM2-135M"]
-
-
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("model", bundled_names())
 @pytest.mark.parametrize("name", PEFT_METHODS)
 def test_trainable_params_equal_peft_count(model, name):
     spec = load_model_spec(model)
@@ -70,10 +66,3 @@ def test_trainable_params_equal_peft_count(model, name):
     knobs = method.resolve({})
     ours = sum(g.total for g in method.trainable_groups(spec, knobs))
     assert ours == _peft_count(spec, method)
-
-
-@pytest.mark.parametrize("model", bundled_names())
-def test_lora_count_on_every_bundled_model(model):
-    spec = load_model_spec(model)
-    method = METHODS["lora"]
-    assert sum(g.total for g in method.trainable_groups(spec, method.resolve({}))) == _peft_count(spec, method)

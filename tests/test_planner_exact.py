@@ -63,6 +63,16 @@ def test_optimizer_states_exact(name, optimizer):
     _compare(spec, METHODS[name], {}, settings)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("name", ["full", "lora", "ia3"])
+def test_eager_attention(name, dtype):
+    spec = load_model_spec("tiny")
+    settings = TrainingSettings(dtype=dtype, batch_size=2, seq_len=64, attention="eager", device="cpu")
+    planned, measured = _compare(spec, METHODS[name], {}, settings)
+    peak = measured.device_peak["peak_tensor_bytes"]
+    assert abs(planned.peak_bytes - peak) <= 0.05 * peak
+
+
 @pytest.mark.parametrize("knobs", [{"dropout": 0.0, "rank": 4, "target_modules": "q_proj,v_proj"},
                                    {"double_quant": False, "quant_type": "fp4"}])
 def test_qlora_variants_exact(knobs):

@@ -138,7 +138,8 @@ def _walk_block(i: int, rg: bool, spec: ModelSpec, method: Method, knobs: dict, 
             out.save(f"{p}.k", "eager: repeated k", e * q_width)
             out.save(f"{p}.v", "eager: repeated v", e * q_width)
             out.save(f"{p}.probs", "eager: softmax probabilities (e x heads x s)", e * nh * s)
-            out.save(f"{p}.probs32", "eager: fp32 softmax output (4 x heads x s)", 4 * nh * s)
+            if e != 4:  # softmax runs in fp32 and is cast back: both copies are kept
+                out.save(f"{p}.probs32", "eager: fp32 softmax output (4 x heads x s)", 4 * nh * s)
     o_rg = linear("o_proj", f"{p}.attn_out", q_width, attn_rg)
     y2_rg = norm("post_attention_layernorm", rg or o_rg)
     gate_rg = linear("gate_proj", f"{p}.y2", h, y2_rg)
