@@ -4,7 +4,7 @@ import argparse
 import ipaddress
 import sys
 
-from workbench.ui.app import build_app
+from workbench.ui.app import build_app, warm_up
 
 
 def main() -> int:
@@ -18,6 +18,7 @@ def main() -> int:
         print(f"error: refusing to serve on {args.host} without --auth user:password", file=sys.stderr)
         return 2
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
+    warm_up()
     build_app().queue().launch(server_name=args.host, server_port=args.port, auth=auth, share=False)
     return 0
 

@@ -55,6 +55,19 @@ def _rows(p: dict[str, Any]) -> list[list[Any]]:
     return rows
 
 
+def method_summary(name: str) -> str:
+    method = METHODS.get(name)
+    if method is None:
+        return ""
+    knobs = ", ".join(f"`{k.name}`={k.default!r}" for k in method.knobs) or "none"
+    return f"*{method.summary}*  \nKnobs (defaults): {knobs}"
+
+
+def warm_up() -> None:
+    """Build the default model's inventory before the first visitor arrives."""
+    load_model_spec(TINY_NAME).inventory
+
+
 def build_app() -> gr.Blocks:
     with gr.Blocks(title="PEFT Workbench") as app:
         gr.Markdown("# PEFT Workbench\nHow much memory will fine-tuning take, and why? Every number has a formula.")
@@ -63,7 +76,8 @@ def build_app() -> gr.Blocks:
                 model = gr.Dropdown(bundled_names(), value=TINY_NAME, label="Model",
                                     info="bundled configs (no download); tiny is an offline demo model")
                 method = gr.Dropdown([(f"{m.title} ({n})", n) for n, m in METHODS.items()], value="lora",
-                                     label="Method", info="; ".join(f"{n}: {m.summary}" for n, m in list(METHODS.items())[:4]))
+                                     label="Method", info="how the model is fine-tuned; defaults for its knobs")
+                method_help = gr.Markdown(method_summary("lora"))
                 dtype = gr.Dropdown(list(DTYPE_BYTES), value="bfloat16", label="dtype", info=SETTING_HELP["dtype"])
                 quant = gr.Dropdown(["auto", *QUANTS], value="auto", label="Quantization", info=SETTING_HELP["quant"])
                 batch = gr.Number(4, label="Batch size", precision=0, minimum=1, info=SETTING_HELP["batch_size"])
@@ -77,6 +91,7 @@ def build_app() -> gr.Blocks:
                 chart = gr.Plot(label="Predicted memory of one training step")
                 table = gr.Dataframe(headers=["component", "GiB", "bytes", "formula"], wrap=True, label="Breakdown")
         inputs = [model, method, dtype, quant, batch, seq, accum, ckpt, optim, device]
+        method.change(method_summary, method, method_help, api_name=False)
         for control in inputs:
             control.change(plan_view, inputs, [summary, chart, table], api_name=False)
         app.load(plan_view, inputs, [summary, chart, table], api_name="plan")
