@@ -40,7 +40,8 @@ def _add_run_flags(p: argparse.ArgumentParser, default_device: str) -> None:
     s.add_argument("--dtype", choices=list(DTYPE_BYTES), default="bfloat16", help=SETTING_HELP["dtype"])
     s.add_argument("--quant", choices=list(QUANTS), default=None, help=SETTING_HELP["quant"])
     s.add_argument("--batch-size", default="4", help=SETTING_HELP["batch_size"])
-    s.add_argument("--seq-len", default="512", help=SETTING_HELP["seq_len"])
+    s.add_argument("--seq-len", default="512",
+                   help=SETTING_HELP["seq_len"] + "; or p95:FILE / max:FILE to take it from a dataset")
     s.add_argument("--grad-accum", default="1", help=SETTING_HELP["grad_accum"])
     s.add_argument("--gradient-checkpointing", action="store_true", help=SETTING_HELP["gradient_checkpointing"])
     s.add_argument("--optimizer", choices=list(OPTIMIZERS), default="adamw", help=SETTING_HELP["optimizer"])
@@ -53,6 +54,25 @@ def _int(name: str, value: str) -> int:
         return int(value)
     except ValueError:
         raise WorkbenchError(f"--{name.replace('_', '-')}: expected a whole number, got {value!r}") from None
+
+
+def _seq_len(value: str, model: str) -> int:
+    """A number, or ``p95:FILE`` / ``max:FILE``: the dataset's token length, measured with the
+    model's own tokenizer when it has one here, else with the tiny tokenizer (said on stderr)."""
+    stat, sep, path = value.partition(":")
+    if not sep:
+        return _int("seq_len", value)
+    if stat not in ("p95", "max") or not path:
+        raise WorkbenchError(f"--seq-len: expected a number, p95:FILE or max:FILE; got {value!r}")
+    from .data import inspect, load_tokenizer
+    from .errors import UnknownModelError
+
+    try:
+        tokenizer = load_tokenizer(model)
+    except UnknownModelError:
+        print(f"note: no tokenizer for {model} here; counting tokens with the tiny tokenizer", file=sys.stderr)
+        tokenizer = load_tokenizer("tiny")
+    return inspect(path, tokenizer=tokenizer, preview=0).token_lengths[stat]
 
 
 def _parse_run(args: argparse.Namespace):
@@ -68,7 +88,7 @@ def _parse_run(args: argparse.Namespace):
     knobs = method.resolve(given)
     settings = TrainingSettings(
         dtype=args.dtype, quant=args.quant, batch_size=_int("batch_size", args.batch_size),
-        seq_len=_int("seq_len", args.seq_len), grad_accum=_int("grad_accum", args.grad_accum),
+        seq_len=_seq_len(args.seq_len, args.model), grad_accum=_int("grad_accum", args.grad_accum),
         gradient_checkpointing=args.gradient_checkpointing, optimizer=args.optimizer, device=args.device,
         attention=args.attention,
     )
@@ -136,6 +156,37 @@ def cmd_measure(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_inspect(args: argparse.Namespace) -> int:
+    from .data import inspect, parse_mapping
+
+    report = inspect(args.file, model=args.model, format=args.format, mapping=parse_mapping(args.map),
+                     cutoff=args.cutoff, train_on_prompt=args.train_on_prompt, val_fraction=args.val_fraction,
+                     seed=args.seed, preview=args.preview, max_bytes=args.max_bytes).as_dict()
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+        return 0
+    t = report["token_lengths"]
+    print(f"file      {report['file']} ({report['file_type']}: {report['note']})")
+    print(f"format    {report['format']} [{report['confidence']}] -- {report['why']}")
+    print(f"columns   {', '.join(report['columns'])}")
+    print(f"rows      {report['rows']:,} examples from {report['source_rows']:,} rows; "
+          f"dropped {report['dropped']['count']:,}; exact duplicates {report['duplicates']:,}")
+    for d in report["dropped"]["first"]:
+        print(f"          dropped row {d['row']}: {d['reason']}")
+    print(f"tokens    min {t['min']}  p50 {t['p50']}  p95 {t['p95']}  max {t['max']}  (total {t['total']:,}; "
+          f"{report['loss_tokens_fraction']:.1%} carry loss)")
+    print(f"cutoff    {report['cutoff']}: {report['truncated_fraction']:.2%} of examples truncated "
+          f"({report['truncated_tokens_fraction']:.2%} of tokens); suggested {report['suggested_cutoff']}")
+    s = report["split"]
+    print(f"split     train {s['train']:,} / validation {s['validation']:,} (seed {s['seed']})")
+    print(f"template  {report['template']}; loss on {'every token' if report['train_on_prompt'] else 'answers only'} "
+          "(marked ⟦...⟧ below)")
+    for p in report["preview"]:
+        print(f"--- row {p['row']}: {p['tokens']} tokens, {p['loss_tokens']} with loss")
+        print(p["marked"])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m workbench", description="PEFT Workbench")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -145,6 +196,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="predicted memory of training, per component")
     _add_run_flags(p, "cuda")
     p.set_defaults(func=cmd_plan)
+    p = sub.add_parser("data", help="datasets: inspect a file as the model will see it")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    d = data_sub.add_parser("inspect", help="detect the format, render, tokenize and report")
+    d.add_argument("file")
+    d.add_argument("--model", default="tiny", help="whose tokenizer and chat template to use")
+    d.add_argument("--format", default=None, help="override the detected format")
+    d.add_argument("--map", default=None, help="column mapping, e.g. prompt=question,response=answer,system=sys")
+    d.add_argument("--cutoff", type=int, default=None, help="truncation length in tokens (default: suggested)")
+    d.add_argument("--train-on-prompt", action="store_true", help="put loss on every token, not only answers")
+    d.add_argument("--val-fraction", type=float, default=0.0, help="share of examples held out for validation")
+    d.add_argument("--seed", type=int, default=42, help="seed of the train/validation split")
+    d.add_argument("--preview", type=int, default=3, help="how many examples to show")
+    d.add_argument("--max-bytes", type=int, default=None, help="size limit (default 1 GiB)")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_data_inspect)
     p = sub.add_parser("measure", help="run real training steps on CPU and measure the same components")
     _add_run_flags(p, "cpu")
     p.add_argument("--steps", type=int, default=2)

@@ -19,3 +19,18 @@ class MethodError(WorkbenchError):
 
 class SettingsError(WorkbenchError):
     """A training setting (batch size, dtype, optimizer, ...) is invalid or incompatible."""
+
+
+class DataFileError(WorkbenchError):
+    """A dataset file that cannot be used: names the file and, where it applies, the
+    line/row/column, and says what to do."""
+
+    def __init__(self, file: str, problem: str, *, line: int | None = None, row: int | None = None,
+                 column: str | None = None, hint: str = "") -> None:
+        self.file, self.problem, self.line, self.row, self.column, self.hint = file, problem, line, row, column, hint
+        where = "".join([
+            f" line {line}" if line is not None else "",
+            f" row {row}" if row is not None else "",
+            f" column {column!r}" if column is not None else "",
+        ])
+        super().__init__(f"{file}{where}: {problem}" + (f" -- {hint}" if hint else ""))
