@@ -211,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--max-bytes", type=int, default=None, help="size limit (default 1 GiB)")
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_data_inspect)
+    from .training.cli import add_commands
+
+    add_commands(sub, _add_run_flags, _parse_run)
     p = sub.add_parser("measure", help="run real training steps on CPU and measure the same components")
     _add_run_flags(p, "cpu")
     p.add_argument("--steps", type=int, default=2)

@@ -80,6 +80,30 @@ def parse_mapping(text: str | None) -> dict[str, str] | None:
 def inspect(path: str | Path, model: str = "tiny", format: str | None = None, mapping: dict[str, str] | None = None,
             cutoff: int | None = None, train_on_prompt: bool = False, val_fraction: float = 0.0, seed: int = 42,
             preview: int = 3, display: str | None = None, max_bytes: int | None = None, tokenizer=None) -> DatasetReport:
+    """The report of ``path`` as ``model``'s tokenizer and template will see it."""
+    return _analyse(path, model, format, mapping, cutoff, train_on_prompt, val_fraction, seed, preview, display,
+                    max_bytes, tokenizer)[0]
+
+
+def training_data(path: str | Path, tokenizer, format: str | None = None, mapping: dict[str, str] | None = None,
+                  cutoff: int | None = None, train_on_prompt: bool = False, val_fraction: float = 0.0,
+                  seed: int = 42):
+    """(report, train, validation): ``datasets.Dataset`` of ``input_ids``/``labels`` (-100 where
+    no loss), truncated at the cutoff, split exactly as the report counts."""
+    import datasets
+
+    report, rendered = _analyse(path, "", format, mapping, cutoff, train_on_prompt, val_fraction, seed, 0, None,
+                                None, tokenizer)
+    cut = report.cutoff
+    columns = {"input_ids": [r.ids[:cut] for r in rendered],
+               "labels": [[t if m else -100 for t, m in zip(r.ids[:cut], r.loss_mask[:cut])] for r in rendered]}
+    full = datasets.Dataset.from_dict(columns)
+    train_idx, val_idx = split_indices(len(rendered), val_fraction, seed)
+    return report, full.select(train_idx), (full.select(val_idx) if val_idx else None)
+
+
+def _analyse(path, model, format, mapping, cutoff, train_on_prompt, val_fraction, seed, preview, display, max_bytes,
+             tokenizer):
     table = read_table(path, display, max_bytes)
     ds = table.dataset
     first = ds[0] if len(ds) else {}
@@ -110,7 +134,7 @@ def inspect(path: str | Path, model: str = "tiny", format: str | None = None, ma
         duplicates += digest in seen
         seen.add(digest)
     total_tokens = int(lengths.sum())
-    return DatasetReport(
+    report = DatasetReport(
         file=table.display, file_type=table.file_type, note=table.note, format=detection.format, why=detection.why,
         confidence=detection.confidence, columns=list(ds.column_names), rows=len(examples), source_rows=len(ds),
         dropped={"count": len(dropped), "first": dropped[:5]}, duplicates=duplicates,
@@ -126,6 +150,7 @@ def inspect(path: str | Path, model: str = "tiny", format: str | None = None, ma
         preview=[_preview(tok, r) for r in rendered[:preview]],
         split=_split(len(examples), val_fraction, seed),
     )
+    return report, rendered
 
 
 def _suggest_cutoff(lengths) -> int:

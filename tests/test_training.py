@@ -1,0 +1,174 @@
+"""The background worker: real training on tiny, events, cancel, kill, OOM, crashes, and
+checkpoints that are complete or invisible."""
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from workbench.errors import WorkbenchError
+from workbench.sessions import info, list_sessions, refresh, session_path
+from workbench.training.checkpoints import complete_checkpoints, newest_complete, save_atomically
+from workbench.training.events import EventWriter, read_events
+from workbench.training.job import Schedule, TrainJob, check_session_id
+from workbench.training.launcher import cancel, make_job, start
+
+FACTS = [("What is the capital of France?", "Paris."), ("What colour is the sky?", "Blue."),
+         ("How many legs has a cat?", "Four."), ("What do bees make?", "Honey."), ("Opposite of hot?", "Cold."),
+         ("What is frozen water?", "Ice."), ("Name a fruit.", "Apple."), ("What is 2 plus 2?", "Four.")]
+
+
+@pytest.fixture(autouse=True)
+def _sessions(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_SESSIONS", str(tmp_path / "sessions"))
+
+
+@pytest.fixture
+def qa_file(tmp_path):
+    path = tmp_path / "qa.jsonl"
+    path.write_text("\n".join(json.dumps({"instruction": q, "input": "", "output": a}) for q, a in FACTS * 8))
+    return path
+
+
+def _events(sid):
+    return read_events(session_path(sid) / "events.jsonl")[0]
+
+
+def _wait(sid, proc, predicate, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate(_events(sid)):
+            return
+        if proc.poll() is not None and not predicate(_events(sid)):
+            raise AssertionError(open(session_path(sid) / "worker.log").read()[-3000:])
+        time.sleep(0.2)
+    raise AssertionError("timed out")
+
+
+def test_job_round_trip_and_validation(qa_file):
+    job = make_job("tiny", "lora", str(qa_file), knobs={"rank": 4})
+    again = TrainJob.from_dict(json.loads(job.to_json()))
+    assert again == job and again.knobs["rank"] == 4 and again.knobs["alpha"] == 16.0
+    with pytest.raises(WorkbenchError):
+        make_job("tiny", "lora", str(qa_file), knobs={"rank": 0})
+    with pytest.raises(WorkbenchError):
+        Schedule(warmup_ratio=1.5)
+
+
+@pytest.mark.parametrize("bad", ["../x", "20261125-143239-6ccf141c/..", "a" * 10, "20261125-143239-6CCF141C",
+                                 "20261125-143239-6ccf141c\0", "/etc/passwd", ""])
+def test_session_ids_are_validated(bad):
+    with pytest.raises(WorkbenchError, match="invalid session id"):
+        check_session_id(bad)
+    with pytest.raises(WorkbenchError):
+        session_path(bad)
+
+
+def test_events_are_read_by_offset_and_torn_lines_are_skipped(tmp_path):
+    w = EventWriter(tmp_path / "events.jsonl")
+    w.status("running")
+    w.emit("log", step=1, loss=2.0)
+    w.close()
+    events, offset = read_events(tmp_path / "events.jsonl")
+    assert [e["kind"] for e in events] == ["status", "log"]
+    with open(tmp_path / "events.jsonl", "a") as fh:
+        fh.write('{"kind": "log", "step": 2')  # a writer killed mid-line
+    more, offset2 = read_events(tmp_path / "events.jsonl", offset)
+    assert more == [] and offset2 == offset
+
+
+def test_training_lowers_loss_and_saves_a_complete_adapter(qa_file):
+    job = make_job("tiny", "lora", str(qa_file), settings={"device": "cpu", "dtype": "float32", "batch_size": 4},
+                   schedule=Schedule(max_steps=32, learning_rate=2e-3, logging_steps=4, save_steps=16, eval_steps=16),
+                   val_fraction=0.125)
+    sid, proc = start(job)
+    assert proc.wait(timeout=600) == 0, open(session_path(sid) / "worker.log").read()[-3000:]
+    events = _events(sid)
+    statuses = [e["status"] for e in events if e["kind"] == "status"]
+    assert statuses == ["queued", "loading", "running", "saving", "completed"]
+    losses = [e["loss"] for e in events if e["kind"] == "log" and e["loss"] is not None]
+    evals = [e["eval_loss"] for e in events if e["kind"] == "log" and e["eval_loss"] is not None]
+    assert losses[-1] < losses[0] - 1.0 and evals[-1] < evals[0]
+    logs = [e for e in events if e["kind"] == "log" and e["loss"] is not None]
+    assert all(e["learning_rate"] is not None and e["grad_norm"] is not None for e in logs)
+    assert logs[-1]["tokens_per_second"] > 0 and logs[-1]["eta_seconds"] is not None
+    memory = [e for e in events if e["kind"] == "memory"]
+    assert len(memory) >= 4 and all(e["source"] == "cpu" and e["rss"] > 0 for e in memory)
+    assert any((e["tensor_bytes"] or 0) > 0 for e in memory)
+    folder = session_path(sid)
+    plan = json.loads((folder / "plan.json").read_text())
+    assert plan["method"] == "lora" and plan["peak_bytes"] > 0
+    final = newest_complete(folder)
+    assert final.name == "final" and (final / "adapter_model.safetensors").is_file()
+    assert not (final / "training_args.bin").exists()
+    assert [p.name for p in complete_checkpoints(folder)] == ["checkpoint-16", "checkpoint-32"]
+    s = info(sid)
+    assert s.status == "completed" and s.step == 32 and s.final_adapter
+    assert [x.id for x in list_sessions()] == [sid]
+
+
+def test_cancel_stops_at_the_next_step_and_saves(qa_file):
+    job = make_job("tiny", "lora", str(qa_file), schedule=Schedule(max_steps=100000, logging_steps=1))
+    sid, proc = start(job)
+    _wait(sid, proc, lambda ev: any(e["kind"] == "log" for e in ev))
+    assert cancel(sid, grace=120) == "cancelled"
+    proc.wait(timeout=60)
+    assert complete_checkpoints(session_path(sid)), "a graceful stop saves a checkpoint"
+    assert info(sid).status == "cancelled"
+
+
+def test_killed_worker_is_interrupted_not_running(qa_file):
+    job = make_job("tiny", "lora", str(qa_file), schedule=Schedule(max_steps=100000, logging_steps=1))
+    sid, proc = start(job)
+    _wait(sid, proc, lambda ev: any(e["kind"] == "log" for e in ev))
+    assert refresh(sid) == "running"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert refresh(sid) == "interrupted"
+    assert info(sid).status == "interrupted" and newest_complete(session_path(sid)) is None
+
+
+def test_out_of_memory_fails_cleanly_with_suggestions(tmp_path, monkeypatch):
+    path = tmp_path / "long.jsonl"
+    path.write_text("\n".join(json.dumps({"text": "word " * 900}) for _ in range(64)))
+    monkeypatch.setenv("WORKBENCH_WORKER_MAX_MEMORY", str(150 * 2**20))
+    job = make_job("tiny", "full", str(path), settings={"device": "cpu", "dtype": "float32", "batch_size": 16},
+                   schedule=Schedule(max_steps=5), cutoff=1024)
+    sid, proc = start(job)
+    assert proc.wait(timeout=600) == 1
+    final = [e for e in _events(sid) if e["kind"] == "status"][-1]
+    assert final["status"] == "failed" and final["reason"] == "oom", final
+    assert any("gradient checkpointing" in s and "predicted peak" in s for s in final["suggestions"])
+    assert any("batch 16 → 4 with gradient accumulation 4" in s for s in final["suggestions"])
+
+
+def test_crash_at_setup_reports_the_log_tail(tmp_path):
+    path = tmp_path / "odd.jsonl"
+    path.write_text('{"foo": 1, "bar": 2}\n')
+    sid, proc = start(make_job("tiny", "lora", str(path)))
+    assert proc.wait(timeout=300) == 1
+    final = [e for e in _events(sid) if e["kind"] == "status"][-1]
+    assert final["status"] == "failed" and final["reason"] == "error"
+    assert "cannot tell the format" in final["error"] and any("DataFileError" in line for line in final["log_tail"])
+
+
+def test_only_complete_checkpoints_are_offered(tmp_path):
+    folder = tmp_path / "20261125-000000-0000abcd"
+    (folder / "checkpoints" / "checkpoint-3").mkdir(parents=True)
+    (folder / "checkpoints" / "checkpoint-3" / "COMPLETE").write_text("{}")
+    (folder / "checkpoints" / "checkpoint-5").mkdir()  # crashed while saving: no marker
+    assert [p.name for p in complete_checkpoints(folder)] == ["checkpoint-3"]
+    assert newest_complete(folder).name == "checkpoint-3"
+    save_atomically(folder / "final", lambda tmp: (tmp / "adapter.safetensors").write_text("v1"))
+
+    def crash(tmp):
+        (tmp / "adapter.safetensors").write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        save_atomically(folder / "final", crash)
+    assert (folder / "final" / "adapter.safetensors").read_text() == "v1"  # the previous one survives
+    assert newest_complete(folder).name == "final"
+    assert not [p for p in folder.iterdir() if p.name.startswith(".final")]

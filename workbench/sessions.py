@@ -1,0 +1,133 @@
+"""The ``sessions/`` store: every run in its own folder, named by an id we generate.
+
+``sessions/<id>/``: ``job.json`` (the run), ``plan.json`` (the prediction made before it),
+``events.jsonl`` (what happened), ``worker.log``, ``worker.pid``, ``dataset.*`` (a copy of
+the data), ``checkpoints/`` and ``final/`` (complete ones carry a ``COMPLETE`` marker).
+A run whose worker has vanished (killed, machine rebooted) is shown as ``interrupted``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import WorkbenchError
+from .paths import REPO_DIR
+from .training.checkpoints import complete_checkpoints, final_adapter
+from .training.events import FINAL, EventWriter, read_events
+from .training.job import check_session_id
+
+HEARTBEAT_SECONDS = 60.0
+
+
+def sessions_dir() -> Path:
+    return Path(os.environ.get("WORKBENCH_SESSIONS") or REPO_DIR / "sessions")
+
+
+def session_path(session_id: str) -> Path:
+    return sessions_dir() / check_session_id(session_id)
+
+
+@dataclass
+class SessionInfo:
+    id: str
+    status: str
+    reason: str | None
+    model: str
+    method: str
+    step: int | None
+    max_steps: int | None
+    last_loss: float | None
+    final_adapter: str | None
+    checkpoints: list[str]
+    created: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def worker_alive(folder: Path) -> bool:
+    """Is the worker of this session still running? (pid file + the pid's command line)."""
+    try:
+        pid = int((folder / "worker.pid").read_text().strip())
+    except (OSError, ValueError):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True
+    return "workbench.training.worker" in cmdline and folder.name in cmdline
+
+
+def last_status(folder: Path) -> str:
+    events, _ = read_events(folder / "events.jsonl")
+    return next((e["status"] for e in reversed(events) if e.get("kind") == "status"), "queued")
+
+
+def refresh(session_id: str) -> str:
+    """The session's status; a non-final status whose worker is gone becomes ``interrupted``
+    (recorded as an event, so every later reader agrees)."""
+    folder = session_path(session_id)
+    events, _ = read_events(folder / "events.jsonl")
+    statuses = [e for e in events if e.get("kind") == "status"]
+    status = statuses[-1]["status"] if statuses else "queued"
+    if status in FINAL:
+        return status
+    last_beat = events[-1]["time"] if events else (folder / "job.json").stat().st_mtime
+    alive = worker_alive(folder)
+    if not alive or time.time() - last_beat > HEARTBEAT_SECONDS:
+        if alive:
+            return status  # alive but quiet: a long load; the heartbeat resumes with the sampler
+        writer = EventWriter(folder / "events.jsonl")
+        writer.status("interrupted", reason="the worker process is gone (killed or the machine restarted)")
+        writer.close()
+        return "interrupted"
+    return status
+
+
+def info(session_id: str) -> SessionInfo:
+    folder = session_path(session_id)
+    if not (folder / "job.json").is_file():
+        raise WorkbenchError(f"no session {session_id}")
+    job = json.loads((folder / "job.json").read_text())
+    status = refresh(session_id)
+    events, _ = read_events(folder / "events.jsonl")
+    final_status = next((e for e in reversed(events) if e.get("kind") == "status"), {})
+    logs = [e for e in events if e.get("kind") == "log"]
+    losses = [e["loss"] for e in logs if e.get("loss") is not None]
+    final = final_adapter(folder)
+    return SessionInfo(
+        id=session_id, status=status, reason=final_status.get("reason"), model=job["model"], method=job["method"],
+        step=logs[-1]["step"] if logs else None, max_steps=logs[-1]["max_steps"] if logs else None,
+        last_loss=losses[-1] if losses else None, final_adapter=str(final) if final else None,
+        checkpoints=[str(p) for p in complete_checkpoints(folder)], created=(folder / "job.json").stat().st_mtime,
+    )
+
+
+def list_sessions() -> list[SessionInfo]:
+    root = sessions_dir()
+    if not root.is_dir():
+        return []
+    out = []
+    for folder in sorted(root.iterdir(), reverse=True):
+        try:
+            out.append(info(folder.name))
+        except WorkbenchError:
+            continue  # not one of ours
+    return out
+
+
+def delete_session(session_id: str) -> None:
+    folder = session_path(session_id)
+    if worker_alive(folder):
+        raise WorkbenchError(f"session {session_id} is running; cancel it first")
+    shutil.rmtree(folder)

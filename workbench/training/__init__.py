@@ -1,0 +1,1 @@
+"""Training in a background worker process: job description, events, launcher, worker."""

@@ -1,0 +1,77 @@
+"""Trainer callbacks: log events, cooperative cancel, and marking saved checkpoints complete."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from .checkpoints import mark_complete
+from .events import EventWriter
+
+
+class TokenCounter:
+    """Counts the tokens the collator hands to the model (for tokens/s)."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+
+
+class EventCallback(TrainerCallback):
+    """``log`` events: step, epoch, loss, eval loss, learning rate, grad norm, tokens/s, ETA."""
+
+    def __init__(self, events: EventWriter, counter: TokenCounter) -> None:
+        self.events, self.counter = events, counter
+        self._start = self._last_time = time.perf_counter()
+        self._last_tokens = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._start = self._last_time = time.perf_counter()
+        self.events.status("running", total_steps=state.max_steps, epochs=args.num_train_epochs)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = dict(logs or {})
+        if "train_runtime" in logs:  # the Trainer's end-of-training summary
+            self.events.emit("summary", step=state.global_step, **logs)
+            return
+        now = time.perf_counter()
+        elapsed = now - self._start
+        tokens = self.counter.tokens
+        rate = (tokens - self._last_tokens) / max(now - self._last_time, 1e-9)
+        self._last_time, self._last_tokens = now, tokens
+        step = state.global_step
+        eta = elapsed / step * (state.max_steps - step) if step else None
+        self.events.emit(
+            "log", step=step, max_steps=state.max_steps, epoch=state.epoch, loss=logs.get("loss"),
+            eval_loss=logs.get("eval_loss"), learning_rate=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
+            tokens_per_second=round(rate, 1), elapsed_seconds=round(elapsed, 2),
+            eta_seconds=None if eta is None else round(eta, 1),
+        )
+
+
+class CancelCallback(TrainerCallback):
+    """Stops at the next step once ``flag`` exists (or :meth:`request` was called), and saves."""
+
+    def __init__(self, flag: Path) -> None:
+        self.flag = flag
+        self.requested = False
+
+    def request(self) -> None:
+        self.requested = True
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.requested or self.flag.exists():
+            self.requested = True
+            control.should_training_stop = True
+            control.should_save = True
+        return control
+
+
+class CompleteMarkerCallback(TrainerCallback):
+    """Writes ``COMPLETE`` into each checkpoint folder once the Trainer has written it."""
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir():
+            mark_complete(folder, step=state.global_step)

@@ -1,0 +1,106 @@
+"""TrainJob: a frozen, JSON-serialisable description of one training run.
+
+It is written to ``sessions/<id>/job.json`` before the worker starts, and it is all the
+worker knows. Session ids are ours (``YYYYmmdd-HHMMSS-xxxxxxxx``): no user text in paths.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..errors import SettingsError, WorkbenchError
+from ..memory.settings import TrainingSettings
+from ..methods import get_method
+
+SESSION_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{8}$")
+
+
+def new_session_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(4)
+
+
+def check_session_id(session_id: str) -> str:
+    if not isinstance(session_id, str) or not SESSION_ID.match(session_id):
+        raise WorkbenchError(f"invalid session id {session_id!r}")
+    return session_id
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which file and how to read it (see :func:`workbench.data.inspect`)."""
+
+    path: str
+    format: str | None = None
+    mapping: dict[str, str] | None = None
+    cutoff: int | None = None
+    train_on_prompt: bool = False
+    val_fraction: float = 0.0
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How long and how fast to train (passed to ``transformers.TrainingArguments``)."""
+
+    epochs: float = 1.0
+    max_steps: int = -1
+    learning_rate: float = 2e-4
+    warmup_ratio: float = 0.0
+    lr_scheduler: str = "linear"
+    logging_steps: int = 1
+    save_steps: int = 0  # 0: save only at the end
+    eval_steps: int = 0  # 0: evaluate once per epoch when there is a validation split
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        if self.learning_rate <= 0 or self.epochs <= 0:
+            raise SettingsError("learning_rate and epochs must be positive")
+        if not 0 <= self.warmup_ratio < 1:
+            raise SettingsError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise SettingsError("max_steps must be a positive number of steps, or -1 for whole epochs")
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    session_id: str
+    model: str
+    method: str
+    knobs: dict[str, Any]
+    settings: dict[str, Any]
+    data: DataSpec
+    schedule: Schedule = field(default_factory=Schedule)
+
+    def __post_init__(self) -> None:
+        check_session_id(self.session_id)
+        method = get_method(self.method)
+        object.__setattr__(self, "knobs", method.resolve(self.knobs))
+        TrainingSettings.from_dict(self.settings)  # validates
+
+    @property
+    def training_settings(self) -> TrainingSettings:
+        return TrainingSettings.from_dict(self.settings)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainJob:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise WorkbenchError(f"job.json: unknown field(s) {', '.join(unknown)}")
+        data = dict(data)
+        data["data"] = DataSpec(**data["data"])
+        data["schedule"] = Schedule(**data.get("schedule", {}))
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainJob:
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))

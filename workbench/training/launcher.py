@@ -1,0 +1,109 @@
+"""Start, follow and cancel training workers.
+
+The worker is a fresh interpreter started by argument list (never a shell string, never a
+fork of a process that may hold CUDA state), in its own process group so that cancelling
+can end the whole tree.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from ..data.archive import DATA_SUFFIXES
+from ..errors import DataFileError
+from ..memory import plan
+from ..methods import get_method
+from ..paths import REPO_DIR
+from ..sessions import last_status, refresh, session_path, sessions_dir, worker_alive
+from ..specs import load_model_spec
+from .events import FINAL, EventWriter
+from .job import DataSpec, TrainJob, new_session_id
+
+CANCEL_GRACE_SECONDS = 30.0
+
+
+def start(job: TrainJob) -> tuple[str, subprocess.Popen]:
+    """Write the session folder (job, plan, a copy of the data) and start the worker.
+    ``job.session_id`` is replaced by a fresh id; the data file is copied in."""
+    session_id = new_session_id()
+    folder = sessions_dir() / session_id
+    folder.mkdir(parents=True)
+    source = Path(job.data.path)
+    suffix = source.suffix.lower()
+    if suffix not in DATA_SUFFIXES + (".zip",):
+        raise DataFileError(source.name, f"unsupported file type {suffix!r}")
+    copy = folder / f"dataset{suffix}"
+    shutil.copyfile(source, copy)
+    job = replace(job, session_id=session_id, data=replace(job.data, path=str(copy)))
+    _write(folder / "job.json", job.to_json())
+    _write(folder / "plan.json", _plan_json(job))
+    events = EventWriter(folder / "events.jsonl")
+    events.status("queued")
+    events.close()
+    log = open(folder / "worker.log", "ab")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_DIR), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workbench.training.worker", str(folder / "job.json")],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO_DIR), env=env,
+        start_new_session=True, close_fds=True,
+    )
+    log.close()
+    (folder / "worker.pid").write_text(str(proc.pid))
+    return session_id, proc
+
+
+def _plan_json(job: TrainJob) -> str:
+    import json
+
+    result = plan(load_model_spec(job.model), get_method(job.method), job.knobs, job.training_settings)
+    return json.dumps(result.as_dict(), indent=2)
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def cancel(session_id: str, grace: float = CANCEL_GRACE_SECONDS) -> str:
+    """Ask the worker to stop (it saves at the next step); after ``grace`` seconds end the
+    whole process group. Returns the final status."""
+    folder = session_path(session_id)
+    (folder / "cancel").touch()
+    deadline = time.time() + grace
+    while time.time() < deadline:
+        status = refresh(session_id)
+        if status in FINAL:
+            return status
+        time.sleep(0.2)
+    try:
+        os.killpg(int((folder / "worker.pid").read_text()), signal.SIGKILL)
+    except (OSError, ValueError):
+        pass
+    for _ in range(50):
+        if not worker_alive(folder):
+            break
+        time.sleep(0.1)
+    if last_status(folder) not in FINAL:
+        events = EventWriter(folder / "events.jsonl")
+        events.status("cancelled", reason=f"did not stop within {grace:.0f} s; the process tree was killed")
+        events.close()
+    return refresh(session_id)
+
+
+def make_job(model: str, method: str, data_path: str, knobs: dict | None = None, settings: dict | None = None,
+             schedule=None, **data_options) -> TrainJob:
+    """A job with a placeholder session id (``start`` assigns the real one)."""
+    from .job import Schedule
+
+    return TrainJob(session_id=new_session_id(), model=model, method=method, knobs=knobs or {},
+                    settings=settings or {"device": "cpu", "dtype": "float32"},
+                    data=DataSpec(path=data_path, **data_options), schedule=schedule or Schedule())
