@@ -4,6 +4,11 @@
   when NVML is available, the device's used bytes as the driver sees them;
 - CPU: the process's resident set (psutil) and the bytes of live tensors the worker can
   account for (parameters, gradients, optimizer states).
+
+The tensor count is taken *in the training thread* at the end of each step
+(:class:`TensorAccountCallback`) and only read by the sampler: touching ``param.grad``
+from another thread races with the autograd engine, which writes gradients without the
+GIL (seen here as heap corruption).
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 import threading
 import time
 from typing import Any, Callable
+
+from transformers import TrainerCallback
 
 from .events import EventWriter
 
@@ -29,7 +36,7 @@ def _nvml_used() -> Callable[[], int | None]:
 class MemorySampler:
     def __init__(self, events: EventWriter, device: str, interval: float = 0.25) -> None:
         self.events, self.device, self.interval = events, device, interval
-        self.tensor_bytes: Callable[[], int] | None = None  # set once the model and optimizer exist
+        self.tensor_bytes: int | None = None  # last count from the training thread
         self.peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
@@ -54,22 +61,29 @@ class MemorySampler:
         else:
             import psutil
 
-            data = {"source": "cpu", "rss": psutil.Process().memory_info().rss,
-                    "tensor_bytes": self._tensor_bytes()}
+            data = {"source": "cpu", "rss": psutil.Process().memory_info().rss, "tensor_bytes": self.tensor_bytes}
             self.peak = max(self.peak, data["rss"])
         return data
-
-    def _tensor_bytes(self) -> int | None:
-        try:
-            return self.tensor_bytes() if self.tensor_bytes else None
-        except RuntimeError:  # tensors changing under us mid-step: skip this sample's figure
-            return None
 
     def _run(self) -> None:
         while not self._stop.is_set():
             started = time.perf_counter()
             self.events.emit("memory", **self.sample())
             self._stop.wait(max(0.0, self.interval - (time.perf_counter() - started)))
+
+
+class TensorAccountCallback(TrainerCallback):
+    """Counts parameter/gradient/optimizer bytes in the training thread after each step
+    (before the next ``zero_grad``) and hands the number to the sampler."""
+
+    def __init__(self, sampler: MemorySampler, model, optimizer) -> None:
+        self.sampler, self.count = sampler, accountant(model, optimizer)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.sampler.tensor_bytes = self.count()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.sampler.tensor_bytes = self.count()
 
 
 def accountant(model, optimizer) -> Callable[[], int]:

@@ -67,7 +67,7 @@ def setup(job, session: Path, events: EventWriter, sampler):
     from ..specs import load_model_spec
     from .callbacks import CancelCallback, CompleteMarkerCallback, EventCallback, TokenCounter
     from .collate import PadCollator
-    from .telemetry import accountant
+    from .telemetry import TensorAccountCallback
 
     spec = load_model_spec(job.model)
     method = get_method(job.method)
@@ -80,7 +80,6 @@ def setup(job, session: Path, events: EventWriter, sampler):
                 format=report.format, dropped=report.dropped["count"])
     model = load_for_training(spec, method, job.knobs, settings)
     optimizer = build_optimizer(model.parameters(), settings.optimizer, lr=job.schedule.learning_rate)
-    sampler.tensor_bytes = accountant(model, optimizer)
     s = job.schedule
     args = TrainingArguments(
         output_dir=str(session / "checkpoints"), per_device_train_batch_size=settings.batch_size,
@@ -97,7 +96,8 @@ def setup(job, session: Path, events: EventWriter, sampler):
     trainer = Trainer(
         model=model, args=args, train_dataset=train, eval_dataset=val,
         data_collator=PadCollator(tokenizer.pad_token_id or 0, counter), optimizers=(optimizer, None),
-        callbacks=[EventCallback(events, counter), cancel, CompleteMarkerCallback()],
+        callbacks=[EventCallback(events, counter), cancel, CompleteMarkerCallback(),
+                   TensorAccountCallback(sampler, model, optimizer)],
     )
     return trainer, cancel, spec
 
