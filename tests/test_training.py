@@ -105,7 +105,7 @@ def test_training_lowers_loss_and_saves_a_complete_adapter(qa_file):
     assert not (final / "training_args.bin").exists()
     assert [p.name for p in complete_checkpoints(folder)] == ["checkpoint-16", "checkpoint-32"]
     s = info(sid)
-    assert s.status == "completed" and s.step == 32 and s.final_adapter
+    assert s.state == "completed" and s.step == 32 and s.final_adapter
     assert [x.id for x in list_sessions()] == [sid]
 
 
@@ -116,7 +116,7 @@ def test_cancel_stops_at_the_next_step_and_saves(qa_file):
     assert cancel(sid, grace=120) == "cancelled"
     proc.wait(timeout=60)
     assert complete_checkpoints(session_path(sid)), "a graceful stop saves a checkpoint"
-    assert info(sid).status == "cancelled"
+    assert info(sid).state == "cancelled"
 
 
 def test_killed_worker_is_interrupted_not_running(qa_file):
@@ -127,7 +127,7 @@ def test_killed_worker_is_interrupted_not_running(qa_file):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     assert refresh(sid) == "interrupted"
-    assert info(sid).status == "interrupted" and newest_complete(session_path(sid)) is None
+    assert info(sid).state == "interrupted" and newest_complete(session_path(sid)) is None
 
 
 def test_out_of_memory_fails_cleanly_with_suggestions(tmp_path, monkeypatch):
@@ -172,3 +172,149 @@ def test_only_complete_checkpoints_are_offered(tmp_path):
     assert (folder / "final" / "adapter.safetensors").read_text() == "v1"  # the previous one survives
     assert newest_complete(folder).name == "final"
     assert not [p for p in folder.iterdir() if p.name.startswith(".final")]
+
+
+def _status_events(sid):
+    return [e for e in _events(sid) if e["kind"] == "status"]
+
+
+def test_kill_during_checkpoint_save_leaves_no_complete_checkpoint(qa_file, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_FAULT", "sleep_on_save=60")
+    job = make_job("tiny", "lora", str(qa_file), schedule=Schedule(max_steps=1000, save_steps=3, logging_steps=1))
+    sid, proc = start(job)
+    folder = session_path(sid)
+    _wait(sid, proc, lambda ev: (folder / "checkpoints" / "checkpoint-3").is_dir())
+    time.sleep(1.0)  # the Trainer has written the files; the marker is not there yet
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert refresh(sid) == "interrupted"
+    assert complete_checkpoints(folder) == [] and newest_complete(folder) is None
+
+
+def test_resume_continues_from_the_newest_complete_checkpoint(qa_file):
+    from workbench.training.launcher import resume
+
+    job = make_job("tiny", "lora", str(qa_file), schedule=Schedule(max_steps=24, save_steps=6, logging_steps=1))
+    sid, proc = start(job)
+    folder = session_path(sid)
+    _wait(sid, proc, lambda ev: bool(complete_checkpoints(folder)))
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert refresh(sid) == "interrupted"
+    step = int(complete_checkpoints(folder)[-1].name.split("-")[1])
+    seen = len(_events(sid))
+    proc = resume(sid)
+    assert proc.wait(timeout=600) == 0, open(folder / "worker.log").read()[-3000:]
+    after = _events(sid)[seen:]
+    assert next(e for e in after if e["kind"] == "resume")["checkpoint"].endswith(f"checkpoint-{step}")
+    assert min(e["step"] for e in after if e["kind"] == "log") > step
+    assert info(sid).state == "completed" and info(sid).step == 24
+
+
+def test_injected_cuda_oom_at_step_k(qa_file, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_FAULT", "oom_at_step=3")
+    job = make_job("tiny", "lora", str(qa_file), settings={"device": "cpu", "dtype": "float32", "batch_size": 8},
+                   schedule=Schedule(max_steps=50, logging_steps=1))
+    sid, proc = start(job)
+    assert proc.wait(timeout=300) == 1
+    final = _status_events(sid)[-1]
+    assert (final["status"], final["reason"]) == ("failed", "oom") and "injected" in final["message"]
+    assert final["suggestions"] and max(e["step"] for e in _events(sid) if e["kind"] == "log") == 2
+
+
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(qa_file, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_FAULT", "enospc_on_save")
+    job = make_job("tiny", "lora", str(qa_file), schedule=Schedule(max_steps=6, save_steps=3))
+    sid, proc = start(job)
+    assert proc.wait(timeout=300) == 1
+    final = _status_events(sid)[-1]
+    assert final["reason"] == "disk_full" and "checkpoint-6 is still usable" in final["message"]
+    assert newest_complete(session_path(sid)).name == "checkpoint-6"
+
+
+def test_two_runs_take_turns(qa_file):
+    jobs = [make_job("tiny", "lora", str(qa_file), schedule=Schedule(max_steps=6)) for _ in range(2)]
+    (first, p1), (second, p2) = start(jobs[0]), start(jobs[1])
+    assert p1.wait(timeout=600) == 0 and p2.wait(timeout=600) == 0
+    first_done = _status_events(first)[-1]["time"]
+    second_loading = next(e["time"] for e in _status_events(second) if e["status"] == "loading")
+    assert second_loading >= first_done
+
+
+def _run_in_process(job):
+    from workbench.training.launcher import prepare
+    from workbench.training.worker import main
+
+    sid = prepare(job)
+    return sid, main([str(session_path(sid) / "job.json")])
+
+
+def _probe_matches(final):
+    import torch
+
+    from workbench.training.artifacts import load_result, logits_probe, read_meta
+
+    model, tok = load_result(final)
+    expected, got = read_meta(final)["probe"], logits_probe(model, tok)
+    assert torch.allclose(torch.tensor(got["last"]), torch.tensor(expected["last"]), rtol=1e-4, atol=1e-4)
+    assert abs(got["sum"] - expected["sum"]) <= 1e-3 * max(1.0, abs(expected["sum"]))
+
+
+@pytest.mark.parametrize("method", ["full", "freeze", "bitfit", "lora", "rslora", "dora", "qlora", "lora-8bit", "ia3",
+                                    "adalora", "prefix", "prompt", "loha", "lokr", "oft", "vera"])
+def test_every_method_completes_and_reloads_identically(qa_file, method):
+    from workbench.methods import METHODS
+
+    assert method in METHODS
+    knobs = {"total_step": 3} if method == "adalora" else {}
+    job = make_job("tiny", method, str(qa_file), knobs=knobs, settings={"device": "cpu", "dtype": "float32",
+                                                                        "batch_size": 2},
+                   schedule=Schedule(max_steps=3, learning_rate=1e-3))
+    sid, rc = _run_in_process(job)
+    assert rc == 0, _status_events(sid)[-1]
+    final = newest_complete(session_path(sid))
+    assert final.name == "final" and all(p.suffix != ".bin" for p in final.iterdir())
+    _probe_matches(final)
+
+
+def test_export_zip_and_merged(qa_file, tmp_path):
+    import zipfile
+
+    from workbench.training.artifacts import export_merged, export_zip, read_meta
+
+    sid, rc = _run_in_process(make_job("tiny", "lora", str(qa_file), schedule=Schedule(max_steps=3)))
+    final = newest_complete(session_path(sid))
+    meta = read_meta(final)
+    assert meta["dataset"]["name"] == "qa.jsonl" and len(meta["dataset"]["sha256"]) == 64 and meta["steps"] == 3
+    names = zipfile.ZipFile(export_zip(final, tmp_path / "a.zip")).namelist()
+    assert any(n.endswith("adapter_model.safetensors") for n in names)
+    merged = export_merged(final, tmp_path / "merged")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from workbench.training.artifacts import logits_probe
+
+    model = AutoModelForCausalLM.from_pretrained(merged, use_safetensors=True)
+    got = logits_probe(model, AutoTokenizer.from_pretrained(merged))
+    assert abs(got["sum"] - meta["probe"]["sum"]) <= 1e-3 * max(1.0, abs(meta["probe"]["sum"]))
+
+
+def test_cli_train_json_and_sessions_show(qa_file, tmp_path):
+    import subprocess
+    import sys
+
+    root = tmp_path / "runs"
+    out = subprocess.run([sys.executable, "-m", "workbench", "train", "--model", "tiny", "--method", "ia3",
+                          "--data", str(qa_file), "--max-steps", "3", "--sessions-dir", str(root), "--json"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["state"] == "completed"
+    show = subprocess.run([sys.executable, "-m", "workbench", "sessions", "show", result["id"], "--sessions-dir",
+                           str(root), "--json"], capture_output=True, text=True, timeout=300)
+    data = json.loads(show.stdout)
+    assert data["id"] == result["id"] and data["state"] == "completed" and data["pid"] is None
+    assert data["events_path"].endswith("events.jsonl") and data["final_adapter"].endswith("final")
+    assert data["predicted_peak_bytes"] > 0 and data["measured_peak_bytes"] > 0 and data["dataset"] == "qa.jsonl"
+    bad = subprocess.run([sys.executable, "-m", "workbench", "sessions", "show", "../etc", "--sessions-dir", str(root)],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "invalid session id" in bad.stderr and "Traceback" not in bad.stderr

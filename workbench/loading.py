@@ -45,14 +45,12 @@ def quantization_config(method: Method, knobs: dict[str, Any], settings: Trainin
     return None
 
 
-def load_for_training(spec: ModelSpec, method: Method, knobs: dict[str, Any], settings: TrainingSettings):
-    """The model, wrapped/frozen by ``method`` and ready for ``model(**batch).loss.backward()``."""
+def load_base(spec: ModelSpec, method: Method, knobs: dict[str, Any], settings: TrainingSettings):
+    """The base model in the method's storage (dtype, 8-bit or 4-bit), all weights frozen."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    knobs = method.resolve(knobs)
-    if settings.gradient_checkpointing and not method.supports_gradient_checkpointing:
-        raise SettingsError(f"method {method.name!r} cannot be combined with gradient checkpointing")
+    cuda = settings.device == "cuda" and torch.cuda.is_available()
     model = AutoModelForCausalLM.from_pretrained(
         weights_dir(spec),
         dtype=getattr(torch, settings.dtype),
@@ -60,11 +58,20 @@ def load_for_training(spec: ModelSpec, method: Method, knobs: dict[str, Any], se
         attn_implementation=settings.attention,
         use_safetensors=True,
         trust_remote_code=False,
+        device_map={"": 0} if cuda else None,
     )
     model.config.use_cache = False
     for param in model.parameters():
         param.requires_grad_(False)
-    model = method.apply(model, spec, knobs)
+    return model
+
+
+def load_for_training(spec: ModelSpec, method: Method, knobs: dict[str, Any], settings: TrainingSettings):
+    """The model, wrapped/frozen by ``method`` and ready for ``model(**batch).loss.backward()``."""
+    knobs = method.resolve(knobs)
+    if settings.gradient_checkpointing and not method.supports_gradient_checkpointing:
+        raise SettingsError(f"method {method.name!r} cannot be combined with gradient checkpointing")
+    model = method.apply(load_base(spec, method, knobs, settings), spec, knobs)
     if settings.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()

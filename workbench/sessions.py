@@ -36,16 +36,23 @@ def session_path(session_id: str) -> Path:
 @dataclass
 class SessionInfo:
     id: str
-    status: str
+    state: str
     reason: str | None
     model: str
     method: str
+    dataset: str
     step: int | None
     max_steps: int | None
     last_loss: float | None
     final_adapter: str | None
     checkpoints: list[str]
     created: float
+    finished: float | None
+    pid: int | None  # while a worker runs
+    events_path: str
+    predicted_peak_bytes: int | None
+    measured_peak_bytes: int | None
+    measured_peak_source: str | None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,11 +112,26 @@ def info(session_id: str) -> SessionInfo:
     logs = [e for e in events if e.get("kind") == "log"]
     losses = [e["loss"] for e in logs if e.get("loss") is not None]
     final = final_adapter(folder)
+    memory = [e for e in events if e.get("kind") == "memory"]
+    key = "max_allocated" if memory and memory[-1].get("source") == "cuda" else "tensor_bytes"
+    measured = max((e.get(key) or 0 for e in memory), default=0) or None
+    try:
+        predicted = json.loads((folder / "plan.json").read_text())["peak_bytes"]
+    except (OSError, ValueError, KeyError):
+        predicted = None
+    pid = None
+    if status not in FINAL and worker_alive(folder):
+        pid = int((folder / "worker.pid").read_text().strip())
     return SessionInfo(
-        id=session_id, status=status, reason=final_status.get("reason"), model=job["model"], method=job["method"],
+        id=session_id, state=status, reason=final_status.get("reason"), model=job["model"], method=job["method"],
+        dataset=job["data"].get("name") or Path(job["data"]["path"]).name,
         step=logs[-1]["step"] if logs else None, max_steps=logs[-1]["max_steps"] if logs else None,
         last_loss=losses[-1] if losses else None, final_adapter=str(final) if final else None,
         checkpoints=[str(p) for p in complete_checkpoints(folder)], created=(folder / "job.json").stat().st_mtime,
+        finished=final_status.get("time") if status in FINAL else None, pid=pid,
+        events_path=str(folder / "events.jsonl"), predicted_peak_bytes=predicted, measured_peak_bytes=measured,
+        measured_peak_source={"max_allocated": "cuda max_memory_allocated", "tensor_bytes": "cpu tensor bytes"}[key]
+        if measured else None,
     )
 
 

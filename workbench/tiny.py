@@ -5,7 +5,7 @@ on a machine with no internet and no GPU. It is **a demo with random weights**: 
 a little from a few training steps but it knows nothing. The label is in its config
 (``workbench_demo``), in a README next to the weights and everywhere the UI shows it.
 
-The model is built once per cache directory (``$WORKBENCH_CACHE/models/tiny-v1``), written
+The model is built once per cache directory (``$WORKBENCH_CACHE/models/tiny-v2``), written
 to a temporary folder and renamed into place, so a crash never leaves a half-written model
 behind; afterwards it loads with ``AutoModelForCausalLM.from_pretrained`` /
 ``AutoTokenizer.from_pretrained`` with ``HF_HUB_OFFLINE=1``.
@@ -22,7 +22,7 @@ from pathlib import Path
 from .paths import TEXT_DIR, cache_dir
 
 TINY_NAME = "tiny"
-TINY_VERSION = "tiny-v1"
+TINY_VERSION = "tiny-v2"
 TINY_LABEL = "tiny (demo model: random weights, offline)"
 VOCAB_SIZE = 4096
 SEED = 1234
@@ -33,7 +33,7 @@ TINY_CONFIG = {
     "architectures": ["LlamaForCausalLM"],
     "model_type": "llama",
     "hidden_size": 256,
-    "intermediate_size": 688,
+    "intermediate_size": 704,
     "num_hidden_layers": 4,
     "num_attention_heads": 8,
     "num_key_value_heads": 4,

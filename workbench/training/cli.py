@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
+from pathlib import Path
 
 from ..errors import WorkbenchError
 
 
 def add_commands(sub, add_run_flags, parse_run) -> None:
-    p = sub.add_parser("train", help="start training in a background worker (sessions/<id>/)")
+    p = sub.add_parser("train", help="train in a background worker (sessions/<id>/); follows it unless --detach")
     add_run_flags(p, "cpu")
     p.add_argument("--data", required=True, help="dataset file (see `data inspect`)")
     p.add_argument("--format", default=None)
@@ -21,65 +23,112 @@ def add_commands(sub, add_run_flags, parse_run) -> None:
     p.add_argument("--max-steps", type=int, default=-1)
     p.add_argument("--learning-rate", type=float, default=2e-4)
     p.add_argument("--save-steps", type=int, default=0)
-    p.add_argument("--wait", action="store_true", help="follow the run and print its log events")
+    p.add_argument("--keep-checkpoints", type=int, default=3)
+    p.add_argument("--sessions-dir", default=None, help="where runs are kept (default: ./sessions)")
+    p.add_argument("--detach", action="store_true", help="start the worker and return at once")
     p.set_defaults(func=lambda args: cmd_train(args, parse_run))
-    s = sub.add_parser("sessions", help="list runs, show one, cancel or delete it")
-    s.add_argument("action", choices=["list", "show", "cancel", "delete"])
+    s = sub.add_parser("sessions", help="list runs, show, cancel, resume, delete or export one")
+    s.add_argument("action", choices=["list", "show", "cancel", "resume", "delete", "export"])
     s.add_argument("session_id", nargs="?")
+    s.add_argument("--sessions-dir", default=None)
+    s.add_argument("--zip", default=None, help="export: write the adapter folder as this zip file")
+    s.add_argument("--merged", default=None, help="export: write a merged standalone model to this folder")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_sessions)
 
 
+def _use_sessions_dir(path: str | None) -> None:
+    if path:
+        os.environ["WORKBENCH_SESSIONS"] = str(Path(path).resolve())  # inherited by the worker
+
+
 def cmd_train(args: argparse.Namespace, parse_run) -> int:
     from ..data import parse_mapping
-    from .events import FINAL, read_events
     from .job import Schedule
     from .launcher import make_job, start
 
+    _use_sessions_dir(args.sessions_dir)
     spec, method, knobs, settings = parse_run(args)
     job = make_job(spec.name, method.name, args.data, knobs=knobs, settings=settings.as_dict(),
                    schedule=Schedule(epochs=args.epochs, max_steps=args.max_steps, learning_rate=args.learning_rate,
-                                     save_steps=args.save_steps),
+                                     save_steps=args.save_steps, keep_checkpoints=args.keep_checkpoints),
                    format=args.format, mapping=parse_mapping(args.map), cutoff=args.cutoff,
                    val_fraction=args.val_fraction)
     session_id, proc = start(job)
-    print(f"session {session_id} started (pid {proc.pid})")
-    if not args.wait:
-        return 0
-    from ..sessions import session_path
+    if not args.json:
+        print(f"session {session_id} started (pid {proc.pid})")
+    state = "queued" if args.detach else follow(session_id, proc, quiet=args.json)
+    if args.json:
+        print(json.dumps({"id": session_id, "state": state}))
+    return 0 if state in ("queued", "completed") else 1
 
-    offset, status = 0, "queued"
+
+def follow(session_id: str, proc, quiet: bool = False) -> str:
+    """Print the run's progress until it ends; returns the final state."""
+    from ..sessions import refresh, session_path
+    from .events import FINAL, read_events
+
+    offset, state = 0, "queued"
     while True:
         events, offset = read_events(session_path(session_id) / "events.jsonl", offset)
         for e in events:
             if e["kind"] == "status":
-                status = e["status"]
-                print(f"[{status}] " + json.dumps({k: v for k, v in e.items() if k not in ("kind", "time", "status")}))
-            elif e["kind"] == "log":
+                state = e["status"]
+                detail = {k: v for k, v in e.items() if k not in ("kind", "time", "status", "log_tail")}
+                if not quiet:
+                    print(f"[{state}] {json.dumps(detail)}")
+            elif e["kind"] == "log" and not quiet:
                 print(f"step {e['step']}/{e['max_steps']} loss {e['loss']} eval {e['eval_loss']} "
                       f"tok/s {e['tokens_per_second']} eta {e['eta_seconds']}s")
-        if status in FINAL and proc.poll() is not None:
-            return 0 if status == "completed" else 1
+        if proc.poll() is not None and not events:
+            state = refresh(session_id)
+            if state in FINAL:
+                return state
         time.sleep(0.5)
 
 
 def cmd_sessions(args: argparse.Namespace) -> int:
-    from ..sessions import delete_session, info, list_sessions
-    from .launcher import cancel
+    from ..sessions import delete_session, info, list_sessions, session_path
+    from .artifacts import export_merged, export_zip
+    from .checkpoints import final_adapter
+    from .launcher import cancel, resume
 
+    _use_sessions_dir(args.sessions_dir)
     if args.action == "list":
         rows = [s.as_dict() for s in list_sessions()]
         if args.json:
             print(json.dumps(rows, indent=2))
-        for r in rows if not args.json else []:
-            print(f"{r['id']}  {r['status']:<11} {r['method']:<8} {r['model']}  step {r['step']}  loss {r['last_loss']}")
+            return 0
+        for r in rows:
+            print(f"{r['id']}  {r['state']:<11} {r['method']:<9} {r['model']:<28} {r['dataset']:<20} "
+                  f"step {r['step']}  loss {r['last_loss']}")
         return 0
     if not args.session_id:
         raise WorkbenchError(f"sessions {args.action}: give a session id")
+    sid = args.session_id
     if args.action == "show":
-        print(json.dumps(info(args.session_id).as_dict(), indent=2))
+        data = info(sid).as_dict()
+        print(json.dumps(data, indent=2) if args.json else "\n".join(f"{k}: {v}" for k, v in data.items()))
     elif args.action == "cancel":
-        print(cancel(args.session_id))
+        state = cancel(sid)
+        print(json.dumps({"id": sid, "state": state}) if args.json else state)
+    elif args.action == "resume":
+        proc = resume(sid)
+        state = follow(sid, proc, quiet=args.json)
+        print(json.dumps({"id": sid, "state": state}) if args.json else state)
+    elif args.action == "delete":
+        delete_session(sid)
+        print(json.dumps({"id": sid, "deleted": True}) if args.json else f"deleted {sid}")
     else:
-        delete_session(args.session_id)
+        final = final_adapter(session_path(sid))
+        if final is None:
+            raise WorkbenchError(f"session {sid} has no complete final result to export")
+        if not (args.zip or args.merged):
+            raise WorkbenchError("sessions export: give --zip FILE and/or --merged DIR")
+        out = {}
+        if args.zip:
+            out["zip"] = str(export_zip(final, Path(args.zip)))
+        if args.merged:
+            out["merged"] = str(export_merged(final, Path(args.merged)))
+        print(json.dumps(out))
     return 0

@@ -22,7 +22,11 @@ SESSION_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{8}$")
 
 
 def new_session_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(4)
+    """UTC time to the millisecond, then random hex: ids sort in creation order (the run
+    queue relies on it) and cannot be guessed."""
+    now = time.time()
+    millis = int(now * 1000) % 1000
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime(now)) + f"-{millis:03x}{secrets.token_hex(3)[:5]}"
 
 
 def check_session_id(session_id: str) -> str:
@@ -36,6 +40,7 @@ class DataSpec:
     """Which file and how to read it (see :func:`workbench.data.inspect`)."""
 
     path: str
+    name: str | None = None  # the file name the user gave (for display and the model card)
     format: str | None = None
     mapping: dict[str, str] | None = None
     cutoff: int | None = None
@@ -55,6 +60,7 @@ class Schedule:
     lr_scheduler: str = "linear"
     logging_steps: int = 1
     save_steps: int = 0  # 0: save only at the end
+    keep_checkpoints: int = 3  # the newest K intermediate checkpoints are kept
     eval_steps: int = 0  # 0: evaluate once per epoch when there is a validation split
     seed: int = 42
 

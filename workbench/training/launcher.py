@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..data.archive import DATA_SUFFIXES
-from ..errors import DataFileError
+from ..errors import DataFileError, WorkbenchError
 from ..memory import plan
 from ..methods import get_method
 from ..paths import REPO_DIR
@@ -32,6 +32,13 @@ CANCEL_GRACE_SECONDS = 30.0
 def start(job: TrainJob) -> tuple[str, subprocess.Popen]:
     """Write the session folder (job, plan, a copy of the data) and start the worker.
     ``job.session_id`` is replaced by a fresh id; the data file is copied in."""
+    session_id = prepare(job)
+    return session_id, spawn(session_id)
+
+
+def prepare(job: TrainJob) -> str:
+    """Create ``sessions/<new id>/`` with job.json, plan.json, the data copy and a
+    ``queued`` event; returns the id. The worker is not started."""
     session_id = new_session_id()
     folder = sessions_dir() / session_id
     folder.mkdir(parents=True)
@@ -41,23 +48,42 @@ def start(job: TrainJob) -> tuple[str, subprocess.Popen]:
         raise DataFileError(source.name, f"unsupported file type {suffix!r}")
     copy = folder / f"dataset{suffix}"
     shutil.copyfile(source, copy)
-    job = replace(job, session_id=session_id, data=replace(job.data, path=str(copy)))
+    job = replace(job, session_id=session_id, data=replace(job.data, path=str(copy), name=job.data.name or source.name))
     _write(folder / "job.json", job.to_json())
     _write(folder / "plan.json", _plan_json(job))
     events = EventWriter(folder / "events.jsonl")
     events.status("queued")
     events.close()
+    return session_id
+
+
+def spawn(session_id: str, resume: bool = False) -> subprocess.Popen:
+    """Start the worker of a prepared session (``resume``: from its newest complete checkpoint)."""
+    folder = session_path(session_id)
     log = open(folder / "worker.log", "ab")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_DIR), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "workbench.training.worker", str(folder / "job.json")],
+        [sys.executable, "-m", "workbench.training.worker", str(folder / "job.json")] + (["--resume"] if resume else []),
         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO_DIR), env=env,
         start_new_session=True, close_fds=True,
     )
     log.close()
     (folder / "worker.pid").write_text(str(proc.pid))
-    return session_id, proc
+    return proc
+
+
+def resume(session_id: str) -> subprocess.Popen:
+    """Start a stopped run again from its newest complete checkpoint."""
+    folder = session_path(session_id)
+    status = refresh(session_id)
+    if status not in ("interrupted", "failed", "cancelled"):
+        raise WorkbenchError(f"session {session_id} is {status}; only interrupted, failed or cancelled runs resume")
+    (folder / "cancel").unlink(missing_ok=True)
+    events = EventWriter(folder / "events.jsonl")
+    events.status("queued", resume=True)
+    events.close()
+    return spawn(session_id, resume=True)
 
 
 def _plan_json(job: TrainJob) -> str:

@@ -47,8 +47,11 @@ class MemorySampler:
         return self
 
     def stop(self) -> None:
+        """Stop sampling, with one last sample so that even a run shorter than one interval
+        has a figure after training."""
         self._stop.set()
         self._thread.join(timeout=5)
+        self.events.emit("memory", **self.sample())
 
     def sample(self) -> dict[str, Any]:
         if self.device == "cuda":

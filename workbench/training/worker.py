@@ -1,12 +1,14 @@
-"""The training worker: ``python -m workbench.training.worker sessions/<id>/job.json``.
+"""The training worker: ``python -m workbench.training.worker sessions/<id>/job.json [--resume]``.
 
-A recipe, top to bottom: set-up (tokenizer, model with the method's quantization and peft
-wrap, dataset) -> train with ``transformers.Trainer`` -> save -> clean up. Everything it
-does goes to ``events.jsonl``; the web server only reads that file. It never imports gradio.
+A recipe, top to bottom: wait for the device -> set-up (tokenizer, model with the method's
+quantization and peft wrap, dataset) -> train with ``transformers.Trainer`` -> save ->
+clean up. Everything it does goes to ``events.jsonl``; the web server only reads that file.
+It never imports gradio.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -20,30 +22,34 @@ LOG_TAIL_LINES = 20
 
 def main(argv: list[str]) -> int:
     job_path = Path(argv[0]).resolve()
+    resume = "--resume" in argv[1:]
     session = job_path.parent
     events = EventWriter(session / "events.jsonl")
-    events.status("loading", pid=os.getpid())
     (session / "worker.pid").write_text(str(os.getpid()))
-    sampler = None
+    sampler = lock = None
     try:
+        from .checkpoints import complete_checkpoints, save_atomically
         from .job import TrainJob
+        from .telemetry import MemorySampler
+        from .turns import wait_for_turn
 
         job = TrainJob.load(job_path)
         settings = job.training_settings
-        from .telemetry import MemorySampler
-
+        lock = wait_for_turn(session, settings.device)  # stays "queued" until then
+        events.status("loading", pid=os.getpid(), resume=resume)
         sampler = MemorySampler(events, "cuda" if settings.device == "cuda" else "cpu").start()
-        trainer, cancel, spec = setup(job, session, events, sampler)
+        trainer, cancel = setup(job, session, events, sampler)
         signal.signal(signal.SIGTERM, lambda *_: cancel.request())  # graceful stop on SIGTERM
+        checkpoint = complete_checkpoints(session)[-1] if resume and complete_checkpoints(session) else None
+        if resume:
+            events.emit("resume", checkpoint=str(checkpoint) if checkpoint else None)
         _cap_memory()
-        trainer.train()
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         if cancel.requested:
             events.status("cancelled", reason="cancelled by the user", step=trainer.state.global_step)
             return 0
         events.status("saving")
-        from .checkpoints import save_atomically
-
-        final = save_atomically(session / "final", lambda tmp: _save(trainer, tmp))
+        final = save_atomically(session / "final", lambda tmp: _save(trainer, job, tmp))
         events.status("completed", adapter=str(final), step=trainer.state.global_step)
         return 0
     except BaseException as exc:  # every failure ends as an event; the UI never sees a traceback
@@ -53,6 +59,8 @@ def main(argv: list[str]) -> int:
         if sampler is not None:
             sampler.stop()
         events.close()
+        if lock is not None:
+            lock.close()
 
 
 def setup(job, session: Path, events: EventWriter, sampler):
@@ -67,10 +75,10 @@ def setup(job, session: Path, events: EventWriter, sampler):
     from ..specs import load_model_spec
     from .callbacks import CancelCallback, CompleteMarkerCallback, EventCallback, TokenCounter
     from .collate import PadCollator
+    from .faults import FaultCallback
     from .telemetry import TensorAccountCallback
 
     spec = load_model_spec(job.model)
-    method = get_method(job.method)
     settings = job.training_settings
     torch.manual_seed(job.schedule.seed)
     tokenizer = load_tokenizer(str(weights_dir(spec)) if spec.source != "builtin" else job.model)
@@ -78,7 +86,7 @@ def setup(job, session: Path, events: EventWriter, sampler):
                                        job.data.train_on_prompt, job.data.val_fraction, job.data.seed)
     events.emit("data", rows=report.rows, train=len(train), validation=len(val) if val else 0, cutoff=report.cutoff,
                 format=report.format, dropped=report.dropped["count"])
-    model = load_for_training(spec, method, job.knobs, settings)
+    model = load_for_training(spec, get_method(job.method), job.knobs, settings)
     optimizer = build_optimizer(model.parameters(), settings.optimizer, lr=job.schedule.learning_rate)
     s = job.schedule
     args = TrainingArguments(
@@ -87,19 +95,30 @@ def setup(job, session: Path, events: EventWriter, sampler):
         num_train_epochs=s.epochs, max_steps=s.max_steps, learning_rate=s.learning_rate,
         lr_scheduler_type=s.lr_scheduler, warmup_steps=s.warmup_ratio, logging_steps=s.logging_steps,
         save_strategy="steps" if s.save_steps else "no", save_steps=s.save_steps or 500,
-        eval_strategy=("steps" if s.eval_steps else "epoch") if val is not None else "no",
+        save_total_limit=s.keep_checkpoints, eval_strategy=("steps" if s.eval_steps else "epoch") if val else "no",
         eval_steps=s.eval_steps or None, seed=s.seed, use_cpu=settings.device == "cpu", report_to=[],
         disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0,
     )
     counter = TokenCounter()
     cancel = CancelCallback(session / "cancel")
     trainer = Trainer(
-        model=model, args=args, train_dataset=train, eval_dataset=val,
+        model=model, args=args, train_dataset=train, eval_dataset=val, processing_class=tokenizer,
         data_collator=PadCollator(tokenizer.pad_token_id or 0, counter), optimizers=(optimizer, None),
-        callbacks=[EventCallback(events, counter), cancel, CompleteMarkerCallback(),
+        callbacks=[EventCallback(events, counter), cancel, FaultCallback(), CompleteMarkerCallback(),
                    TensorAccountCallback(sampler, model, optimizer)],
     )
-    return trainer, cancel, spec
+    return trainer, cancel
+
+
+def _save(trainer, job, folder: Path) -> None:
+    """peft methods: the adapter (``adapter_config.json`` + ``adapter_model.safetensors``);
+    full: the whole model; freeze/BitFit: only the trained tensors. Always safetensors, the
+    tokenizer, and ``workbench_meta.json`` (what, from which data, how far, a logits probe)."""
+    from .artifacts import save_artifacts
+    from .faults import before_final_save
+
+    before_final_save()
+    save_artifacts(trainer, job, folder)
 
 
 def _cap_memory() -> None:
@@ -123,13 +142,6 @@ def _uncap_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
 
 
-def _save(trainer, folder: Path) -> None:
-    trainer.save_model(str(folder))  # peft: adapter_model.safetensors + adapter_config.json
-    (folder / "training_args.bin").unlink(missing_ok=True)  # a pickle; job.json already says it all
-    if trainer.processing_class is not None:
-        trainer.processing_class.save_pretrained(str(folder))
-
-
 def _is_oom(exc: BaseException) -> bool:
     import torch
 
@@ -146,6 +158,14 @@ def _fail(exc: BaseException, events: EventWriter, session: Path, sampler, job_p
         events.status("cancelled", reason="interrupted by a signal")
         return
     peak = sampler.peak if sampler is not None else None
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        from .checkpoints import newest_complete
+
+        kept = newest_complete(session)
+        events.status("failed", reason="disk_full", peak_bytes=peak,
+                      message="no space left on device while saving; free space and resume"
+                              + (f" (the complete checkpoint {kept.name} is still usable)" if kept else ""))
+        return
     if _is_oom(exc):
         events.status("failed", reason="oom", peak_bytes=peak, message=str(exc)[:500],
                       suggestions=_suggestions(job_path))
