@@ -36,7 +36,7 @@ def run(with_telemetry: bool, steps: int, data_path: Path, tmp: Path) -> tuple[f
     from workbench.methods import get_method
     from workbench.optimizers import build_optimizer
     from workbench.specs import load_model_spec
-    from workbench.training.callbacks import CancelCallback, CompleteMarkerCallback, EventCallback, TokenCounter
+    from workbench.training.callbacks import CancelCallback, CheckpointPublisher, EventCallback, TokenCounter
     from workbench.training.collate import PadCollator
     from workbench.training.events import EventWriter
     from workbench.training.telemetry import MemorySampler, TensorAccountCallback
@@ -56,7 +56,8 @@ def run(with_telemetry: bool, steps: int, data_path: Path, tmp: Path) -> tuple[f
     if with_telemetry:
         events = EventWriter(tmp / f"events-{time.time_ns()}.jsonl")
         sampler = MemorySampler(events, "cpu")
-        callbacks = [EventCallback(events, counter), CancelCallback(tmp / "cancel"), CompleteMarkerCallback(),
+        callbacks = [EventCallback(events, counter), CancelCallback(tmp / "cancel"),
+                     CheckpointPublisher(tmp / "checkpoints", 3),
                      TensorAccountCallback(sampler, model, optimizer)]
         sampler.start()
     trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=PadCollator(tok.pad_token_id, counter),

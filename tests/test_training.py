@@ -183,12 +183,31 @@ def test_kill_during_checkpoint_save_leaves_no_complete_checkpoint(qa_file, monk
     job = make_job("tiny", "lora", str(qa_file), schedule=Schedule(max_steps=1000, save_steps=3, logging_steps=1))
     sid, proc = start(job)
     folder = session_path(sid)
-    _wait(sid, proc, lambda ev: (folder / "checkpoints" / "checkpoint-3").is_dir())
+    _wait(sid, proc, lambda ev: (folder / ".staging" / "checkpoint-3").is_dir())
     time.sleep(1.0)  # the Trainer has written the files; the marker is not there yet
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     assert refresh(sid) == "interrupted"
     assert complete_checkpoints(folder) == [] and newest_complete(folder) is None
+    assert not (folder / "checkpoints" / "checkpoint-3").exists()
+
+
+def test_cancel_kills_the_process_tree_after_the_grace_period(qa_file, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_FAULT", "sleep_on_save=120")
+    job = make_job("tiny", "lora", str(qa_file), schedule=Schedule(max_steps=1000, save_steps=2, logging_steps=1))
+    sid, proc = start(job)
+    _wait(sid, proc, lambda ev: (session_path(sid) / ".staging" / "checkpoint-2").is_dir())
+    started = time.time()
+    assert cancel(sid, grace=2) == "cancelled"
+    assert proc.wait(timeout=30) is not None and time.time() - started < 30
+    assert "killed" in _status_events(sid)[-1]["reason"]
+
+
+def test_keep_last_k_checkpoints(qa_file):
+    sid, rc = _run_in_process(make_job("tiny", "lora", str(qa_file),
+                                       schedule=Schedule(max_steps=8, save_steps=2, keep_checkpoints=2)))
+    assert rc == 0
+    assert [p.name for p in complete_checkpoints(session_path(sid))] == ["checkpoint-6", "checkpoint-8"]
 
 
 def test_resume_continues_from_the_newest_complete_checkpoint(qa_file):

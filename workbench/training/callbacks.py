@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from pathlib import Path
 
 from transformers import TrainerCallback
 
-from .checkpoints import mark_complete
+from .checkpoints import complete_checkpoints, mark_complete
 from .events import EventWriter
 
 
@@ -68,10 +70,25 @@ class CancelCallback(TrainerCallback):
         return control
 
 
-class CompleteMarkerCallback(TrainerCallback):
-    """Writes ``COMPLETE`` into each checkpoint folder once the Trainer has written it."""
+class CheckpointPublisher(TrainerCallback):
+    """The Trainer writes checkpoints into a staging folder; once one is written, this marks
+    it ``COMPLETE``, renames it into ``checkpoints/`` and keeps the newest ``keep`` there."""
+
+    def __init__(self, published: Path, keep: int) -> None:
+        self.published, self.keep = published, keep
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        shutil.rmtree(args.output_dir, ignore_errors=True)  # leftovers of a run killed mid-save
 
     def on_save(self, args, state, control, **kwargs):
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if folder.is_dir():
-            mark_complete(folder, step=state.global_step)
+        staged = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if not staged.is_dir():
+            return
+        mark_complete(staged, step=state.global_step)
+        self.published.mkdir(parents=True, exist_ok=True)
+        target = self.published / staged.name
+        if target.exists():  # re-saved after a resume: the new one replaces it only when complete
+            shutil.rmtree(target)
+        os.replace(staged, target)
+        for old in complete_checkpoints(self.published.parent)[: -self.keep] if self.keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)

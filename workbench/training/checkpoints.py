@@ -1,7 +1,8 @@
 """Checkpoints that are complete or invisible.
 
-A checkpoint directory counts only once it holds the ``COMPLETE`` marker, written after
-every file is on disk. The final adapter is written to a temporary folder and renamed into
+The Trainer writes each checkpoint into ``.staging/``; only when every file is on disk is
+it marked ``COMPLETE`` and renamed into ``checkpoints/`` (see ``CheckpointPublisher``), and a
+folder without the marker is never listed or loaded. The final adapter is written to a temporary folder and renamed into
 place, so a crash while saving never leaves a folder that looks finished, and a previous
 adapter is never overwritten by a partial one.
 """

@@ -73,7 +73,7 @@ def setup(job, session: Path, events: EventWriter, sampler):
     from ..methods import get_method
     from ..optimizers import build_optimizer
     from ..specs import load_model_spec
-    from .callbacks import CancelCallback, CompleteMarkerCallback, EventCallback, TokenCounter
+    from .callbacks import CancelCallback, CheckpointPublisher, EventCallback, TokenCounter
     from .collate import PadCollator
     from .faults import FaultCallback
     from .telemetry import TensorAccountCallback
@@ -90,12 +90,12 @@ def setup(job, session: Path, events: EventWriter, sampler):
     optimizer = build_optimizer(model.parameters(), settings.optimizer, lr=job.schedule.learning_rate)
     s = job.schedule
     args = TrainingArguments(
-        output_dir=str(session / "checkpoints"), per_device_train_batch_size=settings.batch_size,
+        output_dir=str(session / ".staging"), per_device_train_batch_size=settings.batch_size,
         per_device_eval_batch_size=settings.batch_size, gradient_accumulation_steps=settings.grad_accum,
         num_train_epochs=s.epochs, max_steps=s.max_steps, learning_rate=s.learning_rate,
         lr_scheduler_type=s.lr_scheduler, warmup_steps=s.warmup_ratio, logging_steps=s.logging_steps,
         save_strategy="steps" if s.save_steps else "no", save_steps=s.save_steps or 500,
-        save_total_limit=s.keep_checkpoints, eval_strategy=("steps" if s.eval_steps else "epoch") if val else "no",
+        eval_strategy=("steps" if s.eval_steps else "epoch") if val else "no",
         eval_steps=s.eval_steps or None, seed=s.seed, use_cpu=settings.device == "cpu", report_to=[],
         disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0,
     )
@@ -104,7 +104,8 @@ def setup(job, session: Path, events: EventWriter, sampler):
     trainer = Trainer(
         model=model, args=args, train_dataset=train, eval_dataset=val, processing_class=tokenizer,
         data_collator=PadCollator(tokenizer.pad_token_id or 0, counter), optimizers=(optimizer, None),
-        callbacks=[EventCallback(events, counter), cancel, FaultCallback(), CompleteMarkerCallback(),
+        callbacks=[EventCallback(events, counter), cancel, FaultCallback(),
+                   CheckpointPublisher(session / "checkpoints", s.keep_checkpoints),
                    TensorAccountCallback(sampler, model, optimizer)],
     )
     return trainer, cancel
