@@ -28,7 +28,7 @@ def add_commands(sub, add_run_flags, parse_run) -> None:
     p.add_argument("--detach", action="store_true", help="start the worker and return at once")
     p.set_defaults(func=lambda args: cmd_train(args, parse_run))
     s = sub.add_parser("sessions", help="list runs, show, cancel, resume, delete or export one")
-    s.add_argument("action", choices=["list", "show", "cancel", "resume", "delete", "export"])
+    s.add_argument("action", choices=["list", "show", "follow", "cancel", "resume", "delete", "export"])
     s.add_argument("session_id", nargs="?")
     s.add_argument("--sessions-dir", default=None)
     s.add_argument("--zip", default=None, help="export: write the adapter folder as this zip file")
@@ -63,8 +63,9 @@ def cmd_train(args: argparse.Namespace, parse_run) -> int:
     return 0 if state in ("queued", "completed") else 1
 
 
-def follow(session_id: str, proc, quiet: bool = False) -> str:
-    """Print the run's progress until it ends; returns the final state."""
+def follow(session_id: str, proc=None, quiet: bool = False) -> str:
+    """Print the run's progress until it ends; returns the final state. Without ``proc``
+    (reattaching to a run started elsewhere) liveness comes from the session's pid."""
     from ..sessions import refresh, session_path
     from .events import FINAL, read_events
 
@@ -80,7 +81,7 @@ def follow(session_id: str, proc, quiet: bool = False) -> str:
             elif e["kind"] == "log" and not quiet:
                 print(f"step {e['step']}/{e['max_steps']} loss {e['loss']} eval {e['eval_loss']} "
                       f"tok/s {e['tokens_per_second']} eta {e['eta_seconds']}s")
-        if proc.poll() is not None and not events:
+        if (proc is None or proc.poll() is not None) and not events:
             state = refresh(session_id)
             if state in FINAL:
                 return state
@@ -109,6 +110,9 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     if args.action == "show":
         data = info(sid).as_dict()
         print(json.dumps(data, indent=2) if args.json else "\n".join(f"{k}: {v}" for k, v in data.items()))
+    elif args.action == "follow":
+        state = follow(sid, quiet=args.json)
+        print(json.dumps({"id": sid, "state": state}) if args.json else state)
     elif args.action == "cancel":
         state = cancel(sid)
         print(json.dumps({"id": sid, "state": state}) if args.json else state)
