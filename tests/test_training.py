@@ -337,3 +337,10 @@ def test_cli_train_json_and_sessions_show(qa_file, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "workbench", "sessions", "show", "../etc", "--sessions-dir", str(root)],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "invalid session id" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_hand_edited_job_with_unknown_fields_is_refused(qa_file):
+    data = json.loads(make_job("tiny", "lora", str(qa_file)).to_json())
+    data["schedule"]["learning_rte"] = 1.0
+    with pytest.raises(WorkbenchError, match="unknown field.*learning_rte"):
+        TrainJob.from_dict(data)

@@ -1,5 +1,7 @@
 """Errors a user can cause. The CLI prints their message (exit code 2); the UI shows it."""
 
+from dataclasses import fields
+
 
 class WorkbenchError(Exception):
     """A problem with the user's input, with a message that says what to do about it."""
@@ -34,3 +36,16 @@ class DataFileError(WorkbenchError):
             f" column {column!r}" if column is not None else "",
         ])
         super().__init__(f"{file}{where}: {problem}" + (f" -- {hint}" if hint else ""))
+
+
+def check_fields(cls, data: dict, where: str, error: type = None) -> dict:
+    """``data`` for ``cls(**data)``: a dict whose keys are all fields of the dataclass, or
+    ``error`` (default :class:`WorkbenchError`) naming the unknown ones and the valid ones."""
+    if not isinstance(data, dict):
+        raise (error or WorkbenchError)(f"{where}: expected an object, got {type(data).__name__}")
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise (error or WorkbenchError)(
+            f"{where}: unknown field(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+    return data

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..errors import SettingsError
+from ..errors import SettingsError, check_fields
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit", "sgd", "sgd_momentum", "adafactor")
@@ -59,8 +59,4 @@ class TrainingSettings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainingSettings:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise SettingsError(f"unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
-        return cls(**data)
+        return cls(**check_fields(cls, data, "settings", SettingsError))

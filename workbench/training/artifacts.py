@@ -84,7 +84,7 @@ def load_result(folder: Path):
     """(model, tokenizer) of a finished run: the base in the run's storage plus its result."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..loading import load_base, weights_dir
+    from ..loading import load_base
     from ..memory import TrainingSettings
     from ..methods import get_method
     from ..specs import load_model_spec

@@ -10,11 +10,11 @@ import json
 import re
 import secrets
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import SettingsError, WorkbenchError
+from ..errors import SettingsError, WorkbenchError, check_fields
 from ..memory.settings import TrainingSettings
 from ..methods import get_method
 
@@ -98,13 +98,9 @@ class TrainJob:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainJob:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise WorkbenchError(f"job.json: unknown field(s) {', '.join(unknown)}")
-        data = dict(data)
-        data["data"] = DataSpec(**data["data"])
-        data["schedule"] = Schedule(**data.get("schedule", {}))
+        data = dict(check_fields(cls, data, "job.json"))
+        data["data"] = DataSpec(**check_fields(DataSpec, data.get("data"), "job.json data"))
+        data["schedule"] = Schedule(**check_fields(Schedule, data.get("schedule", {}), "job.json schedule"))
         return cls(**data)
 
     @classmethod
