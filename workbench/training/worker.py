@@ -27,6 +27,7 @@ def main(argv: list[str]) -> int:
     events = EventWriter(session / "events.jsonl")
     (session / "worker.pid").write_text(str(os.getpid()))
     sampler = lock = None
+    previous_sigterm = signal.getsignal(signal.SIGTERM)
     try:
         from .checkpoints import complete_checkpoints, save_atomically
         from .job import TrainJob
@@ -56,6 +57,7 @@ def main(argv: list[str]) -> int:
         _fail(exc, events, session, sampler, job_path)
         return 1
     finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
         if sampler is not None:
             sampler.stop()
         events.close()
