@@ -1,0 +1,81 @@
+"""Side-by-side chat: one base in memory, adapters switched in place, same seed."""
+
+import json
+
+import pytest
+
+from workbench.chat import BASE, ChatEngine, Sampling
+from workbench.errors import WorkbenchError
+from workbench.training.job import Schedule
+from workbench.training.launcher import make_job, prepare
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory):
+    import os
+
+    from workbench.sessions import session_path
+    from workbench.training.checkpoints import newest_complete
+    from workbench.training.worker import main
+
+    root = tmp_path_factory.mktemp("chat")
+    os.environ["WORKBENCH_SESSIONS"] = str(root / "sessions")
+    data = root / "qa.jsonl"
+    data.write_text("\n".join(json.dumps({"instruction": "Say the colour of the sky.", "output": "Blue blue blue."})
+                              for _ in range(32)))
+    found = []
+    for method, lr in (("lora", 5e-3), ("lora", 1e-4), ("ia3", 5e-2)):
+        sid = prepare(make_job("tiny", method, str(data), schedule=Schedule(max_steps=20, learning_rate=lr)))
+        assert main([str(session_path(sid) / "job.json")]) == 0
+        found.append((method, newest_complete(session_path(sid))))
+    yield found
+    os.environ.pop("WORKBENCH_SESSIONS", None)
+
+
+def test_base_and_adapters_answer_the_same_prompt_differently(adapters):
+    engine = ChatEngine("tiny")
+    engine.add_adapter("lora", adapters[0][1])
+    engine.add_adapter("slow", adapters[1][1])
+    sampling = Sampling(max_new_tokens=12, temperature=0.0, seed=1)
+    base = engine.answer("Say the colour of the sky.", BASE, sampling)
+    lora = engine.answer("Say the colour of the sky.", "lora", sampling)
+    slow = engine.answer("Say the colour of the sky.", "slow", sampling)
+    assert base != lora and "Blue" in lora and slow != lora
+    assert engine.answer("Say the colour of the sky.", BASE, sampling) == base  # adapters switch back off
+    pieces = list(engine.stream("Say the colour of the sky.", "lora", sampling))
+    assert len(pieces) > 1 and "".join(pieces) == lora  # streamed token by token
+    sampled = Sampling(max_new_tokens=12, temperature=1.0, seed=7)
+    assert engine.answer("Hello", "lora", sampled) == engine.answer("Hello", "lora", sampled)  # same seed
+
+
+def test_one_base_copy_in_memory(adapters):
+    engine = ChatEngine("tiny")
+    engine.add_adapter("a", adapters[0][1])
+    before = sum(p.numel() for p in engine._model.parameters())
+    engine.add_adapter("b", adapters[0][1])
+    after = sum(p.numel() for p in engine._model.parameters())
+    adapter = sum(p.numel() for n, p in engine._model.named_parameters() if ".a." in n or n.endswith(".a"))
+    assert after - before == adapter  # the second adapter adds only its own weights
+
+
+def test_perplexity_shows_what_the_adapter_learned(adapters):
+    engine = ChatEngine("tiny")
+    engine.add_adapter("lora", adapters[0][1])
+    text = ["<s><|im_start|>user\nSay the colour of the sky.<|im_end|>\n<|im_start|>assistant\nBlue blue blue.<|im_end|>"]
+    assert engine.perplexity(text, "lora") < engine.perplexity(text, BASE)
+
+
+def test_bad_adapter_requests(adapters, tmp_path):
+    engine = ChatEngine("tiny")
+    with pytest.raises(WorkbenchError, match="no peft adapter"):
+        engine.add_adapter("x", tmp_path)
+    with pytest.raises(WorkbenchError, match="no adapter 'nope'"):
+        engine.answer("hi", "nope", Sampling())
+    with pytest.raises(WorkbenchError, match="reserved"):
+        engine.add_adapter(BASE, adapters[0][1])
+    engine.add_adapter("lora", adapters[0][1])
+    with pytest.raises(WorkbenchError, match="cannot attach a IA3 adapter beside LORA"):
+        engine.add_adapter("ia3run", adapters[2][1])
+    solo = ChatEngine("tiny")
+    solo.add_adapter("ia3run", adapters[2][1])
+    assert solo.answer("Say the colour of the sky.", "ia3run", Sampling(max_new_tokens=4, temperature=0.0))
