@@ -1,5 +1,8 @@
-"""The page: a real plan for the tiny model on load, and a running server on 127.0.0.1."""
+"""The page: a real plan for the tiny model on load, and the named API endpoints of a
+running server on 127.0.0.1 (plan, compare, inspect, start/poll a run, sessions)."""
 
+import json
+import os
 import socket
 import subprocess
 import sys
@@ -34,23 +37,58 @@ def test_non_loopback_without_auth_refuses():
     assert out.returncode == 2 and "--auth" in out.stderr
 
 
-def test_server_answers_plan_on_loopback():
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
     gradio_client = pytest.importorskip("gradio_client")
     port = _free_port()
+    env = {**os.environ, "WORKBENCH_SESSIONS": str(tmp_path_factory.mktemp("ui") / "sessions")}
     proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, env=env)
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + 180
         while time.time() < deadline:
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
             except OSError:
                 time.sleep(0.5)
-        client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
-        summary, _figure, _table = client.predict("tiny", "qlora", "bfloat16", "auto", 2, 256, 1, True, "adamw", "cuda",
-                                                  api_name="/plan")
-        assert "qlora" in summary and "Predicted peak" in summary
+        yield gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_api_plan_and_compare(client):
+    summary, _figure, _table = client.predict("tiny", "qlora", "bfloat16", "auto", 2, 256, 1, True, "adamw", "cuda",
+                                              api_name="/plan")
+    assert "qlora" in summary and "Predicted peak" in summary
+    summary, _chart, table, fits = client.predict("meta-llama/Llama-2-7b-hf", "bfloat16", 4, 512, False, "adamw", 24,
+                                                  api_name="/compare")
+    assert "Full fine-tuning needs" in summary
+    assert [row[0] for row in table["data"]][:4] == ["full", "freeze", "bitfit", "lora"]
+    assert fits["data"] and "full" not in [row[0] for row in fits["data"]]
+
+
+def test_api_inspect_start_and_poll_a_run(client, tmp_path):
+    from gradio_client import handle_file
+
+    data = tmp_path / "faq.jsonl"
+    data.write_text("\n".join(json.dumps({"question": f"What is {i}?", "answer": f"It is {i}."}) for i in range(16)))
+    summary, html, _hist, _dropped = client.predict(handle_file(str(data)), "tiny", "auto", "", None, 0, False,
+                                                    api_name="/inspect")
+    assert "prompt_completion" in summary and "carries loss" in html
+    run_id, message = client.predict("tiny", "lora", "float32", "auto", 2, 128, 1, False, "adamw", "cpu",
+                                     handle_file(str(data)), "auto", "", None, 0, False, 6, 1e-3, api_name="/start_run")
+    assert run_id and "Started" in message
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        status, progress, _memory, _curves = client.predict(run_id, api_name="/run_status")
+        if "completed" in status or "failed" in status:
+            break
+        time.sleep(1)
+    assert "completed" in status and progress == 1.0 and "predicted peak" in status
+    table, _choices = client.predict(api_name="/sessions")
+    assert table["data"][0][0] == run_id and table["data"][0][1] == "completed"
+    _, message = client.predict("tiny", "lora", "float32", "auto", 2, 128, 1, False, "adamw", "cpu", None, "auto", "",
+                                None, 0, False, 6, 1e-3, api_name="/start_run")
+    assert "upload a dataset" in message

@@ -30,3 +30,79 @@ def plan_bar(plan: dict[str, Any]) -> go.Figure:
     fig.update_layout(barmode="stack", yaxis_title="GiB", height=420, margin=dict(l=40, r=20, t=40, b=40),
                       title=f"{plan['method']} on {plan['model_label']}: peak / inference = {plan['peak_over_inference']:.2f}x")
     return fig
+
+
+def compare_bar(rows: list[dict[str, Any]], title: str) -> go.Figure:
+    """Stacked components per method (peak as a marker): the teaching chart."""
+    rows = [r for r in rows if "error" not in r]
+    methods = [r["method"] for r in rows]
+    fig = go.Figure()
+    for name, color in COLORS.items():
+        fig.add_bar(name=name, x=methods, y=[r["components"].get(name, 0) / GIB for r in rows], marker_color=color,
+                    hovertemplate="%{x}: %{y:.2f} GiB<extra>" + name + "</extra>")
+    fig.add_scatter(name="predicted peak", x=methods, y=[r["peak_bytes"] / GIB for r in rows], mode="markers",
+                    marker=dict(symbol="line-ew-open", size=24, color="black"),
+                    hovertemplate="%{x}: peak %{y:.2f} GiB<extra></extra>")
+    fig.update_layout(barmode="stack", yaxis_title="GiB", title=title, height=460, margin=dict(l=40, r=20, t=50, b=60))
+    return fig
+
+
+def live_memory(samples: list[dict[str, Any]], plan: dict[str, Any] | None) -> go.Figure:
+    """Measured memory over time against the predicted peak and components."""
+    fig = go.Figure()
+    if samples:
+        t0 = samples[0]["time"]
+        xs = [s["time"] - t0 for s in samples]
+        if samples[-1].get("source") == "cuda":
+            series = {"allocated": "allocated", "reserved": "reserved", "nvml_used": "device used (NVML)"}
+        else:
+            series = {"tensor_bytes": "tensors (params + grads + optimizer)", "rss": "process RSS"}
+        for key, label in series.items():
+            ys = [(s.get(key) or None) and s[key] / GIB for s in samples]
+            if any(y is not None for y in ys):
+                fig.add_scatter(x=xs, y=ys, mode="lines", name=label)
+    if plan:
+        fig.add_hline(y=plan["peak_bytes"] / GIB, line_dash="dash", line_color="black",
+                      annotation_text=f"predicted peak {plan['peak_bytes'] / GIB:.3f} GiB")
+        persistent = next((t["bytes"] for t in plan.get("peak_terms", []) if t["name"] == "persistent"), None)
+        if persistent:
+            fig.add_hline(y=persistent / GIB, line_dash="dot", line_color="gray",
+                          annotation_text="predicted weights + optimizer", annotation_position="bottom right")
+    fig.update_layout(xaxis_title="seconds", yaxis_title="GiB", height=360, title="Predicted vs live memory",
+                      margin=dict(l=40, r=20, t=50, b=40))
+    return fig
+
+
+def training_curves(logs: list[dict[str, Any]]) -> go.Figure:
+    """Loss and eval loss against step; learning rate and tokens/s on a second axis."""
+    fig = go.Figure()
+    train = [e for e in logs if e.get("loss") is not None]
+    evals = [e for e in logs if e.get("eval_loss") is not None]
+    fig.add_scatter(x=[e["step"] for e in train], y=[e["loss"] for e in train], name="loss", mode="lines+markers")
+    if evals:
+        fig.add_scatter(x=[e["step"] for e in evals], y=[e["eval_loss"] for e in evals], name="eval loss",
+                        mode="lines+markers")
+    fig.add_scatter(x=[e["step"] for e in train], y=[e.get("learning_rate") for e in train], name="learning rate",
+                    yaxis="y2", mode="lines", line=dict(dash="dot"))
+    fig.add_scatter(x=[e["step"] for e in train], y=[e.get("tokens_per_second") for e in train], name="tokens/s",
+                    yaxis="y3", mode="lines", line=dict(dash="dash"))
+    fig.update_layout(height=360, title="Training", xaxis_title="step", yaxis_title="loss",
+                      yaxis2=dict(overlaying="y", side="right", title="learning rate", showgrid=False),
+                      yaxis3=dict(overlaying="y", side="right", anchor="free", autoshift=True, title="tokens/s",
+                                  showgrid=False),
+                      margin=dict(l=40, r=60, t=50, b=40))
+    return fig
+
+
+def length_histogram(report: dict[str, Any]) -> go.Figure:
+    """Token lengths with the cutoff line and the truncated share."""
+    hist = report["token_lengths"]["histogram"]
+    edges, counts = hist["edges"], hist["counts"]
+    centers = [(a + b) / 2 for a, b in zip(edges, edges[1:])]
+    widths = [b - a for a, b in zip(edges, edges[1:])]
+    fig = go.Figure(go.Bar(x=centers, y=counts, width=widths, name="examples"))
+    fig.add_vline(x=report["cutoff"], line_dash="dash", line_color="red",
+                  annotation_text=f"cutoff {report['cutoff']}: {report['truncated_fraction']:.1%} truncated")
+    fig.update_layout(height=300, xaxis_title="tokens per example", yaxis_title="examples",
+                      title="Token lengths", margin=dict(l=40, r=20, t=50, b=40))
+    return fig

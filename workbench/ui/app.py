@@ -1,66 +1,18 @@
-"""The workbench page. For now: pick a model, a method and training settings, and see the
-memory plan -- a stacked bar with formulas on hover and the table of components.
-
-Only layout here; :func:`plan_view` is a plain function of the inputs (tested directly).
-"""
+"""The workbench page: one builder per tab; only layout here (views.py has the logic)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import gradio as gr
 
-from ..charts import GIB, plan_bar
-from ..errors import WorkbenchError
-from ..memory import TrainingSettings, plan
-from ..memory.settings import DTYPE_BYTES, OPTIMIZERS, QUANTS, SETTING_HELP
-from ..methods import METHODS, get_method
-from ..specs import bundled_names, load_model_spec
+from ..specs import load_model_spec
 from ..tiny import TINY_NAME
+from .compare_tab import build_compare_tab
+from .data_tab import build_data_tab
+from .plan_tab import build_plan_tab, plan_view
+from .runs_tab import build_runs_tab
+from .train_tab import build_train_tab
 
-GPU_SIZES_GB = (8, 16, 24, 40, 80)
-
-
-def plan_view(model: str, method: str, dtype: str, quant: str, batch_size: float, seq_len: float,
-              grad_accum: float, gradient_checkpointing: bool, optimizer: str, device: str):
-    """(markdown summary, figure, table rows) for the inputs; errors become a message."""
-    try:
-        settings = TrainingSettings(
-            dtype=dtype, quant=None if quant == "auto" else quant, batch_size=int(batch_size), seq_len=int(seq_len),
-            grad_accum=int(grad_accum), gradient_checkpointing=bool(gradient_checkpointing), optimizer=optimizer,
-            device=device,
-        )
-        result = plan(load_model_spec(model), get_method(method), {}, settings).as_dict()
-    except (WorkbenchError, ValueError) as exc:
-        return f"**Cannot plan:** {exc}", None, []
-    return _summary(result), plan_bar(result), _rows(result)
-
-
-def _summary(p: dict[str, Any]) -> str:
-    peak_gb = p["peak_bytes"] / 1e9
-    fits = [f"{size} GB {'fits' if p['peak_bytes'] <= size * 1e9 else 'does not fit'}" for size in GPU_SIZES_GB]
-    demo = "\n\n> The `tiny` model is a **demo with random weights** that works offline." if p["model"] == TINY_NAME else ""
-    return (
-        f"### {p['method']} on {p['model_label']}\n"
-        f"**{p['trainable_params']:,}** of {p['total_params']:,} parameters trained ({p['trainable_percent']:.3f}%).  \n"
-        f"Predicted peak **{p['peak_bytes'] / GIB:.2f} GiB** ({peak_gb:.2f} GB); inference needs "
-        f"{p['inference_bytes'] / GIB:.2f} GiB: training takes **{p['peak_over_inference']:.2f}x** the memory of inference.  \n"
-        f"GPU: {'; '.join(fits)}." + demo
-    )
-
-
-def _rows(p: dict[str, Any]) -> list[list[Any]]:
-    rows = [[c["name"], round(c["bytes"] / GIB, 4), f"{c['bytes']:,}", c["formula"]] for c in p["components"]]
-    rows += [[f"peak: {t['name']}", round(t["bytes"] / GIB, 4), f"{t['bytes']:,}", t["formula"]] for t in p["peak_terms"]]
-    return rows
-
-
-def method_summary(name: str) -> str:
-    method = METHODS.get(name)
-    if method is None:
-        return ""
-    knobs = ", ".join(f"`{k.name}`={k.default!r}" for k in method.knobs) or "none"
-    return f"*{method.summary}*  \nKnobs (defaults): {knobs}"
+__all__ = ["build_app", "plan_view", "warm_up"]
 
 
 def warm_up() -> None:
@@ -71,28 +23,15 @@ def warm_up() -> None:
 def build_app() -> gr.Blocks:
     with gr.Blocks(title="PEFT Workbench") as app:
         gr.Markdown("# PEFT Workbench\nHow much memory will fine-tuning take, and why? Every number has a formula.")
-        with gr.Row():
-            with gr.Column(scale=1):
-                model = gr.Dropdown(bundled_names(), value=TINY_NAME, label="Model",
-                                    info="bundled configs (no download); tiny is an offline demo model")
-                method = gr.Dropdown([(f"{m.title} ({n})", n) for n, m in METHODS.items()], value="lora",
-                                     label="Method", info="how the model is fine-tuned; defaults for its knobs")
-                method_help = gr.Markdown(method_summary("lora"))
-                dtype = gr.Dropdown(list(DTYPE_BYTES), value="bfloat16", label="dtype", info=SETTING_HELP["dtype"])
-                quant = gr.Dropdown(["auto", *QUANTS], value="auto", label="Quantization", info=SETTING_HELP["quant"])
-                batch = gr.Number(4, label="Batch size", precision=0, minimum=1, info=SETTING_HELP["batch_size"])
-                seq = gr.Number(512, label="Sequence length", precision=0, minimum=1, info=SETTING_HELP["seq_len"])
-                accum = gr.Number(1, label="Gradient accumulation", precision=0, minimum=1, info=SETTING_HELP["grad_accum"])
-                ckpt = gr.Checkbox(False, label="Gradient checkpointing", info=SETTING_HELP["gradient_checkpointing"])
-                optim = gr.Dropdown(list(OPTIMIZERS), value="adamw", label="Optimizer", info=SETTING_HELP["optimizer"])
-                device = gr.Radio(["cuda", "cpu"], value="cuda", label="Device", info=SETTING_HELP["device"])
-            with gr.Column(scale=2):
-                summary = gr.Markdown()
-                chart = gr.Plot(label="Predicted memory of one training step")
-                table = gr.Dataframe(headers=["component", "GiB", "bytes", "formula"], wrap=True, label="Breakdown")
-        inputs = [model, method, dtype, quant, batch, seq, accum, ckpt, optim, device]
-        method.change(method_summary, method, method_help, api_name=False)
-        for control in inputs:
-            control.change(plan_view, inputs, [summary, chart, table], api_name=False)
-        app.load(plan_view, inputs, [summary, chart, table], api_name="plan")
+        with gr.Tab("Model & method"):
+            plan_tab = build_plan_tab()
+        with gr.Tab("Compare"):
+            build_compare_tab(plan_tab["inputs"])
+        with gr.Tab("Data"):
+            data = build_data_tab(plan_tab["inputs"])
+        with gr.Tab("Train"):
+            build_train_tab(plan_tab, data)
+        with gr.Tab("Runs"):
+            build_runs_tab()
+        app.load(plan_view, list(plan_tab["inputs"].values()), plan_tab["outputs"], api_name="plan")
     return app

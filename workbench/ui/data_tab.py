@@ -1,0 +1,67 @@
+"""Tab 3, Data: upload, detected format and why, column mapping, preview with the loss
+highlighted, token-length histogram with the cutoff, dropped rows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from ..data import inspect, parse_mapping
+from ..data.formats import FORMATS
+from ..errors import WorkbenchError
+from .views import report_view, safe_upload_name
+
+
+def inspect_view(path: str | None, model: str, fmt: str, mapping: str, cutoff: float | None, val_fraction: float,
+                 train_on_prompt: bool):
+    """(summary, preview html, histogram, dropped rows, report dict) -- or the error, cleanly."""
+    if not path:
+        return "Upload a data file (.json, .jsonl, .csv, .tsv, .parquet, .txt or a .zip of one).", "", None, [], None
+    try:
+        tokenizer, note = tokenizer_for(model)
+        report = inspect(path, tokenizer=tokenizer, format=None if fmt == "auto" else fmt,
+                         mapping=parse_mapping(mapping), cutoff=int(cutoff) if cutoff else None,
+                         train_on_prompt=bool(train_on_prompt), val_fraction=float(val_fraction or 0),
+                         display=safe_upload_name(path)).as_dict()
+    except WorkbenchError as exc:
+        return f"**Cannot use this file:** {exc}", "", None, [], None
+    summary, html, hist, dropped = report_view(report)
+    return summary + note, html, hist, dropped, report
+
+
+def tokenizer_for(model: str):
+    """The model's tokenizer, or the tiny one with a note when it is not available here."""
+    from ..data import load_tokenizer
+
+    try:
+        return load_tokenizer(model), ""
+    except WorkbenchError:
+        return load_tokenizer("tiny"), f"  \n*Token counts use the tiny tokenizer: {model}'s is not available here.*"
+
+
+def build_data_tab(plan_inputs: dict[str, Any]) -> dict[str, Any]:
+    with gr.Row():
+        with gr.Column(scale=1):
+            upload = gr.File(label="Dataset file", type="filepath",
+                             file_types=[".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt", ".zip"])
+            fmt = gr.Dropdown(["auto", *[f for f in FORMATS if f != "mapped"]], value="auto", label="Format",
+                              info="detected automatically; override here")
+            mapping = gr.Textbox(label="Column mapping", placeholder="prompt=question,response=answer,system=persona",
+                                 info="for files in no known format")
+            cutoff = gr.Number(None, label="Cutoff (tokens)", precision=0, info="empty: the suggested cutoff")
+            val = gr.Slider(0, 0.5, value=0.0, step=0.05, label="Validation share", info="seeded split")
+            on_prompt = gr.Checkbox(False, label="Train on the prompt too", info="default: loss on answers only")
+        with gr.Column(scale=2):
+            summary = gr.Markdown()
+            preview = gr.HTML(label="What the model sees (green carries loss)")
+            hist = gr.Plot(label="Token lengths")
+            dropped = gr.Dataframe(headers=["row", "reason"], label="Dropped rows", wrap=True)
+    report = gr.State(None)
+    controls = [upload, plan_inputs["model"], fmt, mapping, cutoff, val, on_prompt]
+    for c in controls:
+        c.change(inspect_view, controls, [summary, preview, hist, dropped, report], api_name=False)
+    gr.Button("Inspect", visible=False).click(inspect_view, controls, [summary, preview, hist, dropped, report],
+                                              api_name="inspect")
+    return {"upload": upload, "format": fmt, "mapping": mapping, "cutoff": cutoff, "val": val, "on_prompt": on_prompt,
+            "report": report}

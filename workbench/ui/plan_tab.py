@@ -1,0 +1,87 @@
+"""Tab 1, Model & method: pick a model, a method and settings; the plan updates live."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from ..charts import GIB, plan_bar
+from ..errors import WorkbenchError
+from ..memory import plan
+from ..memory.settings import DTYPE_BYTES, OPTIMIZERS, QUANTS, SETTING_HELP
+from ..methods import METHODS, get_method
+from ..specs import bundled_names, load_model_spec
+from ..tiny import TINY_NAME
+from .views import settings_from
+
+GPU_SIZES_GB = (8, 16, 24, 40, 80)
+
+
+def plan_view(model: str, method: str, dtype: str, quant: str, batch_size: float, seq_len: float,
+              grad_accum: float, gradient_checkpointing: bool, optimizer: str, device: str):
+    """(markdown summary, figure, table rows) for the inputs; errors become a message."""
+    try:
+        settings = settings_from(dtype, quant, batch_size, seq_len, grad_accum, gradient_checkpointing, optimizer,
+                                 device)
+        result = plan(load_model_spec(model), get_method(method), {}, settings).as_dict()
+    except (WorkbenchError, ValueError) as exc:
+        return f"**Cannot plan:** {exc}", None, []
+    return _summary(result), plan_bar(result), _rows(result)
+
+
+def _summary(p: dict[str, Any]) -> str:
+    peak_gb = p["peak_bytes"] / 1e9
+    fits = [f"{size} GB {'fits' if p['peak_bytes'] <= size * 1e9 else 'does not fit'}" for size in GPU_SIZES_GB]
+    demo = "\n\n> The `tiny` model is a **demo with random weights** that works offline." if p["model"] == TINY_NAME else ""
+    return (
+        f"### {p['method']} on {p['model_label']}\n"
+        f"**{p['trainable_params']:,}** of {p['total_params']:,} parameters trained ({p['trainable_percent']:.3f}%).  \n"
+        f"Predicted peak **{p['peak_bytes'] / GIB:.2f} GiB** ({peak_gb:.2f} GB); inference needs "
+        f"{p['inference_bytes'] / GIB:.2f} GiB: training takes **{p['peak_over_inference']:.2f}x** the memory of inference.  \n"
+        f"GPU: {'; '.join(fits)}." + demo
+    )
+
+
+def _rows(p: dict[str, Any]) -> list[list[Any]]:
+    rows = [[c["name"], round(c["bytes"] / GIB, 4), f"{c['bytes']:,}", c["formula"]] for c in p["components"]]
+    rows += [[f"peak: {t['name']}", round(t["bytes"] / GIB, 4), f"{t['bytes']:,}", t["formula"]] for t in p["peak_terms"]]
+    return rows
+
+
+def method_summary(name: str) -> str:
+    method = METHODS.get(name)
+    if method is None:
+        return ""
+    knobs = ", ".join(f"`{k.name}`={k.default!r}" for k in method.knobs) or "none"
+    return f"*{method.summary}*  \nKnobs (defaults): {knobs}"
+
+
+def build_plan_tab() -> dict[str, Any]:
+    """Layout; returns the input components other tabs read."""
+    with gr.Row():
+        with gr.Column(scale=1):
+            model = gr.Dropdown(bundled_names(), value=TINY_NAME, label="Model",
+                                info="bundled configs (no download); tiny is an offline demo model")
+            method = gr.Dropdown([(f"{m.title} ({n})", n) for n, m in METHODS.items()], value="lora",
+                                 label="Method", info="how the model is fine-tuned; defaults for its knobs")
+            method_help = gr.Markdown(method_summary("lora"))
+            dtype = gr.Dropdown(list(DTYPE_BYTES), value="bfloat16", label="dtype", info=SETTING_HELP["dtype"])
+            quant = gr.Dropdown(["auto", *QUANTS], value="auto", label="Quantization", info=SETTING_HELP["quant"])
+            batch = gr.Number(4, label="Batch size", precision=0, minimum=1, info=SETTING_HELP["batch_size"])
+            seq = gr.Number(512, label="Sequence length", precision=0, minimum=1, info=SETTING_HELP["seq_len"])
+            accum = gr.Number(1, label="Gradient accumulation", precision=0, minimum=1, info=SETTING_HELP["grad_accum"])
+            ckpt = gr.Checkbox(False, label="Gradient checkpointing", info=SETTING_HELP["gradient_checkpointing"])
+            optim = gr.Dropdown(list(OPTIMIZERS), value="adamw", label="Optimizer", info=SETTING_HELP["optimizer"])
+            device = gr.Radio(["cuda", "cpu"], value="cuda", label="Plan for device", info=SETTING_HELP["device"])
+        with gr.Column(scale=2):
+            summary = gr.Markdown()
+            chart = gr.Plot(label="Predicted memory of one training step")
+            table = gr.Dataframe(headers=["component", "GiB", "bytes", "formula"], wrap=True, label="Breakdown")
+    inputs = {"model": model, "method": method, "dtype": dtype, "quant": quant, "batch": batch, "seq": seq,
+              "accum": accum, "ckpt": ckpt, "optim": optim, "device": device}
+    ordered = list(inputs.values())
+    method.change(method_summary, method, method_help, api_name=False)
+    for control in ordered:
+        control.change(plan_view, ordered, [summary, chart, table], api_name=False)
+    return {"inputs": inputs, "outputs": [summary, chart, table]}

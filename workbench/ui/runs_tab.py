@@ -1,0 +1,65 @@
+"""Tab 6, Runs: the sessions store -- list, open (plan vs measured, charts), cancel,
+resume, delete, download the adapter zip. Reloading the page reattaches: it is all files."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+
+from ..errors import WorkbenchError
+from .views import run_view, sessions_rows
+
+HEADERS = ["id", "state", "method", "model", "dataset", "step", "last loss", "predicted peak GiB",
+           "measured peak GiB"]
+
+
+def act(action: str, session_id: str | None):
+    """(message, download file) for cancel/resume/delete/zip on one run."""
+    from ..sessions import delete_session, session_path
+    from ..training.artifacts import export_zip
+    from ..training.checkpoints import final_adapter
+    from ..training.launcher import cancel, resume
+
+    if not session_id:
+        return "Pick a run first.", None
+    try:
+        if action == "cancel":
+            return f"{session_id}: {cancel(session_id, grace=30)}", None
+        if action == "resume":
+            resume(session_id)
+            return f"{session_id}: resumed from its newest complete checkpoint", None
+        if action == "delete":
+            delete_session(session_id)
+            return f"{session_id}: deleted", None
+        final = final_adapter(session_path(session_id))
+        if final is None:
+            return f"{session_id} has no finished result yet.", None
+        out = Path(tempfile.mkdtemp(prefix="wb-export-")) / f"{session_id}-adapter.zip"
+        return f"{session_id}: adapter zip ready", str(export_zip(final, out))
+    except WorkbenchError as exc:
+        return f"**{exc}**", None
+
+
+def build_runs_tab() -> None:
+    refresh = gr.Button("Refresh")
+    table = gr.Dataframe(headers=HEADERS, value=sessions_rows, label="Runs", wrap=True)
+    pick = gr.Dropdown([], label="Run", allow_custom_value=False)
+    with gr.Row():
+        buttons = {a: gr.Button(a.capitalize()) for a in ("open", "cancel", "resume", "delete", "zip")}
+    message = gr.Markdown()
+    download = gr.File(label="Download", interactive=False)
+    status = gr.Markdown()
+    progress = gr.Slider(0, 1, value=0, label="Progress", interactive=False)
+    memory = gr.Plot(label="Predicted vs live memory")
+    curves = gr.Plot(label="Loss, learning rate, tokens/s")
+
+    def reload():
+        rows = sessions_rows()
+        return rows, gr.update(choices=[r[0] for r in rows])
+
+    refresh.click(reload, None, [table, pick], api_name="sessions")
+    buttons["open"].click(run_view, pick, [status, progress, memory, curves], api_name=False)
+    for action in ("cancel", "resume", "delete", "zip"):
+        buttons[action].click(lambda sid, a=action: act(a, sid), pick, [message, download], api_name=False)

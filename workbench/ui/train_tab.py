@@ -1,0 +1,91 @@
+"""Tab 4, Train: start a run in a background worker, watch predicted vs live memory, loss,
+learning rate and tokens/s, cancel. Polls the run's files with ``gr.Timer``; never blocks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from ..errors import WorkbenchError
+from .views import run_view, settings_from
+
+
+def start_run(model: str, method: str, dtype: str, quant: str, batch: float, seq: float, accum: float, ckpt: bool,
+              optim: str, train_device: str, data_path: str | None, fmt: str, mapping: str, cutoff: float | None,
+              val: float, on_prompt: bool, max_steps: float, lr: float):
+    """(session id for the page, session id for API clients, message)."""
+    from ..data import parse_mapping
+    from ..training.job import Schedule
+    from ..training.launcher import make_job, start
+    from .views import safe_upload_name
+
+    if not data_path:
+        return None, "", "**Cannot start:** upload a dataset in the Data tab first."
+    try:
+        settings = settings_from(dtype, quant, batch, seq, accum, ckpt, optim, train_device)
+        job = make_job(model, method, data_path, settings=settings.as_dict(),
+                       schedule=Schedule(max_steps=int(max_steps) if max_steps else -1, learning_rate=float(lr),
+                                         logging_steps=1),
+                       name=safe_upload_name(data_path), format=None if fmt == "auto" else fmt,
+                       mapping=parse_mapping(mapping), cutoff=int(cutoff) if cutoff else None,
+                       val_fraction=float(val or 0), train_on_prompt=bool(on_prompt))
+        session_id, _ = start(job)
+    except (WorkbenchError, ValueError) as exc:
+        return None, "", f"**Cannot start:** {exc}"
+    return session_id, session_id, f"Started run `{session_id}`."
+
+
+def cancel_run(session_id: str | None) -> str:
+    from ..training.launcher import cancel
+
+    if not session_id:
+        return "No run to cancel."
+    try:
+        return f"Run `{session_id}`: {cancel(session_id, grace=30)}"
+    except WorkbenchError as exc:
+        return f"**{exc}**"
+
+
+def readiness(data_path: str | None, report: dict | None) -> Any:
+    """The start button, enabled only when there is a usable dataset, with the reason."""
+    if not data_path:
+        return gr.update(interactive=False, value="Start training (upload a dataset first)")
+    if report is None:
+        return gr.update(interactive=False, value="Start training (fix the dataset first)")
+    return gr.update(interactive=True, value="Start training")
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def build_train_tab(plan_inputs: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    session = gr.State(None)
+    with gr.Row():
+        train_device = gr.Radio(["cuda", "cpu"], value=default_device(), label="Train on")
+        max_steps = gr.Number(30, label="Max steps", precision=0, minimum=1)
+        lr = gr.Number(2e-4, label="Learning rate")
+    with gr.Row():
+        start_btn = gr.Button("Start training (upload a dataset first)", variant="primary", interactive=False)
+        cancel_btn = gr.Button("Cancel", variant="stop")
+    message = gr.Markdown()
+    run_id = gr.Textbox(label="Run id", interactive=False)
+    status = gr.Markdown()
+    progress = gr.Slider(0, 1, value=0, label="Progress", interactive=False)
+    memory = gr.Plot(label="Predicted vs live memory")
+    curves = gr.Plot(label="Loss, learning rate, tokens/s")
+    timer = gr.Timer(1.0)
+    p = plan_inputs["inputs"]
+    inputs = [p["model"], p["method"], p["dtype"], p["quant"], p["batch"], p["seq"], p["accum"], p["ckpt"], p["optim"],
+              train_device, data["upload"], data["format"], data["mapping"], data["cutoff"], data["val"],
+              data["on_prompt"], max_steps, lr]
+    start_btn.click(start_run, inputs, [session, run_id, message], api_name="start_run")
+    cancel_btn.click(cancel_run, session, message, api_name="cancel_run")
+    data["report"].change(readiness, [data["upload"], data["report"]], start_btn, api_name=False)
+    timer.tick(run_view, session, [status, progress, memory, curves], api_name=False)
+    gr.Button(visible=False).click(run_view, gr.Textbox(visible=False), [status, progress, memory, curves],
+                                   api_name="run_status")
+    return {"session": session}

@@ -1,0 +1,135 @@
+"""Plain functions behind the UI (no gradio here): inputs in, markdown/figures/rows out.
+Errors a user can cause come back as a message, never as a traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..charts import GIB, compare_bar, length_histogram, live_memory, training_curves
+from ..compare import compare_methods, what_fits
+from ..errors import WorkbenchError
+from ..memory import TrainingSettings
+from ..specs import load_model_spec
+
+MAX_POINTS = 1500
+
+
+def settings_from(dtype: str, quant: str, batch_size: float, seq_len: float, grad_accum: float,
+                  gradient_checkpointing: bool, optimizer: str, device: str) -> TrainingSettings:
+    return TrainingSettings(dtype=dtype, quant=None if quant == "auto" else quant, batch_size=int(batch_size),
+                            seq_len=int(seq_len), grad_accum=int(grad_accum),
+                            gradient_checkpointing=bool(gradient_checkpointing), optimizer=optimizer, device=device)
+
+
+def compare_view(model: str, dtype: str, batch_size: float, seq_len: float, gradient_checkpointing: bool,
+                 optimizer: str, gpu_gb: float):
+    """(summary, chart, method table, what-fits table) for one model and settings."""
+    try:
+        spec = load_model_spec(model)
+        settings = settings_from(dtype, "auto", batch_size, seq_len, 1, gradient_checkpointing, optimizer, "cuda")
+        rows = compare_methods(spec, settings)
+        fits = what_fits(spec, int(float(gpu_gb) * 1e9), settings)
+    except (WorkbenchError, ValueError) as exc:
+        return f"**Cannot compare:** {exc}", None, [], []
+    table = [[r["method"], f"{r['trainable_params']:,}", f"{r['trainable_percent']:.3f}",
+              round(r["peak_bytes"] / GIB, 2), f"{r['peak_over_inference']:.2f}x",
+              round(r["adapter_file_bytes"] / 2**20, 1)] if "error" not in r else [r["method"], "-", "-", "-", "-", r["error"]]
+             for r in rows]
+    fit_rows = [[f["method"], f["quant"], f["batch_size"], "on" if f["gradient_checkpointing"] else "off",
+                 round(f["peak_bytes"] / 1e9, 2), f["relative_speed"], f["reason"]] for f in fits]
+    ok = [r for r in rows if "error" not in r]
+    full = next((r for r in ok if r["method"] == "full"), None)
+    lora = next((r for r in ok if r["method"] == "lora"), None)
+    lesson = ""
+    if full and lora:
+        def split(r):
+            c = r["components"]
+            states = (c["gradients"] + c["optimizer"]) / GIB
+            return f"weights {c['weights'] / GIB:.2f} GiB, gradients + optimizer {states:.2f} GiB, " \
+                   f"activations + logits {(c['activations'] + c['logits']) / GIB:.2f} GiB"
+        lesson = (f"Full fine-tuning needs **{full['peak_over_inference']:.1f}x** the memory of inference ({split(full)}); "
+                  f"LoRA **{lora['peak_over_inference']:.1f}x** ({split(lora)}). LoRA keeps gradients and optimizer "
+                  "states only for its adapters; what remains is the activations, which grow with batch x sequence.")
+    summary = f"### Every method on {spec.label}\n{lesson}\n\n" + (
+        f"**{len(fits)} methods fit {gpu_gb:g} GB** (fastest configuration of each, by FLOPs per token)."
+        if fits else f"**Nothing fits {gpu_gb:g} GB** at these settings: try a shorter sequence or a smaller model.")
+    return summary, compare_bar(rows, f"Predicted memory per method ({spec.label})"), table, fit_rows
+
+
+def report_view(report: dict[str, Any]) -> tuple[str, str, Any, list[list[Any]]]:
+    """(summary markdown, preview html, histogram, dropped rows) of a dataset report."""
+    t = report["token_lengths"]
+    summary = (
+        f"**{report['file']}** -- {report['note']}  \n"
+        f"Format **{report['format']}** ({report['confidence']}): {report['why']}  \n"
+        f"**{report['rows']:,}** examples from {report['source_rows']:,} rows; {report['dropped']['count']} dropped; "
+        f"{report['duplicates']} exact duplicates.  \n"
+        f"Tokens: min {t['min']}, median {t['p50']}, p95 {t['p95']}, max {t['max']}; "
+        f"{report['loss_tokens_fraction']:.0%} of tokens carry loss.  \n"
+        f"Cutoff {report['cutoff']}: {report['truncated_fraction']:.1%} of examples truncated; suggested "
+        f"{report['suggested_cutoff']}. Split: {report['split']['train']} train / {report['split']['validation']} validation."
+    )
+    html = "".join(_preview_html(p) for p in report["preview"])
+    dropped = [[d["row"], d["reason"]] for d in report["dropped"]["first"]]
+    return summary, html, length_histogram(report), dropped
+
+
+def _preview_html(p: dict[str, Any]) -> str:
+    import html
+
+    spans = "".join(
+        f'<span style="background:#c6f6c6" title="carries loss">{html.escape(s["text"])}</span>' if s["loss"]
+        else f'<span style="color:#666">{html.escape(s["text"])}</span>' for s in p["segments"])
+    return (f'<div style="margin:6px 0"><b>row {p["row"]}</b>: {p["tokens"]} tokens, {p["loss_tokens"]} with loss'
+            f'<pre style="white-space:pre-wrap;border:1px solid #ddd;padding:6px">{spans}</pre></div>')
+
+
+def run_view(session_id: str | None):
+    """(status markdown, progress, memory chart, curves) of a run, from its files."""
+    from ..sessions import info, session_path
+    from ..training.events import read_events
+
+    if not session_id:
+        return "No run yet.", 0.0, None, None
+    try:
+        s = info(session_id)
+        folder = session_path(session_id)
+    except WorkbenchError as exc:
+        return f"**{exc}**", 0.0, None, None
+    events, _ = read_events(folder / "events.jsonl")
+    memory = [e for e in events if e["kind"] == "memory"]
+    if len(memory) > MAX_POINTS:
+        memory = memory[:: len(memory) // MAX_POINTS + 1] + memory[-1:]
+    logs = [e for e in events if e["kind"] == "log"]
+    plan = json.loads((folder / "plan.json").read_text()) if (folder / "plan.json").exists() else None
+    last = next((e for e in reversed(events) if e["kind"] == "status"), {})
+    lines = [f"### Run {s.id}: **{s.state}**", f"{s.method} on {s.model}, data {s.dataset}"]
+    if logs:
+        e = logs[-1]
+        lines.append(f"step {e['step']}/{e['max_steps']}, epoch {e['epoch']:.2f}, ETA {e['eta_seconds']} s")
+    if s.predicted_peak_bytes and s.measured_peak_bytes:
+        lines.append(f"predicted peak {s.predicted_peak_bytes / GIB:.3f} GiB; measured {s.measured_peak_source} "
+                     f"{s.measured_peak_bytes / GIB:.3f} GiB")
+    if last.get("status") == "failed":
+        lines.append(f"**Failed ({last.get('reason')})**: {last.get('message') or last.get('error', '')}")
+        lines += [f"- {x}" for x in last.get("suggestions", [])]
+        if last.get("log_tail"):
+            lines.append("```\n" + "\n".join(last["log_tail"][-8:]) + "\n```")
+    if s.final_adapter:
+        lines.append(f"adapter: `{s.final_adapter}`")
+    progress = (logs[-1]["step"] / logs[-1]["max_steps"]) if logs and logs[-1]["max_steps"] else 0.0
+    return "  \n".join(lines), progress, live_memory(memory, plan), training_curves(logs)
+
+
+def sessions_rows() -> list[list[Any]]:
+    from ..sessions import list_sessions
+
+    return [[s.id, s.state, s.method, s.model, s.dataset, s.step, None if s.last_loss is None else round(s.last_loss, 4),
+             None if not s.predicted_peak_bytes else round(s.predicted_peak_bytes / GIB, 3),
+             None if not s.measured_peak_bytes else round(s.measured_peak_bytes / GIB, 3)] for s in list_sessions()]
+
+
+def safe_upload_name(path: str | None) -> str:
+    return Path(path).name if path else ""
