@@ -100,6 +100,8 @@ def test_training_lowers_loss_and_saves_a_complete_adapter(qa_file):
     folder = session_path(sid)
     plan = json.loads((folder / "plan.json").read_text())
     assert plan["method"] == "lora" and plan["peak_bytes"] > 0
+    effective = json.loads((folder / "plan_effective.json").read_text())
+    assert effective["settings"]["seq_len"] < plan["settings"]["seq_len"] and effective["peak_bytes"] < plan["peak_bytes"]
     final = newest_complete(folder)
     assert final.name == "final" and (final / "adapter_model.safetensors").is_file()
     assert not (final / "training_args.bin").exists()

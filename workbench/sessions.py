@@ -115,10 +115,13 @@ def info(session_id: str) -> SessionInfo:
     memory = [e for e in events if e.get("kind") == "memory"]
     key = "max_allocated" if memory and memory[-1].get("source") == "cuda" else "tensor_bytes"
     measured = max((e.get(key) or 0 for e in memory), default=0) or None
-    try:
-        predicted = json.loads((folder / "plan.json").read_text())["peak_bytes"]
-    except (OSError, ValueError, KeyError):
-        predicted = None
+    predicted = None
+    for name in ("plan_effective.json", "plan.json"):  # the data's real length, else the settings
+        try:
+            predicted = json.loads((folder / name).read_text())["peak_bytes"]
+            break
+        except (OSError, ValueError, KeyError):
+            continue
     pid = None
     if status not in FINAL and worker_alive(folder):
         pid = int((folder / "worker.pid").read_text().strip())

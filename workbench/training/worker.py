@@ -88,6 +88,7 @@ def setup(job, session: Path, events: EventWriter, sampler):
                                        job.data.train_on_prompt, job.data.val_fraction, job.data.seed)
     events.emit("data", rows=report.rows, train=len(train), validation=len(val) if val else 0, cutoff=report.cutoff,
                 format=report.format, dropped=report.dropped["count"])
+    _plan_for_data(job, spec, min(report.cutoff, report.token_lengths["max"]), session, events)
     model = load_for_training(spec, get_method(job.method), job.knobs, settings)
     optimizer = build_optimizer(model.parameters(), settings.optimizer, lr=job.schedule.learning_rate)
     s = job.schedule
@@ -111,6 +112,21 @@ def setup(job, session: Path, events: EventWriter, sampler):
                    TensorAccountCallback(sampler, model, optimizer)],
     )
     return trainer, cancel
+
+
+def _plan_for_data(job, spec, longest: int, session: Path, events: EventWriter) -> None:
+    """``plan_effective.json``: the plan again with the sequence length the data really has
+    (batches are padded to their longest example, at most the cutoff), beside the plan made
+    before the run from the settings."""
+    import json
+    from dataclasses import replace
+
+    from ..memory import plan
+    from ..methods import get_method
+
+    effective = plan(spec, get_method(job.method), job.knobs, replace(job.training_settings, seq_len=longest))
+    (session / "plan_effective.json").write_text(json.dumps(effective.as_dict(), indent=2))
+    events.emit("plan", seq_len=longest, peak_bytes=effective.peak_bytes)
 
 
 def _save(trainer, job, folder: Path) -> None:

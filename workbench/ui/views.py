@@ -103,7 +103,8 @@ def run_view(session_id: str | None):
     if len(memory) > MAX_POINTS:
         memory = memory[:: len(memory) // MAX_POINTS + 1] + memory[-1:]
     logs = [e for e in events if e["kind"] == "log"]
-    plan = json.loads((folder / "plan.json").read_text()) if (folder / "plan.json").exists() else None
+    plan_file = next((f for f in (folder / "plan_effective.json", folder / "plan.json") if f.exists()), None)
+    plan = json.loads(plan_file.read_text()) if plan_file else None
     last = next((e for e in reversed(events) if e["kind"] == "status"), {})
     lines = [f"### Run {s.id}: **{s.state}**", f"{s.method} on {s.model}, data {s.dataset}"]
     if logs:
