@@ -87,6 +87,7 @@ def test_api_inspect_start_and_poll_a_run(client, tmp_path):
             break
         time.sleep(1)
     assert "completed" in status and progress == 1.0 and "predicted peak" in status
+    assert client.predict(run_id, api_name="/cancel_run") == f"Run `{run_id}`: completed"
     table, _choices = client.predict(api_name="/sessions")
     assert table["data"][0][0] == run_id and table["data"][0][1] == "completed"
     _, message = client.predict("tiny", "lora", "float32", "auto", 2, 128, 1, False, "adamw", "cpu", None, "auto", "",

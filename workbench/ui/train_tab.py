@@ -83,7 +83,7 @@ def build_train_tab(plan_inputs: dict[str, Any], data: dict[str, Any]) -> dict[s
               train_device, data["upload"], data["format"], data["mapping"], data["cutoff"], data["val"],
               data["on_prompt"], max_steps, lr]
     start_btn.click(start_run, inputs, [session, run_id, message], api_name="start_run")
-    cancel_btn.click(cancel_run, session, message, api_name="cancel_run")
+    cancel_btn.click(cancel_run, run_id, message, api_name="cancel_run")  # the id is also what API clients pass
     data["report"].change(readiness, [data["upload"], data["report"]], start_btn, api_name=False)
     timer.tick(run_view, session, [status, progress, memory, curves], api_name=False)
     gr.Button(visible=False).click(run_view, gr.Textbox(visible=False), [status, progress, memory, curves],
