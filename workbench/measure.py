@@ -86,12 +86,17 @@ def _tracked_step(model, optimizer, ids, exclude) -> tuple[float, int, str]:
     }
     tracker = PeakTracker(baseline)
     with tracker:
-        out = model(input_ids=ids, labels=ids)
-        loss = float(out.loss.detach())
-        out.loss.backward()
-        del out
-        optimizer.step()
+        loss = _train_step(model, optimizer, ids)
     return loss, tracker.peak, tracker.peak_op
+
+
+def _train_step(model, optimizer, ids) -> float:
+    out = model(input_ids=ids, labels=ids)
+    loss = float(out.loss.detach())
+    out.loss.backward()
+    del out
+    optimizer.step()
+    return loss
 
 
 def measure(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, settings: TrainingSettings,
@@ -148,11 +153,7 @@ def measure(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, setti
             losses.append(loss)
             peak_step = (peak, peak_op)
         else:
-            out = model(input_ids=ids, labels=ids)
-            losses.append(float(out.loss.detach()))
-            out.loss.backward()
-            del out
-            optimizer.step()
+            losses.append(_train_step(model, optimizer, ids))
 
     grads = _sum_unique(p.grad for p in trainable.values() if p.grad is not None)
     state_tensors = [
