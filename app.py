@@ -2,6 +2,7 @@
 
 import argparse
 import ipaddress
+import os
 import sys
 
 from workbench.ui.app import build_app, warm_up
@@ -12,14 +13,22 @@ def main() -> int:
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--auth", default=None, help="user:password, required to bind a non-loopback host")
+    parser.add_argument("--sessions-dir", default=None, help="where training runs are kept (default: ./sessions)")
+    parser.add_argument("--share", action="store_true", help="create a public gradio.live link (off by default)")
     args = parser.parse_args()
+    if args.sessions_dir:
+        os.environ["WORKBENCH_SESSIONS"] = os.path.abspath(args.sessions_dir)  # read by the store and the workers
     loopback = args.host == "localhost" or _is_loopback(args.host)
-    if not loopback and not args.auth:
-        print(f"error: refusing to serve on {args.host} without --auth user:password", file=sys.stderr)
+    if (not loopback or args.share) and not args.auth:
+        where = "a public share link" if args.share else args.host
+        print(f"error: refusing to serve on {where} without --auth user:password", file=sys.stderr)
+        return 2
+    if args.auth and (":" not in args.auth or not all(args.auth.split(":", 1))):
+        print("error: --auth must be user:password", file=sys.stderr)
         return 2
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
     warm_up()
-    build_app().queue().launch(server_name=args.host, server_port=args.port, auth=auth, share=False)
+    build_app().queue().launch(server_name=args.host, server_port=args.port, auth=auth, share=args.share)
     return 0
 
 

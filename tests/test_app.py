@@ -32,9 +32,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_non_loopback_without_auth_refuses():
-    out = subprocess.run([sys.executable, "app.py", "--host", "0.0.0.0"], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and "--auth" in out.stderr
+@pytest.mark.parametrize("args, message", [(["--host", "0.0.0.0"], "refusing to serve on 0.0.0.0"),
+                                           (["--share"], "refusing to serve on a public share link"),
+                                           (["--host", "0.0.0.0", "--auth", "nopassword"], "user:password")])
+def test_unsafe_serving_refuses(args, message):
+    out = subprocess.run([sys.executable, "app.py", *args], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and message in out.stderr
 
 
 @pytest.fixture(scope="module")
