@@ -81,7 +81,7 @@ def test_api_inspect_start_and_poll_a_run(client, tmp_path):
                                                     api_name="/inspect")
     assert "prompt_completion" in summary and "carries loss" in html
     run_id, message = client.predict("tiny", "lora", "float32", "auto", 2, 128, 1, False, "adamw", "cpu",
-                                     handle_file(str(data)), "auto", "", None, 0, False, 6, 1e-3, api_name="/start_run")
+                                     handle_file(str(data)), "auto", "", None, 0, False, 12, 5e-3, api_name="/start_run")
     assert run_id and "Started" in message
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -91,6 +91,10 @@ def test_api_inspect_start_and_poll_a_run(client, tmp_path):
         time.sleep(1)
     assert "completed" in status and progress == 1.0 and "predicted peak" in status
     assert client.predict(run_id, api_name="/cancel_run") == f"Run `{run_id}`: completed"
+    choices = client.predict("tiny", api_name="/adapters")
+    assert run_id in [c[1] for c in choices["choices"]]
+    answers = client.predict("tiny", [run_id], "What is 3?", 0, 0.0, 8, api_name="/chat")
+    assert answers[0] and answers[1] and answers[0] != answers[1]  # base vs adapter, same seed
     table, _choices = client.predict(api_name="/sessions")
     assert table["data"][0][0] == run_id and table["data"][0][1] == "completed"
     _, message = client.predict("tiny", "lora", "float32", "auto", 2, 128, 1, False, "adamw", "cpu", None, "auto", "",

@@ -6,6 +6,7 @@ import gradio as gr
 
 from ..specs import load_model_spec
 from ..tiny import TINY_NAME
+from .chat_tab import build_chat_tab
 from .compare_tab import build_compare_tab
 from .data_tab import build_data_tab
 from .plan_tab import build_plan_tab, plan_view
@@ -31,6 +32,8 @@ def build_app() -> gr.Blocks:
             data = build_data_tab(plan_tab["inputs"])
         with gr.Tab("Train"):
             build_train_tab(plan_tab, data)
+        with gr.Tab("Chat"):
+            build_chat_tab(plan_tab)
         with gr.Tab("Runs"):
             build_runs_tab()
         app.load(plan_view, list(plan_tab["inputs"].values()), plan_tab["outputs"], api_name="plan")
