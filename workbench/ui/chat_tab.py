@@ -59,12 +59,13 @@ def chat_answers(model: str, run_ids: list[str] | None, prompt: str, seed: float
         yield tuple(columns)
         return
     for column, who in enumerate([BASE, *run_ids]):
+        columns[column] = f"**{who}**\n\n"
         try:
             for piece in engine.stream(prompt, who, sampling):
                 columns[column] += piece
                 yield tuple(columns)
         except WorkbenchError as exc:
-            columns[column] = f"**{exc}**"
+            columns[column] += f"**{exc}**"
             yield tuple(columns)
 
 
