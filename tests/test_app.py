@@ -94,7 +94,9 @@ def test_api_inspect_start_and_poll_a_run(client, tmp_path):
     choices = client.predict("tiny", api_name="/adapters")
     assert run_id in [c[1] for c in choices["choices"]]
     answers = client.predict("tiny", [run_id], "What is 3?", 0, 0.0, 8, api_name="/chat")
-    assert answers[0] and answers[1] and answers[0] != answers[1]  # base vs adapter, same seed
+    base, adapter = (a.split("\n\n", 1) for a in answers[:2])
+    assert base[0] == "**base**" and adapter[0] == f"**{run_id}**"
+    assert base[1] and adapter[1] and base[1] != adapter[1]  # same prompt and seed, different weights
     table, _choices = client.predict(api_name="/sessions")
     assert table["data"][0][0] == run_id and table["data"][0][1] == "completed"
     _, message = client.predict("tiny", "lora", "float32", "auto", 2, 128, 1, False, "adamw", "cpu", None, "auto", "",
