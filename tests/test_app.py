@@ -62,9 +62,17 @@ def client(tmp_path_factory):
 
 
 def test_api_plan_and_compare(client):
+    from workbench.ui.plan_tab import KNOB_NAMES
+
+    def knobs(**values):
+        return [values.get(name) for name in KNOB_NAMES]
+
     summary, _figure, _table = client.predict("tiny", "qlora", "bfloat16", "auto", 2, 256, 1, True, "adamw", "cuda",
-                                              api_name="/plan")
+                                              *knobs(), api_name="/plan")
     assert "qlora" in summary and "Predicted peak" in summary
+    big, _, _ = client.predict("tiny", "lora", "bfloat16", "auto", 2, 256, 1, True, "adamw", "cuda",
+                               *knobs(rank=64), api_name="/plan")
+    assert "**1,196,032** of" in big  # the rank knob reaches the planner
     summary, _chart, table, fits = client.predict("meta-llama/Llama-2-7b-hf", "bfloat16", 4, 512, False, "adamw", 24,
                                                   api_name="/compare")
     assert "Full fine-tuning needs" in summary

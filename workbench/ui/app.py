@@ -36,5 +36,6 @@ def build_app() -> gr.Blocks:
             build_chat_tab(plan_tab)
         with gr.Tab("Runs"):
             build_runs_tab()
-        app.load(plan_view, list(plan_tab["inputs"].values()), plan_tab["outputs"], api_name="plan")
+        app.load(plan_view, list(plan_tab["inputs"].values()) + plan_tab["knobs"], plan_tab["outputs"],
+                 api_name="plan")
     return app

@@ -57,11 +57,14 @@ def build_data_tab(plan_inputs: dict[str, Any]) -> dict[str, Any]:
             preview = gr.HTML(label="What the model sees (green carries loss)")
             hist = gr.Plot(label="Token lengths")
             dropped = gr.Dataframe(headers=["row", "reason"], label="Dropped rows", wrap=True)
+    use_length = gr.Button("Plan with this dataset's p95 length")
     report = gr.State(None)
     controls = [upload, plan_inputs["model"], fmt, mapping, cutoff, val, on_prompt]
     for c in controls:
         c.change(inspect_view, controls, [summary, preview, hist, dropped, report], api_name=False)
     gr.Button("Inspect", visible=False).click(inspect_view, controls, [summary, preview, hist, dropped, report],
                                               api_name="inspect")
+    use_length.click(lambda r: int(r["token_lengths"]["p95"]) if r else gr.update(), report, plan_inputs["seq"],
+                     api_name=False)
     return {"upload": upload, "format": fmt, "mapping": mapping, "cutoff": cutoff, "val": val, "on_prompt": on_prompt,
             "report": report}

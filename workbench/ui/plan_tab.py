@@ -18,13 +18,29 @@ from .views import settings_from
 GPU_SIZES_GB = (8, 16, 24, 40, 80)
 
 
+def all_knobs() -> dict[str, Any]:
+    """Every knob name across the registry (first definition wins for the widget's type)."""
+    knobs: dict[str, Any] = {}
+    for method in METHODS.values():
+        for knob in method.knobs:
+            knobs.setdefault(knob.name, knob)
+    return knobs
+
+
+KNOB_NAMES = tuple(all_knobs())
+
+
 def plan_view(model: str, method: str, dtype: str, quant: str, batch_size: float, seq_len: float,
-              grad_accum: float, gradient_checkpointing: bool, optimizer: str, device: str):
-    """(markdown summary, figure, table rows) for the inputs; errors become a message."""
+              grad_accum: float, gradient_checkpointing: bool, optimizer: str, device: str, *knob_values):
+    """(markdown summary, figure, table rows) for the inputs; errors become a message.
+    ``knob_values`` follow ``KNOB_NAMES``; only the chosen method's knobs are used."""
     try:
         settings = settings_from(dtype, quant, batch_size, seq_len, grad_accum, gradient_checkpointing, optimizer,
                                  device)
-        result = plan(load_model_spec(model), get_method(method), {}, settings).as_dict()
+        chosen = get_method(method)
+        own = {k.name for k in chosen.knobs}
+        knobs = {n: v for n, v in zip(KNOB_NAMES, knob_values) if n in own and v is not None}
+        result = plan(load_model_spec(model), chosen, knobs, settings).as_dict()
     except (WorkbenchError, ValueError) as exc:
         return f"**Cannot plan:** {exc}", None, []
     return _summary(result), plan_bar(result), _rows(result)
@@ -51,10 +67,26 @@ def _rows(p: dict[str, Any]) -> list[list[Any]]:
 
 def method_summary(name: str) -> str:
     method = METHODS.get(name)
-    if method is None:
-        return ""
-    knobs = ", ".join(f"`{k.name}`={k.default!r}" for k in method.knobs) or "none"
-    return f"*{method.summary}*  \nKnobs (defaults): {knobs}"
+    return f"*{method.summary}*" if method else ""
+
+
+def knob_updates(name: str) -> list[Any]:
+    """Show the method's knobs with its defaults, hide the others."""
+    method = METHODS.get(name)
+    own = {k.name: k for k in method.knobs} if method else {}
+    return [gr.update(visible=n in own, value=own[n].default if n in own else None) for n in KNOB_NAMES]
+
+
+def _knob_widget(knob):
+    label = knob.name.replace("_", " ")
+    if knob.kind is bool:
+        return gr.Checkbox(knob.default, label=label, info=knob.help)
+    if knob.choices:
+        return gr.Dropdown(list(knob.choices), value=knob.default, label=label, info=knob.help)
+    if knob.kind in (int, float):
+        return gr.Number(knob.default, label=label, info=knob.help, precision=0 if knob.kind is int else None,
+                         minimum=knob.minimum, maximum=knob.maximum)
+    return gr.Textbox(str(knob.default), label=label, info=knob.help)
 
 
 def build_plan_tab() -> dict[str, Any]:
@@ -66,6 +98,13 @@ def build_plan_tab() -> dict[str, Any]:
             method = gr.Dropdown([(f"{m.title} ({n})", n) for n, m in METHODS.items()], value="lora",
                                  label="Method", info="how the model is fine-tuned; defaults for its knobs")
             method_help = gr.Markdown(method_summary("lora"))
+            with gr.Accordion("Method knobs", open=True):
+                lora_knobs = {k.name for k in METHODS["lora"].knobs}
+                knob_widgets = []
+                for name, knob in all_knobs().items():
+                    widget = _knob_widget(knob)
+                    widget.visible = name in lora_knobs
+                    knob_widgets.append(widget)
             dtype = gr.Dropdown(list(DTYPE_BYTES), value="bfloat16", label="dtype", info=SETTING_HELP["dtype"])
             quant = gr.Dropdown(["auto", *QUANTS], value="auto", label="Quantization", info=SETTING_HELP["quant"])
             batch = gr.Number(4, label="Batch size", precision=0, minimum=1, info=SETTING_HELP["batch_size"])
@@ -80,8 +119,9 @@ def build_plan_tab() -> dict[str, Any]:
             table = gr.Dataframe(headers=["component", "GiB", "bytes", "formula"], wrap=True, label="Breakdown")
     inputs = {"model": model, "method": method, "dtype": dtype, "quant": quant, "batch": batch, "seq": seq,
               "accum": accum, "ckpt": ckpt, "optim": optim, "device": device}
-    ordered = list(inputs.values())
+    ordered = list(inputs.values()) + knob_widgets
     method.change(method_summary, method, method_help, api_name=False)
+    method.change(knob_updates, method, knob_widgets, api_name=False)
     for control in ordered:
         control.change(plan_view, ordered, [summary, chart, table], api_name=False)
-    return {"inputs": inputs, "outputs": [summary, chart, table]}
+    return {"inputs": inputs, "knobs": knob_widgets, "outputs": [summary, chart, table]}
