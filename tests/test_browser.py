@@ -1,0 +1,101 @@
+"""A real browser through the whole flow: Playwright driving Debian's chromium.
+
+Pick tiny + LoRA, upload a small dataset, start training, watch the live memory chart gain
+points, chat with the base and the adapter side by side. Screenshots of each tab go to
+``docs/screenshots/``. Skipped, with the reason, where chromium or Playwright is missing.
+"""
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                reason="chromium is not installed (apt-get install -y chromium; .ci/run does)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    port = _free_port()
+    env = {**os.environ, "WORKBENCH_SESSIONS": str(tmp_path_factory.mktemp("browser") / "sessions")}
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.5)
+    yield f"http://127.0.0.1:{port}/"
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_whole_flow_in_a_browser(app_url, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    data = tmp_path / "faq.jsonl"
+    data.write_text("\n".join(json.dumps({"question": f"What is {i} plus {i}?", "answer": f"It is {2 * i}."})
+                              for i in range(24)))
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
+        page = browser.new_page(viewport={"width": 1300, "height": 900})
+        page.goto(app_url)
+        page.get_by_text("Predicted peak").first.wait_for(timeout=60_000)  # tiny + LoRA planned on load
+        page.screenshot(path=SHOTS / "1-model-and-method.png", full_page=True)
+
+        page.get_by_role("tab", name="Compare").click()
+        page.get_by_role("button", name="Compare all methods").click()
+        page.get_by_text("fit 24 GB").first.wait_for(timeout=60_000)
+        page.screenshot(path=SHOTS / "2-compare.png", full_page=True)
+
+        page.get_by_role("tab", name="Data").click()
+        page.locator("input[type=file][accept*=jsonl]").set_input_files(str(data))
+        page.get_by_text("prompt_completion").first.wait_for(timeout=60_000)
+        page.screenshot(path=SHOTS / "3-data.png", full_page=True)
+
+        page.get_by_role("tab", name="Train").click()
+        start = page.get_by_role("button", name="Start training")
+        page.wait_for_function("() => [...document.querySelectorAll('button')].some("
+                               "b => b.textContent.trim() === 'Start training' && !b.disabled)", timeout=30_000)
+        page.get_by_label("Max steps").fill("12")
+        start.click()
+        page.get_by_text("Started run").wait_for(timeout=60_000)
+        page.get_by_text(re.compile(r"predicted peak [\d.]+ GiB; measured")).first.wait_for(timeout=120_000)
+        page.get_by_text(re.compile(r"Run \d{8}-\d{6}-\w+: completed")).first.wait_for(timeout=300_000)
+        assert page.locator(".js-plotly-plot .scatterlayer .trace").count() > 0  # live memory lines drawn
+        page.screenshot(path=SHOTS / "4-train.png", full_page=True)
+
+        page.get_by_role("tab", name="Chat").click()
+        page.get_by_role("button", name="Refresh adapters").click()
+        page.get_by_role("checkbox", name=re.compile(r"\(lora, faq\.jsonl\)")).first.check(timeout=30_000)
+        page.get_by_role("textbox", name="Prompt").fill("What is 2 plus 2?")
+        page.get_by_role("button", name="Ask").click()
+        page.wait_for_function("() => document.body.innerText.includes('base') && "
+                               "[...document.querySelectorAll('strong')].some(s => /^\\d{8}-/.test(s.textContent))",
+                               timeout=120_000)
+        page.screenshot(path=SHOTS / "5-chat.png", full_page=True)
+
+        page.get_by_role("tab", name="Runs").click()
+        page.get_by_role("button", name="Refresh").click()
+        page.wait_for_function("() => document.body.innerText.includes('completed')", timeout=30_000)
+        page.screenshot(path=SHOTS / "6-runs.png", full_page=True)
+        browser.close()
+    assert len(list(SHOTS.glob("*.png"))) >= 6
