@@ -61,5 +61,8 @@ def build_runs_tab() -> None:
 
     refresh.click(reload, None, [table, pick], api_name="sessions")
     buttons["open"].click(run_view, pick, [status, progress, memory, curves], api_name=False)
+    timer = gr.Timer(2.0)  # an opened run keeps updating: reloading the page reattaches to it
+    timer.tick(lambda sid: run_view(sid) if sid else (gr.update(),) * 4, pick, [status, progress, memory, curves],
+               api_name=False)
     for action in ("cancel", "resume", "delete", "zip"):
         buttons[action].click(lambda sid, a=action: act(a, sid), pick, [message, download], api_name=False)
