@@ -1,6 +1,11 @@
 """Test set-up: offline, a private cache for the tiny model (built once per session)."""
 
+import contextlib
 import os
+import socket
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -16,3 +21,28 @@ def _private_cache(tmp_path_factory):
     else:
         os.environ["WORKBENCH_CACHE"] = str(tmp_path_factory.mktemp("workbench-cache"))
     yield
+
+
+@contextlib.contextmanager
+def running_app(folder):
+    """``python app.py`` on a free loopback port with its sessions under ``folder``; yields
+    the URL and stops the server afterwards. Output goes to ``folder/app.log``."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "WORKBENCH_SESSIONS": str(folder / "sessions")}
+    with open(folder / "app.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], stdout=log,
+                                stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.time() + 180
+            while time.time() < deadline:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    time.sleep(0.5)
+            yield f"http://127.0.0.1:{port}/"
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)

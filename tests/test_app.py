@@ -2,13 +2,12 @@
 running server on 127.0.0.1 (plan, compare, inspect, start/poll a run, sessions)."""
 
 import json
-import os
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
+from conftest import running_app
 
 from workbench.ui.app import plan_view
 
@@ -26,12 +25,6 @@ def test_plan_view_reports_bad_input():
     assert summary.startswith("**Cannot plan:**") and figure is None and rows == []
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("args, message", [(["--host", "0.0.0.0"], "refusing to serve on 0.0.0.0"),
                                            (["--share"], "refusing to serve on a public share link"),
                                            (["--host", "0.0.0.0", "--auth", "nopassword"], "user:password")])
@@ -43,22 +36,8 @@ def test_unsafe_serving_refuses(args, message):
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
     gradio_client = pytest.importorskip("gradio_client")
-    port = _free_port()
-    env = {**os.environ, "WORKBENCH_SESSIONS": str(tmp_path_factory.mktemp("ui") / "sessions")}
-    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
-    try:
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.5)
-        yield gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with running_app(tmp_path_factory.mktemp("ui")) as url:
+        yield gradio_client.Client(url, verbose=False)
 
 
 def test_api_plan_and_compare(client):

@@ -30,7 +30,6 @@ from .settings import TrainingSettings
 from .weights import Term, gradients_term, trainable_tensors, trainable_weights_term, weights_term
 
 COMPONENTS = ("weights", "trainable_weights", "gradients", "optimizer", "activations", "logits", "overhead")
-QUANT_CAPABLE = {"lora", "rslora", "dora", "qlora", "lora-8bit", "ia3", "adalora", "vera", "prefix", "prompt", "oft"}
 
 
 @dataclass(frozen=True)
@@ -87,7 +86,7 @@ def resolve_quant(method: Method, settings: TrainingSettings) -> str:
         return method.quantization
     if wanted in (None, "none"):
         return "none"
-    if method.name not in QUANT_CAPABLE:
+    if not method.supports_quantization:
         raise SettingsError(
             f"method {method.name!r} cannot train on a {wanted} base (quantized weights cannot be trained or "
             f"wrapped by this method); use --quant none, or a method such as qlora or lora-8bit"

@@ -140,6 +140,8 @@ class Method:
     quantization: str | None = None  # "4bit" | "8bit" | None: how the base weights are stored
     uses_peft: bool = True
     supports_gradient_checkpointing: bool = True
+    #: can train on a bitsandbytes 8-bit/4-bit base (peft has quantized layers for it)
+    supports_quantization: bool = True
     #: how the token sequence grows: prompt tuning prepends virtual tokens to every example
     extra_tokens_knob: str | None = None
 

@@ -14,6 +14,7 @@ class FullMethod(Method):
     title = "Full fine-tuning"
     summary = "Train every weight: the best quality ceiling and the largest memory."
     uses_peft = False
+    supports_quantization = False  # quantized weights cannot be trained
 
     def trains_base(self, spec: ModelSpec, knobs: dict[str, Any]) -> set[str]:
         return {p.name for p in spec.inventory.params}

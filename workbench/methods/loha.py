@@ -12,6 +12,7 @@ from .base import TARGETS_HELP, AdapterContext, Knob, Method, Saved, TensorGroup
 class LohaMethod(Method):
     name = "loha"
     title = "LoHa"
+    supports_quantization = False  # peft has no bitsandbytes LoHa layer
     summary = "Hadamard product of two low-rank updates: higher effective rank for the same parameters."
     knobs = (
         Knob("rank", int, 8, "rank of each of the two low-rank factors", 1, 1024),

@@ -19,6 +19,7 @@ def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
 class LokrMethod(Method):
     name = "lokr"
     title = "LoKr"
+    supports_quantization = False  # peft has no bitsandbytes LoKr layer
     summary = "Kronecker product of two small factors: very few parameters for a full-rank update."
     knobs = (
         Knob("rank", int, 8, "rank used when a Kronecker factor is too large to train in full", 1, 1024),
