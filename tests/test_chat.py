@@ -79,3 +79,16 @@ def test_bad_adapter_requests(adapters, tmp_path):
     solo = ChatEngine("tiny")
     solo.add_adapter("ia3run", adapters[2][1])
     assert solo.answer("Say the colour of the sky.", "ia3run", Sampling(max_new_tokens=4, temperature=0.0))
+
+
+def test_arena_round_with_real_adapters(adapters):
+    from workbench.arena import tally
+    from workbench.ui.chat_tab import arena_next, arena_vote
+
+    run = adapters[0][1].parent.name
+    state, a, b, message, index = arena_next("tiny", [run], "Say the colour of the sky.", 0, 0.0, 8, 0)
+    assert state and {state["left"], state["right"]} == {BASE, run} and index == 1
+    assert a and b and a != b and "which answer is better" in message
+    arena_vote("A", state)
+    winner_is_adapter = state["left"] == run
+    assert tally(run)[BASE] == {"wins": int(winner_is_adapter), "losses": int(not winner_is_adapter), "ties": 0}

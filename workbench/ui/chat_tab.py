@@ -69,6 +69,44 @@ def chat_answers(model: str, run_ids: list[str] | None, prompt: str, seed: float
             yield tuple(columns)
 
 
+def arena_next(model: str, run_ids: list[str] | None, prompts: str, seed: float, temperature: float,
+               max_new_tokens: float, index: int):
+    """(round for the server, answer A, answer B, message, next index). Who is A and who is
+    B stays on the server until the vote."""
+    from ..arena import next_round
+    from ..sessions import session_path
+
+    try:
+        contenders = [BASE, *list(run_ids or [])[:MAX_ADAPTERS]]
+        r = next_round((prompts or "").splitlines(), contenders, int(index or 0), int(seed))
+        engine = engine_for(model)
+        for run_id in contenders[1:]:
+            if run_id not in engine.adapters:
+                engine.add_adapter(run_id, session_path(run_id) / "final")
+        sampling = Sampling(max_new_tokens=int(max_new_tokens), temperature=float(temperature), seed=int(seed))
+        a, b = engine.answer(r.prompt, r.left, sampling), engine.answer(r.prompt, r.right, sampling)
+    except WorkbenchError as exc:
+        return None, "", "", f"**{exc}**", index
+    state = {"prompt": r.prompt, "left": r.left, "right": r.right, "contenders": contenders}
+    return state, a, b, f"Prompt: *{r.prompt}* -- which answer is better?", int(index or 0) + 1
+
+
+def arena_vote(choice: str, state: dict | None):
+    """(message revealing who was who, standings rows, cleared round)."""
+    from ..arena import record, standings
+
+    if not state:
+        return "Start a round first.", [], None
+    left, right = state["left"], state["right"]
+    if choice == "A":
+        record(left, right)
+    elif choice == "B":
+        record(right, left)
+    else:
+        record(left, right, tie=True)
+    return (f"A was **{left}**, B was **{right}**; vote saved with the runs.", standings(state["contenders"]), None)
+
+
 def build_chat_tab(plan_inputs: dict) -> None:
     model = plan_inputs["inputs"]["model"]
     with gr.Row():
@@ -85,3 +123,19 @@ def build_chat_tab(plan_inputs: dict) -> None:
         outputs += [gr.Markdown(label=f"adapter {i + 1}") for i in range(MAX_ADAPTERS)]
     refresh.click(lambda m: gr.update(choices=finished_adapters(m), value=[]), model, runs, api_name="adapters")
     ask.click(chat_answers, [model, runs, prompt, seed, temperature, max_tokens], outputs, api_name="chat")
+    with gr.Accordion("Arena: blind A/B votes", open=False):
+        prompts = gr.Textbox(label="Prompt set (one per line)", lines=4)
+        next_btn = gr.Button("Next pair")
+        arena_message = gr.Markdown()
+        with gr.Row():
+            answer_a, answer_b = gr.Markdown(label="A"), gr.Markdown(label="B")
+        with gr.Row():
+            vote_buttons = {c: gr.Button(label) for c, label in (("A", "A is better"), ("B", "B is better"),
+                                                                 ("tie", "Tie"))}
+        table = gr.Dataframe(headers=["contender", "wins", "losses", "ties"], label="Standings")
+        round_state, index = gr.State(None), gr.State(0)
+    next_btn.click(arena_next, [model, runs, prompts, seed, temperature, max_tokens, index],
+                   [round_state, answer_a, answer_b, arena_message, index], api_name=False)
+    for choice, button in vote_buttons.items():
+        button.click(lambda s, c=choice: arena_vote(c, s), round_state, [arena_message, table, round_state],
+                     api_name=False)
