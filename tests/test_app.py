@@ -15,6 +15,9 @@ from workbench.ui.app import plan_view
 def test_plan_view_for_tiny():
     summary, figure, rows = plan_view("tiny", "lora", "bfloat16", "auto", 4, 512, 1, False, "adamw", "cuda")
     assert "demo with random weights" in summary and "Predicted peak" in summary
+    assert "80 GB fits" in summary and "this machine" in summary
+    cpu_summary, _, _ = plan_view("tiny", "lora", "bfloat16", "auto", 4, 512, 1, False, "adamw", "cpu")
+    assert "this machine's RAM" in cpu_summary
     assert [r[0] for r in rows][:7] == ["weights", "trainable_weights", "gradients", "optimizer", "activations",
                                         "logits", "overhead"]
     assert {trace.name for trace in figure.data} >= {"weights", "activations"}

@@ -92,3 +92,14 @@ def test_arena_round_with_real_adapters(adapters):
     arena_vote("A", state)
     winner_is_adapter = state["left"] == run
     assert tally(run)[BASE] == {"wins": int(winner_is_adapter), "losses": int(not winner_is_adapter), "ties": 0}
+
+
+def test_what_changed_and_what_was_lost(adapters):
+    from workbench.ui.chat_tab import what_changed
+
+    run = adapters[0][1].parent.name
+    message, rows = what_changed("tiny", [run])
+    table = {row[0]: row for row in rows}
+    assert "lower is better" in message and set(table) == {BASE, run}
+    assert table[run][2] < table[BASE][2]  # it learned its data
+    assert table[run][3] > 0 and table[BASE][3] > 0  # and both are scored on general text

@@ -107,6 +107,58 @@ def arena_vote(choice: str, state: dict | None):
     return (f"A was **{left}**, B was **{right}**; vote saved with the runs.", standings(state["contenders"]), None)
 
 
+GENERAL_SAMPLE_PARAGRAPHS = 12
+
+
+def general_text() -> list[str]:
+    """A bundled general-text sample (our CC0 notes in assets/text), paragraph by paragraph."""
+    from ..paths import TEXT_DIR
+
+    text = (TEXT_DIR / "fine_tuning_notes.txt").read_text(encoding="utf-8")
+    return [p.strip() for p in text.split("\n\n") if len(p.strip()) > 40][:GENERAL_SAMPLE_PARAGRAPHS]
+
+
+def run_texts(run_id: str, limit: int = 32) -> tuple[list[str], str]:
+    """(texts, what they are): the run's validation examples as the model saw them, or its
+    first training examples when it had no validation split."""
+    from ..data import load_tokenizer, training_data
+    from ..training.job import TrainJob
+    from ..sessions import session_path
+
+    job = TrainJob.load(session_path(run_id) / "job.json")
+    tok = load_tokenizer(job.model)
+    d = job.data
+    _, train, val = training_data(d.path, tok, d.format, d.mapping, d.cutoff, d.train_on_prompt, d.val_fraction, d.seed)
+    split, name = (val, "validation split") if val is not None else (train, "training examples (no validation split)")
+    return [tok.decode(ids) for ids in split["input_ids"][:limit]], name
+
+
+def what_changed(model: str, run_ids: list[str] | None) -> tuple[str, list[list]]:
+    """Perplexity of the base and each adapter on each run's data and on general text: what
+    the adapter gained, and whether it forgot general ability (lower is better)."""
+    from ..sessions import session_path
+
+    run_ids = list(run_ids or [])[:MAX_ADAPTERS]
+    if not run_ids:
+        return "Pick at least one adapter.", []
+    try:
+        engine = engine_for(model)
+        for run_id in run_ids:
+            if run_id not in engine.adapters:
+                engine.add_adapter(run_id, session_path(run_id) / "final")
+        general = general_text()
+        rows = []
+        for run_id in run_ids:
+            texts, name = run_texts(run_id)
+            for who in (BASE, run_id):
+                rows.append([who, f"{run_id} {name}", round(engine.perplexity(texts, who), 3),
+                             round(engine.perplexity(general, who), 3)])
+    except WorkbenchError as exc:
+        return f"**{exc}**", []
+    return ("Perplexity (lower is better): on the run's own data the adapter should beat the base; on general "
+            "text a much higher value than the base means it forgot general ability."), rows
+
+
 def build_chat_tab(plan_inputs: dict) -> None:
     model = plan_inputs["inputs"]["model"]
     with gr.Row():
@@ -123,6 +175,12 @@ def build_chat_tab(plan_inputs: dict) -> None:
         outputs += [gr.Markdown(label=f"adapter {i + 1}") for i in range(MAX_ADAPTERS)]
     refresh.click(lambda m: gr.update(choices=finished_adapters(m), value=[]), model, runs, api_name="adapters")
     ask.click(chat_answers, [model, runs, prompt, seed, temperature, max_tokens], outputs, api_name="chat")
+    with gr.Accordion("What changed, what was lost (perplexity)", open=False):
+        measure_btn = gr.Button("Measure perplexity")
+        changed_message = gr.Markdown()
+        changed = gr.Dataframe(headers=["model", "data", "perplexity on that data", "perplexity on general text"],
+                               label="Base vs adapters")
+    measure_btn.click(what_changed, [model, runs], [changed_message, changed], api_name="what_changed")
     with gr.Accordion("Arena: blind A/B votes", open=False):
         prompts = gr.Textbox(label="Prompt set (one per line)", lines=4)
         next_btn = gr.Button("Next pair")

@@ -46,9 +46,28 @@ def plan_view(model: str, method: str, dtype: str, quant: str, batch_size: float
     return _summary(result), plan_bar(result), _rows(result)
 
 
+def this_machine(device: str) -> tuple[str, int] | None:
+    """(description, bytes) of this machine's memory for the plan's device: host RAM for
+    CPU plans, the first GPU via NVML for CUDA plans (the UI process never starts CUDA)."""
+    if device == "cpu":
+        import psutil
+
+        return "this machine's RAM", psutil.virtual_memory().total
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return "this machine's GPU", int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0)).total)
+    except Exception:  # no NVML or no GPU here
+        return None
+
+
 def _summary(p: dict[str, Any]) -> str:
     peak_gb = p["peak_bytes"] / 1e9
     fits = [f"{size} GB {'fits' if p['peak_bytes'] <= size * 1e9 else 'does not fit'}" for size in GPU_SIZES_GB]
+    local = this_machine(p["settings"]["device"])
+    fits.append(f"{local[0]} ({local[1] / 1e9:.0f} GB) {'fits' if p['peak_bytes'] <= local[1] else 'does not fit'}"
+                if local else "this machine: no GPU found")
     demo = "\n\n> The `tiny` model is a **demo with random weights** that works offline." if p["model"] == TINY_NAME else ""
     return (
         f"### {p['method']} on {p['model_label']}\n"
