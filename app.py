@@ -28,7 +28,8 @@ def main() -> int:
         return 2
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
     warm_up()
-    build_app().queue().launch(server_name=args.host, server_port=args.port, auth=auth, share=args.share)
+    # generation and training starts are serialised anyway; a bounded queue keeps the page responsive
+    build_app().queue(default_concurrency_limit=4, max_size=64).launch(server_name=args.host, server_port=args.port, auth=auth, share=args.share)
     return 0
 
 

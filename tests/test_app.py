@@ -92,3 +92,13 @@ def test_api_inspect_start_and_poll_a_run(client, tmp_path):
     _, message = client.predict("tiny", "lora", "float32", "auto", 2, 128, 1, False, "adamw", "cpu", None, "auto", "",
                                 None, 0, False, 6, 1e-3, api_name="/start_run")
     assert "upload a dataset" in message
+
+
+def test_plan_a_local_folder_typed_as_the_model(tmp_path):
+    import json as _json
+
+    from workbench.specs import load_model_spec
+
+    (tmp_path / "config.json").write_text(_json.dumps(load_model_spec("Qwen/Qwen2.5-0.5B").config))
+    summary, _figure, rows = plan_view(str(tmp_path), "lora", "bfloat16", "auto", 1, 256, 1, False, "adamw", "cuda")
+    assert "Predicted peak" in summary and rows

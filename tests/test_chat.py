@@ -103,3 +103,21 @@ def test_what_changed_and_what_was_lost(adapters):
     assert "lower is better" in message and set(table) == {BASE, run}
     assert table[run][2] < table[BASE][2]  # it learned its data
     assert table[run][3] > 0 and table[BASE][3] > 0  # and both are scored on general text
+
+
+def test_runs_tab_exports_and_chat_lists_runs(adapters):
+    import zipfile
+
+    from workbench.ui.chat_tab import adapter_folder, finished_adapters
+    from workbench.ui.runs_tab import act
+
+    run = adapters[0][1].parent.name
+    assert run in [value for _, value in finished_adapters("tiny")]
+    assert adapter_folder(run).name == "final"
+    message, archive = act("merged", run)
+    assert "merged model ready" in message
+    names = zipfile.ZipFile(archive).namelist()
+    assert "model.safetensors" in names and "tokenizer.json" in names
+    message, archive = act("zip", run)
+    assert any(n.endswith("adapter_model.safetensors") for n in zipfile.ZipFile(archive).namelist())
+    assert act("zip", None)[0] == "Pick a run first."

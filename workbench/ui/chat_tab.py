@@ -25,23 +25,35 @@ def engine_for(model: str) -> ChatEngine:
 
 
 def finished_adapters(model: str) -> list[tuple[str, str]]:
-    """(label, run id) of completed runs on ``model`` that saved a peft adapter."""
+    """(label, run id) of runs on ``model`` with a peft adapter to load: the final one of a
+    completed run, or the newest complete checkpoint of one still running."""
     from ..sessions import list_sessions
 
     out = []
     for s in list_sessions():
-        if s.state == "completed" and s.model == model and s.final_adapter:
+        if s.model != model or s.method in ("full", "freeze", "bitfit"):
+            continue
+        if s.state == "completed" and s.final_adapter:
             out.append((f"{s.id} ({s.method}, {s.dataset})", s.id))
+        elif s.checkpoints and s.state in ("running", "loading", "saving"):
+            out.append((f"{s.id} ({s.method}, {s.dataset}; {s.checkpoints[-1].rsplit('/', 1)[-1]}, running)", s.id))
     return out
+
+
+def adapter_folder(run_id: str):
+    """The folder to load for a run: its final adapter, else its newest complete checkpoint."""
+    from ..sessions import session_path
+    from ..training.checkpoints import newest_complete
+
+    folder = newest_complete(session_path(run_id))
+    if folder is None:
+        raise WorkbenchError(f"run {run_id} has no complete adapter or checkpoint yet")
+    return folder
 
 
 def chat_answers(model: str, run_ids: list[str] | None, prompt: str, seed: float, temperature: float,
                  max_new_tokens: float) -> Iterator[tuple[str, ...]]:
     """Yields the texts of every column as they grow: base first, then each adapter."""
-    from pathlib import Path
-
-    from ..sessions import session_path
-
     run_ids = list(run_ids or [])[:MAX_ADAPTERS]
     columns = ["" for _ in range(1 + MAX_ADAPTERS)]
     if not prompt or not prompt.strip():
@@ -53,7 +65,7 @@ def chat_answers(model: str, run_ids: list[str] | None, prompt: str, seed: float
         engine = engine_for(model)
         for run_id in run_ids:
             if run_id not in engine.adapters:
-                engine.add_adapter(run_id, Path(session_path(run_id)) / "final")
+                engine.add_adapter(run_id, adapter_folder(run_id))
     except WorkbenchError as exc:
         columns[0] = f"**Cannot chat:** {exc}"
         yield tuple(columns)
@@ -74,7 +86,6 @@ def arena_next(model: str, run_ids: list[str] | None, prompts: str, seed: float,
     """(round for the server, answer A, answer B, message, next index). Who is A and who is
     B stays on the server until the vote."""
     from ..arena import next_round
-    from ..sessions import session_path
 
     try:
         contenders = [BASE, *list(run_ids or [])[:MAX_ADAPTERS]]
@@ -82,7 +93,7 @@ def arena_next(model: str, run_ids: list[str] | None, prompts: str, seed: float,
         engine = engine_for(model)
         for run_id in contenders[1:]:
             if run_id not in engine.adapters:
-                engine.add_adapter(run_id, session_path(run_id) / "final")
+                engine.add_adapter(run_id, adapter_folder(run_id))
         sampling = Sampling(max_new_tokens=int(max_new_tokens), temperature=float(temperature), seed=int(seed))
         a, b = engine.answer(r.prompt, r.left, sampling), engine.answer(r.prompt, r.right, sampling)
     except WorkbenchError as exc:
@@ -136,8 +147,6 @@ def run_texts(run_id: str, limit: int = 32) -> tuple[list[str], str]:
 def what_changed(model: str, run_ids: list[str] | None) -> tuple[str, list[list]]:
     """Perplexity of the base and each adapter on each run's data and on general text: what
     the adapter gained, and whether it forgot general ability (lower is better)."""
-    from ..sessions import session_path
-
     run_ids = list(run_ids or [])[:MAX_ADAPTERS]
     if not run_ids:
         return "Pick at least one adapter.", []
@@ -145,7 +154,7 @@ def what_changed(model: str, run_ids: list[str] | None) -> tuple[str, list[list]
         engine = engine_for(model)
         for run_id in run_ids:
             if run_id not in engine.adapters:
-                engine.add_adapter(run_id, session_path(run_id) / "final")
+                engine.add_adapter(run_id, adapter_folder(run_id))
         general = general_text()
         rows = []
         for run_id in run_ids:

@@ -112,8 +112,9 @@ def build_plan_tab() -> dict[str, Any]:
     """Layout; returns the input components other tabs read."""
     with gr.Row():
         with gr.Column(scale=1):
-            model = gr.Dropdown(bundled_names(), value=TINY_NAME, label="Model",
-                                info="bundled configs (no download); tiny is an offline demo model")
+            model = gr.Dropdown(bundled_names(), value=TINY_NAME, label="Model", allow_custom_value=True,
+                                info="a bundled config (no download), a local folder, or a hub id; tiny is an "
+                                     "offline demo model")
             method = gr.Dropdown([(f"{m.title} ({n})", n) for n, m in METHODS.items()], value="lora",
                                  label="Method", info="how the model is fine-tuned; defaults for its knobs")
             method_help = gr.Markdown(method_summary("lora"))

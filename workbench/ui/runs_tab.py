@@ -3,6 +3,7 @@ resume, delete, download the adapter zip. Reloading the page reattaches: it is a
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -18,7 +19,7 @@ HEADERS = ["id", "state", "method", "model", "dataset", "step", "last loss", "pr
 def act(action: str, session_id: str | None):
     """(message, download file) for cancel/resume/delete/zip on one run."""
     from ..sessions import delete_session, session_path
-    from ..training.artifacts import export_zip
+    from ..training.artifacts import export_merged, export_zip
     from ..training.checkpoints import final_adapter
     from ..training.launcher import cancel, resume
 
@@ -36,8 +37,12 @@ def act(action: str, session_id: str | None):
         final = final_adapter(session_path(session_id))
         if final is None:
             return f"{session_id} has no finished result yet.", None
-        out = Path(tempfile.mkdtemp(prefix="wb-export-")) / f"{session_id}-adapter.zip"
-        return f"{session_id}: adapter zip ready", str(export_zip(final, out))
+        folder = Path(tempfile.mkdtemp(prefix="wb-export-"))
+        if action == "merged":
+            merged = export_merged(final, folder / f"{session_id}-merged")
+            archive = shutil.make_archive(str(folder / f"{session_id}-merged"), "zip", merged)
+            return f"{session_id}: merged model ready (safetensors + tokenizer)", archive
+        return f"{session_id}: adapter zip ready", str(export_zip(final, folder / f"{session_id}-adapter.zip"))
     except WorkbenchError as exc:
         return f"**{exc}**", None
 
@@ -47,7 +52,9 @@ def build_runs_tab() -> None:
     table = gr.Dataframe(headers=HEADERS, value=sessions_rows, label="Runs", wrap=True)
     pick = gr.Dropdown([], label="Run", allow_custom_value=False)
     with gr.Row():
-        buttons = {a: gr.Button(a.capitalize()) for a in ("open", "cancel", "resume", "delete", "zip")}
+        buttons = {a: gr.Button(label) for a, label in (("open", "Open"), ("cancel", "Cancel"), ("resume", "Resume"),
+                                                        ("delete", "Delete"), ("zip", "Adapter zip"),
+                                                        ("merged", "Merged model (zip)"))}
     message = gr.Markdown()
     download = gr.File(label="Download", interactive=False)
     status = gr.Markdown()
@@ -64,5 +71,5 @@ def build_runs_tab() -> None:
     timer = gr.Timer(2.0)  # an opened run keeps updating: reloading the page reattaches to it
     timer.tick(lambda sid: run_view(sid) if sid else (gr.update(),) * 4, pick, [status, progress, memory, curves],
                api_name=False)
-    for action in ("cancel", "resume", "delete", "zip"):
+    for action in ("cancel", "resume", "delete", "zip", "merged"):
         buttons[action].click(lambda sid, a=action: act(a, sid), pick, [message, download], api_name=False)
