@@ -121,3 +121,18 @@ def test_runs_tab_exports_and_chat_lists_runs(adapters):
     message, archive = act("zip", run)
     assert any(n.endswith("adapter_model.safetensors") for n in zipfile.ZipFile(archive).namelist())
     assert act("zip", None)[0] == "Pick a run first."
+
+
+def test_prompt_set_upload_and_job_settings(adapters, tmp_path):
+    from workbench.ui.chat_tab import read_prompt_file
+    from workbench.ui.runs_tab import job_settings
+
+    path = tmp_path / "prompts.txt"
+    path.write_text("First prompt?\n\n  Second prompt?  \n")
+    assert read_prompt_file(str(path)) == "First prompt?\nSecond prompt?"
+    path.write_bytes(b"caf\xe9\n")
+    assert "not UTF-8" in read_prompt_file(str(path))
+    run = adapters[0][1].parent.name
+    job = job_settings(run)
+    assert job["method"] == "lora" and job["model"] == "tiny" and "schedule" in job
+    assert "error" in job_settings("../../etc")

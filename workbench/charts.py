@@ -64,6 +64,10 @@ def live_memory(samples: list[dict[str, Any]], plan: dict[str, Any] | None) -> g
     if plan:
         fig.add_hline(y=plan["peak_bytes"] / GIB, line_dash="dash", line_color="black",
                       annotation_text=f"predicted peak {plan['peak_bytes'] / GIB:.3f} GiB")
+        weights = next((c["bytes"] for c in plan.get("components", []) if c["name"] == "weights"), None)
+        if weights:
+            fig.add_hrect(y0=0, y1=weights / GIB, fillcolor=COLORS["weights"], opacity=0.12, line_width=0,
+                          annotation_text="predicted weights", annotation_position="top left")
         persistent = next((t["bytes"] for t in plan.get("peak_terms", []) if t["name"] == "persistent"), None)
         if persistent:
             fig.add_hline(y=persistent / GIB, line_dash="dot", line_color="gray",

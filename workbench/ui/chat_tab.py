@@ -102,6 +102,24 @@ def arena_next(model: str, run_ids: list[str] | None, prompts: str, seed: float,
     return state, a, b, f"Prompt: *{r.prompt}* -- which answer is better?", int(index or 0) + 1
 
 
+MAX_PROMPT_FILE_BYTES = 1 << 20
+
+
+def read_prompt_file(path: str | None) -> str:
+    """An uploaded prompt set (UTF-8 text, one prompt per line, at most 1 MiB) for the arena."""
+    from pathlib import Path
+
+    if not path:
+        return gr.update()
+    data = Path(path).read_bytes()[: MAX_PROMPT_FILE_BYTES + 1]
+    if len(data) > MAX_PROMPT_FILE_BYTES:
+        return "(prompt file over 1 MiB: paste a shorter set)"
+    try:
+        return "\n".join(line.strip() for line in data.decode("utf-8-sig").splitlines() if line.strip())
+    except UnicodeDecodeError:
+        return "(the prompt file is not UTF-8 text)"
+
+
 def arena_vote(choice: str, state: dict | None):
     """(message revealing who was who, standings rows, cleared round)."""
     from ..arena import record, standings
@@ -192,6 +210,7 @@ def build_chat_tab(plan_inputs: dict) -> None:
     measure_btn.click(what_changed, [model, runs], [changed_message, changed], api_name="what_changed")
     with gr.Accordion("Arena: blind A/B votes", open=False):
         prompts = gr.Textbox(label="Prompt set (one per line)", lines=4)
+        prompt_file = gr.File(label="...or upload a .txt prompt set", file_types=[".txt"], type="filepath")
         next_btn = gr.Button("Next pair")
         arena_message = gr.Markdown()
         with gr.Row():
@@ -201,6 +220,7 @@ def build_chat_tab(plan_inputs: dict) -> None:
                                                                  ("tie", "Tie"))}
         table = gr.Dataframe(headers=["contender", "wins", "losses", "ties"], label="Standings")
         round_state, index = gr.State(None), gr.State(0)
+    prompt_file.change(read_prompt_file, prompt_file, prompts, api_name=False)
     next_btn.click(arena_next, [model, runs, prompts, seed, temperature, max_tokens, index],
                    [round_state, answer_a, answer_b, arena_message, index], api_name=False)
     for choice, button in vote_buttons.items():

@@ -47,6 +47,20 @@ def act(action: str, session_id: str | None):
         return f"**{exc}**", None
 
 
+def job_settings(session_id: str | None) -> dict:
+    """The run's job.json (model, method, knobs, settings, data, schedule)."""
+    import json
+
+    from ..sessions import session_path
+
+    if not session_id:
+        return {}
+    try:
+        return json.loads((session_path(session_id) / "job.json").read_text())
+    except (WorkbenchError, OSError, ValueError) as exc:
+        return {"error": str(exc)}
+
+
 def build_runs_tab() -> None:
     refresh = gr.Button("Refresh")
     table = gr.Dataframe(headers=HEADERS, value=sessions_rows, label="Runs", wrap=True)
@@ -61,6 +75,7 @@ def build_runs_tab() -> None:
     progress = gr.Slider(0, 1, value=0, label="Progress", interactive=False)
     memory = gr.Plot(label="Predicted vs live memory")
     curves = gr.Plot(label="Loss, learning rate, tokens/s")
+    job = gr.JSON(label="Job settings")
 
     def reload():
         rows = sessions_rows()
@@ -68,6 +83,7 @@ def build_runs_tab() -> None:
 
     refresh.click(reload, None, [table, pick], api_name="sessions")
     buttons["open"].click(run_view, pick, [status, progress, memory, curves], api_name=False)
+    buttons["open"].click(job_settings, pick, job, api_name=False)
     timer = gr.Timer(2.0)  # an opened run keeps updating: reloading the page reattaches to it
     timer.tick(lambda sid: run_view(sid) if sid else (gr.update(),) * 4, pick, [status, progress, memory, curves],
                api_name=False)
