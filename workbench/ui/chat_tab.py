@@ -17,11 +17,16 @@ _ENGINES: dict[str, ChatEngine] = {}
 _ENGINES_LOCK = threading.Lock()
 
 
-def engine_for(model: str) -> ChatEngine:
+def engine_with(model: str, run_ids: list[str]) -> ChatEngine:
+    """The one engine of ``model``, with the adapters of ``run_ids`` attached."""
     with _ENGINES_LOCK:
         if model not in _ENGINES:
             _ENGINES[model] = ChatEngine(model)
-        return _ENGINES[model]
+        engine = _ENGINES[model]
+    for run_id in run_ids:
+        if run_id not in engine.adapters:
+            engine.add_adapter(run_id, adapter_folder(run_id))
+    return engine
 
 
 def finished_adapters(model: str) -> list[tuple[str, str]]:
@@ -62,10 +67,7 @@ def chat_answers(model: str, run_ids: list[str] | None, prompt: str, seed: float
         return
     try:
         sampling = Sampling(max_new_tokens=int(max_new_tokens), temperature=float(temperature), seed=int(seed))
-        engine = engine_for(model)
-        for run_id in run_ids:
-            if run_id not in engine.adapters:
-                engine.add_adapter(run_id, adapter_folder(run_id))
+        engine = engine_with(model, run_ids)
     except WorkbenchError as exc:
         columns[0] = f"**Cannot chat:** {exc}"
         yield tuple(columns)
@@ -90,10 +92,7 @@ def arena_next(model: str, run_ids: list[str] | None, prompts: str, seed: float,
     try:
         contenders = [BASE, *list(run_ids or [])[:MAX_ADAPTERS]]
         r = next_round((prompts or "").splitlines(), contenders, int(index or 0), int(seed))
-        engine = engine_for(model)
-        for run_id in contenders[1:]:
-            if run_id not in engine.adapters:
-                engine.add_adapter(run_id, adapter_folder(run_id))
+        engine = engine_with(model, contenders[1:])
         sampling = Sampling(max_new_tokens=int(max_new_tokens), temperature=float(temperature), seed=int(seed))
         a, b = engine.answer(r.prompt, r.left, sampling), engine.answer(r.prompt, r.right, sampling)
     except WorkbenchError as exc:
@@ -169,10 +168,7 @@ def what_changed(model: str, run_ids: list[str] | None) -> tuple[str, list[list]
     if not run_ids:
         return "Pick at least one adapter.", []
     try:
-        engine = engine_for(model)
-        for run_id in run_ids:
-            if run_id not in engine.adapters:
-                engine.add_adapter(run_id, adapter_folder(run_id))
+        engine = engine_with(model, run_ids)
         general = general_text()
         rows = []
         for run_id in run_ids:
