@@ -16,6 +16,7 @@ from typing import Any
 
 from .errors import WorkbenchError
 from .memory import TrainingSettings, plan
+from .memory.settings import DTYPE_BYTES
 from .methods import METHODS
 from .specs import ModelSpec
 
@@ -27,7 +28,7 @@ def adapter_file_bytes(p: dict[str, Any]) -> int:
     """Size of what a run saves: fp32 adapter tensors for peft methods, the trained weights
     in the model dtype for full/freeze/BitFit (safetensors, headers ignored)."""
     method = METHODS[p["method"]]
-    element = 4 if method.uses_peft else {"float32": 4}.get(p["settings"]["dtype"], 2)
+    element = 4 if method.uses_peft else DTYPE_BYTES[p["settings"]["dtype"]]
     return p["trainable_params"] * element
 
 

@@ -11,6 +11,7 @@ import gradio as gr
 
 from ..chat import BASE, ChatEngine, Sampling
 from ..errors import WorkbenchError
+from ..methods import METHODS
 
 MAX_ADAPTERS = 3
 _ENGINES: dict[str, ChatEngine] = {}
@@ -36,7 +37,7 @@ def finished_adapters(model: str) -> list[tuple[str, str]]:
 
     out = []
     for s in list_sessions():
-        if s.model != model or s.method in ("full", "freeze", "bitfit"):
+        if s.model != model or not METHODS[s.method].uses_peft:  # only peft methods save adapters
             continue
         if s.state == "completed" and s.final_adapter:
             out.append((f"{s.id} ({s.method}, {s.dataset})", s.id))

@@ -10,6 +10,7 @@ from pathlib import Path
 import gradio as gr
 
 from ..errors import WorkbenchError
+from .train_tab import run_panel
 from .views import run_view, sessions_rows
 
 HEADERS = ["id", "state", "method", "model", "dataset", "step", "last loss", "predicted peak GiB",
@@ -71,10 +72,7 @@ def build_runs_tab() -> None:
                                                         ("merged", "Merged model (zip)"))}
     message = gr.Markdown()
     download = gr.File(label="Download", interactive=False)
-    status = gr.Markdown()
-    progress = gr.Slider(0, 1, value=0, label="Progress", interactive=False)
-    memory = gr.Plot(label="Predicted vs live memory")
-    curves = gr.Plot(label="Loss, learning rate, tokens/s")
+    panel = run_panel()
     job = gr.JSON(label="Job settings")
 
     def reload():
@@ -82,10 +80,10 @@ def build_runs_tab() -> None:
         return rows, gr.update(choices=[r[0] for r in rows])
 
     refresh.click(reload, None, [table, pick], api_name="sessions")
-    buttons["open"].click(run_view, pick, [status, progress, memory, curves], api_name=False)
+    buttons["open"].click(run_view, pick, panel, api_name=False)
     buttons["open"].click(job_settings, pick, job, api_name=False)
     timer = gr.Timer(2.0)  # an opened run keeps updating: reloading the page reattaches to it
-    timer.tick(lambda sid: run_view(sid) if sid else (gr.update(),) * 4, pick, [status, progress, memory, curves],
+    timer.tick(lambda sid: run_view(sid) if sid else (gr.update(),) * 4, pick, panel,
                api_name=False)
     for action in ("cancel", "resume", "delete", "zip", "merged"):
         buttons[action].click(lambda sid, a=action: act(a, sid), pick, [message, download], api_name=False)

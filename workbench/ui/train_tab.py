@@ -62,6 +62,15 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def run_panel() -> list[Any]:
+    """The components ``run_view`` fills: status, progress, live memory, training curves."""
+    status = gr.Markdown()
+    progress = gr.Slider(0, 1, value=0, label="Progress", interactive=False)
+    memory = gr.Plot(label="Predicted vs live memory")
+    curves = gr.Plot(label="Loss, learning rate, tokens/s")
+    return [status, progress, memory, curves]
+
+
 def build_train_tab(plan_inputs: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
     session = gr.State(None)
     with gr.Row():
@@ -73,10 +82,7 @@ def build_train_tab(plan_inputs: dict[str, Any], data: dict[str, Any]) -> dict[s
         cancel_btn = gr.Button("Cancel", variant="stop")
     message = gr.Markdown()
     run_id = gr.Textbox(label="Run id", interactive=False)
-    status = gr.Markdown()
-    progress = gr.Slider(0, 1, value=0, label="Progress", interactive=False)
-    memory = gr.Plot(label="Predicted vs live memory")
-    curves = gr.Plot(label="Loss, learning rate, tokens/s")
+    panel = run_panel()
     timer = gr.Timer(1.0)
     p = plan_inputs["inputs"]
     inputs = [p["model"], p["method"], p["dtype"], p["quant"], p["batch"], p["seq"], p["accum"], p["ckpt"], p["optim"],
@@ -85,7 +91,7 @@ def build_train_tab(plan_inputs: dict[str, Any], data: dict[str, Any]) -> dict[s
     start_btn.click(start_run, inputs, [session, run_id, message], api_name="start_run")
     cancel_btn.click(cancel_run, run_id, message, api_name="cancel_run")  # the id is also what API clients pass
     data["report"].change(readiness, [data["upload"], data["report"]], start_btn, api_name=False)
-    timer.tick(run_view, session, [status, progress, memory, curves], api_name=False)
-    gr.Button(visible=False).click(run_view, gr.Textbox(visible=False), [status, progress, memory, curves],
+    timer.tick(run_view, session, panel, api_name=False)
+    gr.Button(visible=False).click(run_view, gr.Textbox(visible=False), panel,
                                    api_name="run_status")
     return {"session": session}
