@@ -3,7 +3,9 @@
 Values (comma separated): ``oom_at_step=K`` (raise ``torch.OutOfMemoryError`` before step
 K), ``sleep_on_save=S`` (pause S seconds after a checkpoint is written, before it is marked
 complete: time to kill the worker mid-save), ``enospc_on_save`` (the final save fails with
-"No space left on device"). Unset in normal use; nothing here runs then.
+"No space left on device"), ``error_at_setup`` (an exception after the model is loaded,
+before training starts), ``error_on_save`` (an exception while a checkpoint is being
+written, before it is marked complete). Unset in normal use; nothing here runs then.
 """
 
 from __future__ import annotations
@@ -34,6 +36,13 @@ class FaultCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if "sleep_on_save" in self.faults:
             time.sleep(float(self.faults["sleep_on_save"]))
+        if "error_on_save" in self.faults:
+            raise RuntimeError("checkpoint writer failed (injected by WORKBENCH_FAULT)")
+
+
+def at_setup() -> None:
+    if "error_at_setup" in faults():
+        raise RuntimeError("set-up failed (injected by WORKBENCH_FAULT)")
 
 
 def before_final_save() -> None:

@@ -77,7 +77,7 @@ def setup(job, session: Path, events: EventWriter, sampler):
     from ..specs import load_model_spec
     from .callbacks import CancelCallback, CheckpointPublisher, EventCallback, TokenCounter
     from .collate import PadCollator
-    from .faults import FaultCallback
+    from .faults import FaultCallback, at_setup
     from .telemetry import TensorAccountCallback
 
     spec = load_model_spec(job.model)
@@ -90,6 +90,7 @@ def setup(job, session: Path, events: EventWriter, sampler):
                 format=report.format, dropped=report.dropped["count"])
     _plan_for_data(job, spec, min(report.cutoff, report.token_lengths["max"]), session, events)
     model = load_for_training(spec, get_method(job.method), job.knobs, settings)
+    at_setup()
     optimizer = build_optimizer(model.parameters(), settings.optimizer, lr=job.schedule.learning_rate)
     s = job.schedule
     args = TrainingArguments(
