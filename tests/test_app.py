@@ -94,11 +94,15 @@ def test_api_inspect_start_and_poll_a_run(client, tmp_path):
     assert "upload a dataset" in message
 
 
-def test_plan_a_local_folder_typed_as_the_model(tmp_path):
+def test_plan_a_local_folder_typed_as_the_model(tmp_path, monkeypatch):
     import json as _json
 
     from workbench.specs import load_model_spec
 
     (tmp_path / "config.json").write_text(_json.dumps(load_model_spec("Qwen/Qwen2.5-0.5B").config))
-    summary, _figure, rows = plan_view(str(tmp_path), "lora", "bfloat16", "auto", 1, 256, 1, False, "adamw", "cuda")
+    args = ("lora", "bfloat16", "auto", 1, 256, 1, False, "adamw", "cuda")
+    summary, _figure, rows = plan_view(str(tmp_path), *args)
+    assert "outside the model folders" in summary and not rows  # not a configured model root
+    monkeypatch.setenv("WORKBENCH_MODEL_ROOTS", str(tmp_path.parent))
+    summary, _figure, rows = plan_view(str(tmp_path), *args)
     assert "Predicted peak" in summary and rows

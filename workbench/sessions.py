@@ -2,8 +2,13 @@
 
 ``sessions/<id>/``: ``job.json`` (the run), ``plan.json`` (the prediction made before it),
 ``events.jsonl`` (what happened), ``worker.log``, ``worker.pid``, ``dataset.*`` (a copy of
-the data), ``checkpoints/`` and ``final/`` (complete ones carry a ``COMPLETE`` marker).
+the data), ``checkpoints/`` and ``final/`` (complete ones carry a ``COMPLETE`` marker), and
+``owner`` (the signed-in user who started it, when the server has ``--auth``).
 A run whose worker has vanished (killed, machine rebooted) is shown as ``interrupted``.
+
+Ownership: with a user name (``--auth`` on) a session is visible only to its owner; a
+session of someone else reads exactly like one that does not exist. Without a user (a
+single-user server on loopback) every session is visible.
 """
 
 from __future__ import annotations
@@ -31,6 +36,25 @@ def sessions_dir() -> Path:
 
 def session_path(session_id: str) -> Path:
     return sessions_dir() / check_session_id(session_id)
+
+
+OWNER_FILE = "owner"
+
+
+def owner_of(folder: Path) -> str | None:
+    try:
+        return (folder / OWNER_FILE).read_text(encoding="utf-8") or None
+    except OSError:
+        return None
+
+
+def check_access(session_id: str, user: str | None) -> Path:
+    """The session's folder if ``user`` may see it (see the module docstring); otherwise
+    the same error as for a session that does not exist."""
+    folder = session_path(session_id)
+    if not (folder / "job.json").is_file() or (user is not None and owner_of(folder) != user):
+        raise WorkbenchError(f"no session {session_id}")
+    return folder
 
 
 @dataclass
@@ -138,21 +162,23 @@ def info(session_id: str) -> SessionInfo:
     )
 
 
-def list_sessions() -> list[SessionInfo]:
+def list_sessions(user: str | None = None) -> list[SessionInfo]:
+    """Newest first; with ``user``, only that user's sessions."""
     root = sessions_dir()
     if not root.is_dir():
         return []
     out = []
     for folder in sorted(root.iterdir(), reverse=True):
         try:
+            check_access(folder.name, user)
             out.append(info(folder.name))
         except WorkbenchError:
             continue  # not one of ours
     return out
 
 
-def delete_session(session_id: str) -> None:
-    folder = session_path(session_id)
+def delete_session(session_id: str, user: str | None = None) -> None:
+    folder = check_access(session_id, user)
     if worker_alive(folder):
         raise WorkbenchError(f"session {session_id} is running; cancel it first")
     shutil.rmtree(folder)

@@ -21,7 +21,7 @@ from ..errors import DataFileError, WorkbenchError
 from ..memory import plan
 from ..methods import get_method
 from ..paths import REPO_DIR
-from ..sessions import last_status, refresh, session_path, sessions_dir, worker_alive
+from ..sessions import OWNER_FILE, last_status, refresh, session_path, sessions_dir, worker_alive
 from ..specs import load_model_spec
 from .events import FINAL, EventWriter
 from .job import DataSpec, TrainJob, new_session_id
@@ -29,19 +29,22 @@ from .job import DataSpec, TrainJob, new_session_id
 CANCEL_GRACE_SECONDS = 30.0
 
 
-def start(job: TrainJob) -> tuple[str, subprocess.Popen]:
+def start(job: TrainJob, owner: str | None = None) -> tuple[str, subprocess.Popen]:
     """Write the session folder (job, plan, a copy of the data) and start the worker.
     ``job.session_id`` is replaced by a fresh id; the data file is copied in."""
-    session_id = prepare(job)
+    session_id = prepare(job, owner)
     return session_id, spawn(session_id)
 
 
-def prepare(job: TrainJob) -> str:
-    """Create ``sessions/<new id>/`` with job.json, plan.json, the data copy and a
-    ``queued`` event; returns the id. The worker is not started."""
+def prepare(job: TrainJob, owner: str | None = None) -> str:
+    """Create ``sessions/<new id>/`` with job.json, plan.json, the data copy, the owner (a
+    signed-in user name, or none) and a ``queued`` event; returns the id. The worker is not
+    started."""
     session_id = new_session_id()
     folder = sessions_dir() / session_id
     folder.mkdir(parents=True)
+    if owner is not None:
+        _write(folder / OWNER_FILE, owner)
     source = Path(job.data.path)
     suffix = source.suffix.lower()
     if suffix not in DATA_SUFFIXES + (".zip",):

@@ -11,7 +11,7 @@ from .compare_tab import build_compare_tab
 from .data_tab import build_data_tab
 from .plan_tab import build_plan_tab, plan_view
 from .runs_tab import build_runs_tab
-from .train_tab import build_train_tab
+from .train_tab import build_train_tab, reattach
 
 __all__ = ["build_app", "plan_view", "warm_up"]
 
@@ -31,11 +31,13 @@ def build_app() -> gr.Blocks:
         with gr.Tab("Data"):
             data = build_data_tab(plan_tab["inputs"])
         with gr.Tab("Train"):
-            build_train_tab(plan_tab, data)
+            train = build_train_tab(plan_tab, data)
         with gr.Tab("Chat"):
             build_chat_tab(plan_tab)
         with gr.Tab("Runs"):
-            build_runs_tab()
+            runs = build_runs_tab()
         app.load(plan_view, list(plan_tab["inputs"].values()) + plan_tab["knobs"], plan_tab["outputs"],
                  api_name="plan")
+        app.load(runs["reload"], None, runs["outputs"], api_name=False)
+        app.load(reattach, None, [train["session"], train["run_id"]], api_name=False)
     return app

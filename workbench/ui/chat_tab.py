@@ -12,16 +12,30 @@ import gradio as gr
 from ..chat import BASE, ChatEngine, Sampling
 from ..errors import WorkbenchError
 from ..methods import METHODS
+from .views import user_of
 
 MAX_ADAPTERS = 3
+MAX_ENGINES = 2  # base models kept in memory at once
 _ENGINES: dict[str, ChatEngine] = {}
 _ENGINES_LOCK = threading.Lock()
 
 
-def engine_with(model: str, run_ids: list[str]) -> ChatEngine:
-    """The one engine of ``model``, with the adapters of ``run_ids`` attached."""
+def engine_with(model: str, run_ids: list[str], user: str | None = None) -> ChatEngine:
+    """The one engine of ``model``, with the adapters of ``run_ids`` attached: runs of
+    ``user`` (when signed in) trained on this model."""
+    from ..safety import check_model_name
+    from ..sessions import check_access
+    from ..training.job import TrainJob
+
+    model = check_model_name(model)
+    for run_id in run_ids:
+        trained_on = TrainJob.load(check_access(run_id, user) / "job.json").model
+        if trained_on != model:
+            raise WorkbenchError(f"run {run_id} was trained on {trained_on}, not {model}")
     with _ENGINES_LOCK:
         if model not in _ENGINES:
+            while len(_ENGINES) >= MAX_ENGINES:  # the least recently added base model goes
+                _ENGINES.pop(next(iter(_ENGINES)))
             _ENGINES[model] = ChatEngine(model)
         engine = _ENGINES[model]
     for run_id in run_ids:
@@ -30,13 +44,13 @@ def engine_with(model: str, run_ids: list[str]) -> ChatEngine:
     return engine
 
 
-def finished_adapters(model: str) -> list[tuple[str, str]]:
-    """(label, run id) of runs on ``model`` with a peft adapter to load: the final one of a
-    completed run, or the newest complete checkpoint of one still running."""
+def finished_adapters(model: str, user: str | None = None) -> list[tuple[str, str]]:
+    """(label, run id) of ``user``'s runs on ``model`` with a peft adapter to load: the final
+    one of a completed run, or the newest complete checkpoint of one still running."""
     from ..sessions import list_sessions
 
     out = []
-    for s in list_sessions():
+    for s in list_sessions(user):
         if s.model != model or not METHODS[s.method].uses_peft:  # only peft methods save adapters
             continue
         if s.state == "completed" and s.final_adapter:
@@ -58,7 +72,7 @@ def adapter_folder(run_id: str):
 
 
 def chat_answers(model: str, run_ids: list[str] | None, prompt: str, seed: float, temperature: float,
-                 max_new_tokens: float) -> Iterator[tuple[str, ...]]:
+                 max_new_tokens: float, request: gr.Request = None) -> Iterator[tuple[str, ...]]:
     """Yields the texts of every column as they grow: base first, then each adapter."""
     run_ids = list(run_ids or [])[:MAX_ADAPTERS]
     columns = ["" for _ in range(1 + MAX_ADAPTERS)]
@@ -68,7 +82,7 @@ def chat_answers(model: str, run_ids: list[str] | None, prompt: str, seed: float
         return
     try:
         sampling = Sampling(max_new_tokens=int(max_new_tokens), temperature=float(temperature), seed=int(seed))
-        engine = engine_with(model, run_ids)
+        engine = engine_with(model, run_ids, user_of(request))
     except WorkbenchError as exc:
         columns[0] = f"**Cannot chat:** {exc}"
         yield tuple(columns)
@@ -85,7 +99,7 @@ def chat_answers(model: str, run_ids: list[str] | None, prompt: str, seed: float
 
 
 def arena_next(model: str, run_ids: list[str] | None, prompts: str, seed: float, temperature: float,
-               max_new_tokens: float, index: int):
+               max_new_tokens: float, index: int, request: gr.Request = None):
     """(round for the server, answer A, answer B, message, next index). Who is A and who is
     B stays on the server until the vote."""
     from ..arena import next_round
@@ -93,7 +107,7 @@ def arena_next(model: str, run_ids: list[str] | None, prompts: str, seed: float,
     try:
         contenders = [BASE, *list(run_ids or [])[:MAX_ADAPTERS]]
         r = next_round((prompts or "").splitlines(), contenders, int(index or 0), int(seed))
-        engine = engine_with(model, contenders[1:])
+        engine = engine_with(model, contenders[1:], user_of(request))
         sampling = Sampling(max_new_tokens=int(max_new_tokens), temperature=float(temperature), seed=int(seed))
         a, b = engine.answer(r.prompt, r.left, sampling), engine.answer(r.prompt, r.right, sampling)
     except WorkbenchError as exc:
@@ -162,14 +176,14 @@ def run_texts(run_id: str, limit: int = 32) -> tuple[list[str], str]:
     return [tok.decode(ids) for ids in split["input_ids"][:limit]], name
 
 
-def what_changed(model: str, run_ids: list[str] | None) -> tuple[str, list[list]]:
+def what_changed(model: str, run_ids: list[str] | None, request: gr.Request = None) -> tuple[str, list[list]]:
     """Perplexity of the base and each adapter on each run's data and on general text: what
     the adapter gained, and whether it forgot general ability (lower is better)."""
     run_ids = list(run_ids or [])[:MAX_ADAPTERS]
     if not run_ids:
         return "Pick at least one adapter.", []
     try:
-        engine = engine_with(model, run_ids)
+        engine = engine_with(model, run_ids, user_of(request))
         general = general_text()
         rows = []
         for run_id in run_ids:
@@ -197,7 +211,10 @@ def build_chat_tab(plan_inputs: dict) -> None:
     with gr.Row():
         outputs = [gr.Markdown(label="base", value="**base**")]
         outputs += [gr.Markdown(label=f"adapter {i + 1}") for i in range(MAX_ADAPTERS)]
-    refresh.click(lambda m: gr.update(choices=finished_adapters(m), value=[]), model, runs, api_name="adapters")
+    def adapters(m: str, request: gr.Request):
+        return gr.update(choices=finished_adapters(m, user_of(request)), value=[])
+
+    refresh.click(adapters, model, runs, api_name="adapters")
     ask.click(chat_answers, [model, runs, prompt, seed, temperature, max_tokens], outputs, api_name="chat")
     with gr.Accordion("What changed, what was lost (perplexity)", open=False):
         measure_btn = gr.Button("Measure perplexity")

@@ -31,9 +31,12 @@ def inspect_view(path: str | None, model: str, fmt: str, mapping: str, cutoff: f
 
 
 def tokenizer_for(model: str):
-    """The model's tokenizer, or the tiny one with a note when it is not available here."""
+    """The model's tokenizer, or the tiny one with a note when it is not available here.
+    The name is checked first (:mod:`workbench.safety`): a refused name is an error."""
     from ..data import load_tokenizer
+    from ..safety import check_model_name
 
+    model = check_model_name(model)
     try:
         return load_tokenizer(model), ""
     except WorkbenchError:

@@ -11,9 +11,9 @@ from ..errors import WorkbenchError
 from ..memory import plan
 from ..memory.settings import DTYPE_BYTES, OPTIMIZERS, QUANTS, SETTING_HELP
 from ..methods import METHODS, get_method
-from ..specs import bundled_names, load_model_spec
+from ..specs import bundled_names
 from ..tiny import TINY_NAME
-from .views import settings_from
+from .views import model_spec, settings_from
 
 GPU_SIZES_GB = (8, 16, 24, 40, 80)
 
@@ -40,7 +40,7 @@ def plan_view(model: str, method: str, dtype: str, quant: str, batch_size: float
         chosen = get_method(method)
         own = {k.name for k in chosen.knobs}
         knobs = {n: v for n, v in zip(KNOB_NAMES, knob_values) if n in own and v is not None}
-        result = plan(load_model_spec(model), chosen, knobs, settings).as_dict()
+        result = plan(model_spec(model), chosen, knobs, settings).as_dict()
     except (WorkbenchError, ValueError) as exc:
         return f"**Cannot plan:** {exc}", None, []
     return _summary(result), plan_bar(result), _rows(result)

@@ -11,15 +11,15 @@ import gradio as gr
 
 from ..errors import WorkbenchError
 from .train_tab import run_panel
-from .views import run_view, sessions_rows
+from .views import run_view, sessions_rows, user_of
 
 HEADERS = ["id", "state", "method", "model", "dataset", "step", "last loss", "predicted peak GiB",
            "measured peak GiB"]
 
 
-def act(action: str, session_id: str | None):
-    """(message, download file) for cancel/resume/delete/zip on one run."""
-    from ..sessions import delete_session, session_path
+def act(action: str, session_id: str | None, user: str | None = None):
+    """(message, download file) for cancel/resume/delete/zip on one of ``user``'s runs."""
+    from ..sessions import check_access, delete_session
     from ..training.artifacts import export_merged, export_zip
     from ..training.checkpoints import final_adapter
     from ..training.launcher import cancel, resume
@@ -27,15 +27,16 @@ def act(action: str, session_id: str | None):
     if not session_id:
         return "Pick a run first.", None
     try:
+        folder = check_access(session_id, user)
         if action == "cancel":
             return f"{session_id}: {cancel(session_id, grace=30)}", None
         if action == "resume":
             resume(session_id)
             return f"{session_id}: resumed from its newest complete checkpoint", None
         if action == "delete":
-            delete_session(session_id)
+            delete_session(session_id, user)
             return f"{session_id}: deleted", None
-        final = final_adapter(session_path(session_id))
+        final = final_adapter(folder)
         if final is None:
             return f"{session_id} has no finished result yet.", None
         folder = Path(tempfile.mkdtemp(prefix="wb-export-"))
@@ -48,23 +49,23 @@ def act(action: str, session_id: str | None):
         return f"**{exc}**", None
 
 
-def job_settings(session_id: str | None) -> dict:
+def job_settings(session_id: str | None, user: str | None = None) -> dict:
     """The run's job.json (model, method, knobs, settings, data, schedule)."""
     import json
 
-    from ..sessions import session_path
+    from ..sessions import check_access
 
     if not session_id:
         return {}
     try:
-        return json.loads((session_path(session_id) / "job.json").read_text())
+        return json.loads((check_access(session_id, user) / "job.json").read_text())
     except (WorkbenchError, OSError, ValueError) as exc:
         return {"error": str(exc)}
 
 
-def build_runs_tab() -> None:
+def build_runs_tab() -> dict:
     refresh = gr.Button("Refresh")
-    table = gr.Dataframe(headers=HEADERS, value=sessions_rows, label="Runs", wrap=True)
+    table = gr.Dataframe(headers=HEADERS, value=[], label="Runs", wrap=True)
     pick = gr.Dropdown([], label="Run", allow_custom_value=False)
     with gr.Row():
         buttons = {a: gr.Button(label) for a, label in (("open", "Open"), ("cancel", "Cancel"), ("resume", "Resume"),
@@ -75,15 +76,27 @@ def build_runs_tab() -> None:
     panel = run_panel()
     job = gr.JSON(label="Job settings")
 
-    def reload():
-        rows = sessions_rows()
+    def reload(request: gr.Request):
+        rows = sessions_rows(user_of(request))
         return rows, gr.update(choices=[r[0] for r in rows])
 
+    def opened(sid: str | None, request: gr.Request):
+        return run_view(sid, user_of(request))
+
+    def settings(sid: str | None, request: gr.Request):
+        return job_settings(sid, user_of(request))
+
+    def follow(sid: str | None, request: gr.Request):
+        return run_view(sid, user_of(request)) if sid else (gr.update(),) * 4
+
     refresh.click(reload, None, [table, pick], api_name="sessions")
-    buttons["open"].click(run_view, pick, panel, api_name=False)
-    buttons["open"].click(job_settings, pick, job, api_name=False)
+    buttons["open"].click(opened, pick, panel, api_name=False)
+    buttons["open"].click(settings, pick, job, api_name=False)
     timer = gr.Timer(2.0)  # an opened run keeps updating: reloading the page reattaches to it
-    timer.tick(lambda sid: run_view(sid) if sid else (gr.update(),) * 4, pick, panel,
-               api_name=False)
+    timer.tick(follow, pick, panel, api_name=False)
     for action in ("cancel", "resume", "delete", "zip", "merged"):
-        buttons[action].click(lambda sid, a=action: act(a, sid), pick, [message, download], api_name=False)
+        def run_action(sid: str | None, request: gr.Request, a: str = action):
+            return act(a, sid, user_of(request))
+
+        buttons[action].click(run_action, pick, [message, download], api_name=False)
+    return {"reload": reload, "outputs": [table, pick]}  # the page fills the table on load

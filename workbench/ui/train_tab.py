@@ -8,14 +8,16 @@ from typing import Any
 import gradio as gr
 
 from ..errors import WorkbenchError
-from .views import run_view, settings_from
+from .views import latest_active_run, run_view, settings_from, user_of
 
 
 def start_run(model: str, method: str, dtype: str, quant: str, batch: float, seq: float, accum: float, ckpt: bool,
               optim: str, train_device: str, data_path: str | None, fmt: str, mapping: str, cutoff: float | None,
-              val: float, on_prompt: bool, max_steps: float, lr: float):
-    """(session id for the page, session id for API clients, message)."""
+              val: float, on_prompt: bool, max_steps: float, lr: float, request: gr.Request = None):
+    """(session id for the page, session id for API clients, message). The run belongs to
+    the signed-in user, if any."""
     from ..data import parse_mapping
+    from ..safety import check_model_name
     from ..training.job import Schedule
     from ..training.launcher import make_job, start
     from .views import safe_upload_name
@@ -23,6 +25,7 @@ def start_run(model: str, method: str, dtype: str, quant: str, batch: float, seq
     if not data_path:
         return None, "", "**Cannot start:** upload a dataset in the Data tab first."
     try:
+        model = check_model_name(model)
         settings = settings_from(dtype, quant, batch, seq, accum, ckpt, optim, train_device)
         job = make_job(model, method, data_path, settings=settings.as_dict(),
                        schedule=Schedule(max_steps=int(max_steps) if max_steps else -1, learning_rate=float(lr),
@@ -30,21 +33,35 @@ def start_run(model: str, method: str, dtype: str, quant: str, batch: float, seq
                        name=safe_upload_name(data_path), format=None if fmt == "auto" else fmt,
                        mapping=parse_mapping(mapping), cutoff=int(cutoff) if cutoff else None,
                        val_fraction=float(val or 0), train_on_prompt=bool(on_prompt))
-        session_id, _ = start(job)
+        session_id, _ = start(job, owner=user_of(request))
     except (WorkbenchError, ValueError) as exc:
         return None, "", f"**Cannot start:** {exc}"
     return session_id, session_id, f"Started run `{session_id}`."
 
 
-def cancel_run(session_id: str | None) -> str:
+def cancel_run(session_id: str | None, request: gr.Request = None) -> str:
+    from ..sessions import check_access
     from ..training.launcher import cancel
 
     if not session_id:
         return "No run to cancel."
     try:
+        check_access(session_id, user_of(request))
         return f"Run `{session_id}`: {cancel(session_id, grace=30)}"
     except WorkbenchError as exc:
         return f"**{exc}**"
+
+
+def poll_run(session_id: str | None, request: gr.Request = None):
+    """The run panel of one of the signed-in user's runs (the timer and ``/run_status``)."""
+    return run_view(session_id, user_of(request))
+
+
+def reattach(request: gr.Request = None):
+    """On page load: (session, run id) of the user's newest run still queued or training,
+    so a reload during training shows it again."""
+    session_id = latest_active_run(user_of(request))
+    return session_id, session_id or ""
 
 
 def readiness(data_path: str | None, report: dict | None) -> Any:
@@ -91,7 +108,7 @@ def build_train_tab(plan_inputs: dict[str, Any], data: dict[str, Any]) -> dict[s
     start_btn.click(start_run, inputs, [session, run_id, message], api_name="start_run")
     cancel_btn.click(cancel_run, run_id, message, api_name="cancel_run")  # the id is also what API clients pass
     data["report"].change(readiness, [data["upload"], data["report"]], start_btn, api_name=False)
-    timer.tick(run_view, session, panel, api_name=False)
-    gr.Button(visible=False).click(run_view, gr.Textbox(visible=False), panel,
+    timer.tick(poll_run, session, panel, api_name=False)
+    gr.Button(visible=False).click(poll_run, gr.Textbox(visible=False), panel,
                                    api_name="run_status")
-    return {"session": session}
+    return {"session": session, "run_id": run_id}

@@ -27,7 +27,7 @@ def compare_view(model: str, dtype: str, batch_size: float, seq_len: float, grad
                  optimizer: str, gpu_gb: float):
     """(summary, chart, method table, what-fits table) for one model and settings."""
     try:
-        spec = load_model_spec(model)
+        spec = model_spec(model)
         settings = settings_from(dtype, "auto", batch_size, seq_len, 1, gradient_checkpointing, optimizer, "cuda")
         rows = compare_methods(spec, settings)
         fits = what_fits(spec, int(float(gpu_gb) * 1e9), settings)
@@ -86,16 +86,17 @@ def _preview_html(p: dict[str, Any]) -> str:
             f'<pre style="white-space:pre-wrap;border:1px solid #ddd;padding:6px">{spans}</pre></div>')
 
 
-def run_view(session_id: str | None):
-    """(status markdown, progress, memory chart, curves) of a run, from its files."""
-    from ..sessions import info, session_path
+def run_view(session_id: str | None, user: str | None = None):
+    """(status markdown, progress, memory chart, curves) of a run, from its files; only
+    ``user``'s runs when the server has sign-in."""
+    from ..sessions import check_access, info
     from ..training.events import read_events
 
     if not session_id:
         return "No run yet.", 0.0, None, None
     try:
+        folder = check_access(session_id, user)
         s = info(session_id)
-        folder = session_path(session_id)
     except WorkbenchError as exc:
         return f"**{exc}**", 0.0, None, None
     events, _ = read_events(folder / "events.jsonl")
@@ -124,12 +125,34 @@ def run_view(session_id: str | None):
     return "  \n".join(lines), progress, live_memory(memory, plan), training_curves(logs)
 
 
-def sessions_rows() -> list[list[Any]]:
+def sessions_rows(user: str | None = None) -> list[list[Any]]:
     from ..sessions import list_sessions
 
     return [[s.id, s.state, s.method, s.model, s.dataset, s.step, None if s.last_loss is None else round(s.last_loss, 4),
              None if not s.predicted_peak_bytes else round(s.predicted_peak_bytes / GIB, 3),
-             None if not s.measured_peak_bytes else round(s.measured_peak_bytes / GIB, 3)] for s in list_sessions()]
+             None if not s.measured_peak_bytes else round(s.measured_peak_bytes / GIB, 3)] for s in list_sessions(user)]
+
+
+def user_of(request: Any) -> str | None:
+    """The signed-in user of a gradio request (``None`` when the server has no ``--auth``)."""
+    return getattr(request, "username", None) if request is not None else None
+
+
+def model_spec(name: str):
+    """The spec of a model named in the browser: the name is checked first (no URLs, no
+    folders outside the model roots; see :mod:`workbench.safety`)."""
+    from ..safety import check_model_name
+
+    return load_model_spec(check_model_name(name))
+
+
+def latest_active_run(user: str | None) -> str | None:
+    """The newest run of ``user`` that is still queued or training: a reloaded page
+    reattaches to it."""
+    from ..sessions import list_sessions
+    from ..training.events import FINAL
+
+    return next((s.id for s in list_sessions(user) if s.state not in FINAL), None)
 
 
 def safe_upload_name(path: str | None) -> str:
