@@ -12,7 +12,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="PEFT Workbench web UI")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--auth", default=None, help="user:password, required to bind a non-loopback host")
+    parser.add_argument("--auth", action="append", default=[], metavar="USER:PASSWORD",
+                        help="a sign-in (repeatable, one per user); required to bind a non-loopback host. Each "
+                             "user sees only their own runs")
     parser.add_argument("--sessions-dir", default=None, help="where training runs are kept (default: ./sessions)")
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link (off by default)")
     parser.add_argument("--model-root", action="append", default=[], metavar="DIR",
@@ -32,10 +34,10 @@ def main(argv: list[str] | None = None) -> int:
         where = "a public share link" if args.share else args.host
         print(f"error: refusing to serve on {where} without --auth user:password", file=sys.stderr)
         return 2
-    if args.auth and (":" not in args.auth or not all(args.auth.split(":", 1))):
+    if any(":" not in a or not all(a.split(":", 1)) for a in args.auth):
         print("error: --auth must be user:password", file=sys.stderr)
         return 2
-    auth = tuple(args.auth.split(":", 1)) if args.auth else None
+    auth = [tuple(a.split(":", 1)) for a in args.auth] or None
     if args.max_upload_mb <= 0 or args.max_queue <= 0:
         print("error: --max-upload-mb and --max-queue must be positive", file=sys.stderr)
         return 2

@@ -24,15 +24,15 @@ def _private_cache(tmp_path_factory):
 
 
 @contextlib.contextmanager
-def running_app(folder):
-    """``python app.py`` on a free loopback port with its sessions under ``folder``; yields
-    the URL and stops the server afterwards. Output goes to ``folder/app.log``."""
+def running_app(folder, *args, env=None):
+    """``python app.py [args]`` on a free loopback port with its sessions under ``folder``;
+    yields the URL and stops the server afterwards. Output goes to ``folder/app.log``."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "WORKBENCH_SESSIONS": str(folder / "sessions")}
+    env = {**os.environ, "WORKBENCH_SESSIONS": str(folder / "sessions"), **(env or {})}
     with open(folder / "app.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], stdout=log,
+        proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), *args], stdout=log,
                                 stderr=subprocess.STDOUT, env=env)
         try:
             deadline = time.time() + 180

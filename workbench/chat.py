@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .data.render import apply_template
 from .errors import WorkbenchError
 
 BASE = "base"
@@ -101,8 +102,7 @@ class ChatEngine:
         with self._lock:
             model = self._base()
             tok = self._tokenizer
-            text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                           add_generation_prompt=True)
+            text = apply_template(tok, [{"role": "user", "content": prompt}], add_generation_prompt=True)
             ids = tok(text, return_tensors="pt", add_special_tokens=False)
             streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
             torch.manual_seed(sampling.seed)

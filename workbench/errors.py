@@ -15,6 +15,11 @@ class ConfigError(WorkbenchError):
     """A config.json is missing a field the workbench needs, or has a wrong value."""
 
 
+class TemplateError(ConfigError):
+    """A model's chat template failed to render (broken, or it reached for Python internals
+    and the sandbox stopped it)."""
+
+
 class MethodError(WorkbenchError):
     """An unknown method, an unknown knob, or a knob value out of range."""
 

@@ -84,11 +84,16 @@ def _decode(raw: bytes, display: str) -> str:
         except UnicodeDecodeError as exc:
             raise DataFileError(display, f"broken UTF-16 text at byte {exc.start}") from None
     try:
-        return raw.decode("utf-8-sig")
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise DataFileError(display, f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})", line=line,
                             hint="re-save the file with UTF-8 encoding") from None
+    nul = text.find("\0")
+    if nul >= 0:  # valid UTF-8, but no text file holds NUL characters: a binary file renamed
+        raise DataFileError(display, f"binary content (a NUL character at offset {nul}), not text",
+                            line=text.count("\n", 0, nul) + 1, hint="upload the data as .jsonl, .csv, .parquet or .txt")
+    return text
 
 
 SCALARS = (str, int, float, bool)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..errors import TemplateError
 from .formats import Example
 
 SENTINEL = "\ue000{}\ue001"
@@ -79,7 +80,7 @@ class Renderer:
 
     # -- chat template ----------------------------------------------------------------------
     def _apply(self, messages: list[dict[str, str]]) -> str:
-        return self.tok.apply_chat_template(messages, tokenize=False)
+        return apply_template(self.tok, messages)
 
     def _chat_segments(self, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
         shape = tuple(m["role"] for m in messages)
@@ -127,7 +128,7 @@ class Renderer:
         for i, m in enumerate(messages):
             if m["role"] != "assistant":
                 continue
-            before = self.tok.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True) if i else ""
+            before = apply_template(self.tok, messages[:i], add_generation_prompt=True) if i else ""
             through = self._apply(messages[: i + 1])
             if not (through.startswith(before) and full.startswith(through) and len(before) >= done):
                 return [(full, True)]  # the template is not prefix-stable: train on everything, visibly
@@ -135,6 +136,20 @@ class Renderer:
             done = len(through)
         out.append((full[done:], False))
         return out
+
+
+def apply_template(tok, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
+    """The tokenizer's chat template rendered as text. transformers renders it in jinja's
+    ``ImmutableSandboxedEnvironment``: a template that reaches for Python internals raises
+    ``SecurityError``, which becomes a :class:`TemplateError` naming the problem."""
+    import jinja2
+
+    try:
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except jinja2.TemplateError as exc:
+        raise TemplateError(f"the model's chat template failed: {type(exc).__name__}: {exc}") from None
+    except ValueError as exc:  # e.g. no chat template at all
+        raise TemplateError(f"cannot render a chat: {exc}") from None
 
 
 def _merge(segments: list[tuple[str, bool]]) -> list[tuple[str, bool]]:
