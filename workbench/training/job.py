@@ -18,6 +18,7 @@ from ..errors import SettingsError, WorkbenchError, check_fields
 from ..memory.settings import TrainingSettings
 from ..methods import get_method
 
+BATCHING = ("pad", "group_by_length", "padding_free")
 SESSION_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{8}$")
 
 
@@ -63,6 +64,11 @@ class Schedule:
     keep_checkpoints: int = 3  # the newest K intermediate checkpoints are kept
     eval_steps: int = 0  # 0: evaluate once per epoch when there is a validation split
     seed: int = 42
+    #: "pad": random batches padded to their longest example; "group_by_length": batches of
+    #: similar lengths (transformers' LengthGroupedSampler, less padding, another batch order);
+    #: "padding_free": each batch flattened into one row with per-example position ids
+    #: (transformers' DataCollatorWithFlattening), no pad tokens, the same loss.
+    batching: str = "pad"
 
     def __post_init__(self) -> None:
         if self.learning_rate <= 0 or self.epochs <= 0:
@@ -71,6 +77,8 @@ class Schedule:
             raise SettingsError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.max_steps == 0 or self.max_steps < -1:
             raise SettingsError("max_steps must be a positive number of steps, or -1 for whole epochs")
+        if self.batching not in BATCHING:
+            raise SettingsError(f"batching={self.batching!r}: choose from {', '.join(BATCHING)}")
 
 
 @dataclass(frozen=True)

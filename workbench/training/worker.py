@@ -76,7 +76,7 @@ def setup(job, session: Path, events: EventWriter, sampler):
     from ..optimizers import build_optimizer
     from ..specs import load_model_spec
     from .callbacks import CancelCallback, CheckpointPublisher, EventCallback, TokenCounter
-    from .collate import PadCollator
+    from .collate import FlatCollator, PadCollator
     from .faults import FaultCallback, at_setup
     from .telemetry import TensorAccountCallback
 
@@ -102,12 +102,23 @@ def setup(job, session: Path, events: EventWriter, sampler):
         eval_strategy=("steps" if s.eval_steps else "epoch") if val else "no",
         eval_steps=s.eval_steps or None, seed=s.seed, use_cpu=settings.device == "cpu", report_to=[],
         disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0,
+        train_sampling_strategy="group_by_length" if s.batching == "group_by_length" else "random",
     )
     counter = TokenCounter()
     cancel = CancelCallback(session / "cancel")
+    if s.batching == "padding_free":
+        method = get_method(job.method)
+        if method.extra_tokens(job.knobs) or method.extra_kv_positions(job.knobs):
+            from ..errors import SettingsError
+
+            raise SettingsError(f"batching=padding_free cannot be used with {job.method}: its virtual tokens "
+                                "are added per row, and a flattened batch is one row; use pad or group_by_length")
+        collator = FlatCollator(counter)
+    else:
+        collator = PadCollator(tokenizer.pad_token_id or 0, counter)
     trainer = Trainer(
         model=model, args=args, train_dataset=train, eval_dataset=val, processing_class=tokenizer,
-        data_collator=PadCollator(tokenizer.pad_token_id or 0, counter), optimizers=(optimizer, None),
+        data_collator=collator, optimizers=(optimizer, None),
         callbacks=[EventCallback(events, counter), cancel, FaultCallback(),
                    CheckpointPublisher(session / "checkpoints", s.keep_checkpoints),
                    TensorAccountCallback(sampler, model, optimizer)],
