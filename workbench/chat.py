@@ -57,8 +57,11 @@ class ChatEngine:
             spec = load_model_spec(self.model_name)
             folder = weights_dir(spec)
             self._tokenizer = load_tokenizer(self.model_name if spec.source == "builtin" else str(folder))
-            self._model = AutoModelForCausalLM.from_pretrained(
-                folder, dtype=getattr(torch, self.dtype), use_safetensors=True, trust_remote_code=False)
+            try:
+                self._model = AutoModelForCausalLM.from_pretrained(
+                    folder, dtype=getattr(torch, self.dtype), use_safetensors=True, trust_remote_code=False)
+            except (OSError, ValueError, KeyError) as exc:  # broken or foreign files: a message, not a crash
+                raise WorkbenchError(f"cannot load {self.model_name}: {type(exc).__name__}: {str(exc)[:300]}") from None
             self._model.eval()
         return self._model
 
@@ -73,6 +76,8 @@ class ChatEngine:
             raise WorkbenchError(f"adapter name {name!r} is taken or reserved")
         if not (folder / "adapter_config.json").is_file():
             raise WorkbenchError(f"{folder}: no peft adapter here (full/freeze/BitFit results are whole models)")
+        if not (folder / "adapter_model.safetensors").is_file():
+            raise WorkbenchError(f"{folder}: no adapter_model.safetensors (pickled adapters are never loaded)")
         meta_file = folder / "workbench_meta.json"
         if meta_file.is_file() and read_meta(folder)["base_model"] != self.model_name:
             raise WorkbenchError(f"{folder}: trained on {read_meta(folder)['base_model']}, not {self.model_name}")

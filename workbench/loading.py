@@ -18,11 +18,19 @@ from .tiny import TINY_NAME, ensure_tiny
 
 
 def weights_dir(spec: ModelSpec) -> Path:
-    """Folder with the model's weights: the tiny model's cache, or a local folder."""
+    """Folder with the model's weights: the tiny model's cache, or a local folder holding
+    ``.safetensors`` files. Pickle checkpoints (``pytorch_model.bin``, ``*.pt``) are never
+    loaded: unpickling can run code."""
     if spec.name == TINY_NAME:
         return ensure_tiny()
     if spec.source == "local":
-        return Path(spec.name)
+        folder = Path(spec.name)
+        if not any(folder.glob("*.safetensors")):
+            pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+            raise UnknownModelError(
+                f"{folder}: no .safetensors weights" + (f" (found {', '.join(pickles[:3])}: pickle files are never "
+                                                        "loaded, convert them to safetensors)" if pickles else ""))
+        return folder
     raise UnknownModelError(
         f"{spec.name}: no local weights; measuring and training need 'tiny' or a local folder with safetensors"
     )

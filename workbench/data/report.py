@@ -56,7 +56,7 @@ def load_tokenizer(model: str):
     from ..tiny import TINY_NAME, ensure_tiny
 
     if model == TINY_NAME:
-        return AutoTokenizer.from_pretrained(ensure_tiny())
+        return AutoTokenizer.from_pretrained(ensure_tiny(), trust_remote_code=False)
     try:
         return AutoTokenizer.from_pretrained(model, trust_remote_code=False)
     except Exception as exc:

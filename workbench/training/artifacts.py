@@ -93,7 +93,7 @@ def load_result(folder: Path):
     meta = read_meta(folder)
     spec, method = load_model_spec(meta["base_model"]), get_method(meta["method"])
     settings = TrainingSettings.from_dict(meta["settings"])
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
     if meta["kind"] == "full_model":
         import torch
 
