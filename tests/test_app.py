@@ -2,8 +2,6 @@
 running server on 127.0.0.1 (plan, compare, inspect, start/poll a run, sessions)."""
 
 import json
-import subprocess
-import sys
 import time
 
 import pytest
@@ -26,14 +24,6 @@ def test_plan_view_for_tiny():
 def test_plan_view_reports_bad_input():
     summary, figure, rows = plan_view("tiny", "full", "bfloat16", "4bit", 4, 512, 1, False, "adamw", "cuda")
     assert summary.startswith("**Cannot plan:**") and figure is None and rows == []
-
-
-@pytest.mark.parametrize("args, message", [(["--host", "0.0.0.0"], "refusing to serve on 0.0.0.0"),
-                                           (["--share"], "refusing to serve on a public share link"),
-                                           (["--host", "0.0.0.0", "--auth", "nopassword"], "user:password")])
-def test_unsafe_serving_refuses(args, message):
-    out = subprocess.run([sys.executable, "app.py", *args], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and message in out.stderr
 
 
 @pytest.fixture(scope="module")

@@ -142,6 +142,7 @@ def _bad_cases():
 BAD = _bad_cases()
 
 
+@pytest.mark.security
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input_names_the_problem(tmp_path, case):
     name, content, message = BAD[case]
@@ -163,6 +164,7 @@ def test_numbers_beside_text_become_text(tmp_path):
     assert report.rows == 2 and "read as text" in report.note and "⟦5" in report.preview[0]["marked"]
 
 
+@pytest.mark.security
 def test_size_limit(tmp_path):
     path = write(tmp_path / "a.jsonl", ALPACA, "jsonl")
     with pytest.raises(DataFileError, match="over the limit of 100"):

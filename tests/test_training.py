@@ -121,6 +121,7 @@ def test_cancel_stops_at_the_next_step_and_saves(qa_file):
     assert info(sid).state == "cancelled"
 
 
+@pytest.mark.security
 def test_killed_worker_is_interrupted_not_running(qa_file):
     job = make_job("tiny", "lora", str(qa_file), schedule=Schedule(max_steps=100000, logging_steps=1))
     sid, proc = start(job)
@@ -180,6 +181,7 @@ def _status_events(sid):
     return [e for e in _events(sid) if e["kind"] == "status"]
 
 
+@pytest.mark.security
 def test_kill_during_checkpoint_save_leaves_no_complete_checkpoint(qa_file, monkeypatch):
     monkeypatch.setenv("WORKBENCH_FAULT", "sleep_on_save=60")
     job = make_job("tiny", "lora", str(qa_file), schedule=Schedule(max_steps=1000, save_steps=3, logging_steps=1))
@@ -194,6 +196,7 @@ def test_kill_during_checkpoint_save_leaves_no_complete_checkpoint(qa_file, monk
     assert not (folder / "checkpoints" / "checkpoint-3").exists()
 
 
+@pytest.mark.security
 def test_cancel_kills_the_process_tree_after_the_grace_period(qa_file, monkeypatch):
     monkeypatch.setenv("WORKBENCH_FAULT", "sleep_on_save=120")
     job = make_job("tiny", "lora", str(qa_file), schedule=Schedule(max_steps=1000, save_steps=2, logging_steps=1))
@@ -232,6 +235,7 @@ def test_resume_continues_from_the_newest_complete_checkpoint(qa_file):
     assert info(sid).state == "completed" and info(sid).step == 24
 
 
+@pytest.mark.security
 def test_injected_cuda_oom_at_step_k(qa_file, monkeypatch):
     monkeypatch.setenv("WORKBENCH_FAULT", "oom_at_step=3")
     job = make_job("tiny", "lora", str(qa_file), settings={"device": "cpu", "dtype": "float32", "batch_size": 8},
@@ -243,6 +247,7 @@ def test_injected_cuda_oom_at_step_k(qa_file, monkeypatch):
     assert final["suggestions"] and max(e["step"] for e in _events(sid) if e["kind"] == "log") == 2
 
 
+@pytest.mark.security
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(qa_file, monkeypatch):
     monkeypatch.setenv("WORKBENCH_FAULT", "enospc_on_save")
     job = make_job("tiny", "lora", str(qa_file), schedule=Schedule(max_steps=6, save_steps=3))

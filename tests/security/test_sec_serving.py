@@ -5,8 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -14,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import running_app
+from conftest import running_app
 
 pytest.importorskip("gradio_client")
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import gradio as gr
 
+from ..accuracy import planner_accuracy
 from ..charts import GIB, plan_bar
 from ..errors import WorkbenchError
 from ..memory import plan
@@ -69,12 +70,17 @@ def _summary(p: dict[str, Any]) -> str:
     fits.append(f"{local[0]} ({local[1] / 1e9:.0f} GB) {'fits' if p['peak_bytes'] <= local[1] else 'does not fit'}"
                 if local else "this machine: no GPU found")
     demo = "\n\n> The `tiny` model is a **demo with random weights** that works offline." if p["model"] == TINY_NAME else ""
+    device = p["settings"]["device"]
+    measured = planner_accuracy(device)
+    accuracy = (f"  \nHow far to trust it: {measured} (`bench/results/planner_accuracy.md`)." if measured else
+                f"  \nHow far to trust it: no measured accuracy on {'a GPU' if device == 'cuda' else device} is "
+                "committed yet (run `bench/planner_accuracy.py` there).")
     return (
         f"### {p['method']} on {p['model_label']}\n"
         f"**{p['trainable_params']:,}** of {p['total_params']:,} parameters trained ({p['trainable_percent']:.3f}%).  \n"
         f"Predicted peak **{p['peak_bytes'] / GIB:.2f} GiB** ({peak_gb:.2f} GB); inference needs "
         f"{p['inference_bytes'] / GIB:.2f} GiB: training takes **{p['peak_over_inference']:.2f}x** the memory of inference.  \n"
-        f"GPU: {'; '.join(fits)}." + demo
+        f"GPU: {'; '.join(fits)}." + accuracy + demo
     )
 
 

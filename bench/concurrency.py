@@ -1,0 +1,153 @@
+"""Does a busy web UI slow a training run? The same tiny LoRA run started through the web API
+with the server idle, and with 20 clients (loopback, bounded loops) planning, inspecting
+data and polling the run the whole time. Runs alternate (idle, loaded, idle, loaded, ...)
+against one server. Reports the run's training tokens/s (median over its steps, first
+steps skipped) and the loaded/idle ratio; target >= 0.90. Also counts the clients'
+requests and errors. Writes bench/results/concurrency.{json,md}.
+
+    python bench/concurrency.py [--steps 60] [--repeat 2] [--clients 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+RESULTS = ROOT / "bench" / "results"
+TARGET = 0.90
+SKIP_STEPS = 5
+
+
+def _server(folder: Path) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "WORKBENCH_SESSIONS": str(folder / "sessions")}
+    log = open(folder / "app.log", "wb")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port)], stdout=log,
+                            stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.5)
+    return proc, f"http://127.0.0.1:{port}/"
+
+
+def _run(url: str, data: Path, folder: Path, steps: int, clients: int) -> dict:
+    from gradio_client import Client, handle_file
+
+    from workbench.ui.plan_tab import KNOB_NAMES
+
+    main = Client(url, verbose=False)
+    run_id, _ = main.predict("tiny", "lora", "float32", "auto", 4, 128, 1, False, "adamw", "cpu", handle_file(str(data)),
+                             "auto", "", None, 0, False, steps, 1e-3, api_name="/start_run")
+    done = threading.Event()
+    counts = {"requests": 0, "errors": 0}
+    lock = threading.Lock()
+
+    def client_loop(i: int) -> None:
+        c = Client(url, verbose=False)
+        calls = [("/plan", ("tiny", "lora", "bfloat16", "auto", 1 + i % 4, 128, 1, False, "adamw", "cuda",
+                            *[None] * len(KNOB_NAMES))),
+                 ("/inspect", (handle_file(str(data)), "tiny", "auto", "", None, 0, False)),
+                 ("/run_status", (run_id,))]
+        n = 0
+        while not done.is_set() and n < 2000:  # bounded
+            api, args = calls[n % 3]
+            try:
+                c.predict(*args, api_name=api)
+                with lock:
+                    counts["requests"] += 1
+            except Exception:  # noqa: BLE001 -- counted
+                with lock:
+                    counts["errors"] += 1
+            n += 1
+            time.sleep(0.2)  # a person clicking fast, not a flood
+
+    threads = [threading.Thread(target=client_loop, args=(i,), daemon=True) for i in range(clients)]
+    for t in threads:
+        t.start()
+    events_path = folder / "sessions" / run_id / "events.jsonl"
+    while True:
+        events = [json.loads(line) for line in events_path.read_text().splitlines() if line.strip()]
+        last = [e for e in events if e.get("kind") == "status"][-1]["status"]
+        if last in ("completed", "failed", "cancelled", "interrupted"):
+            break
+        time.sleep(0.5)
+    done.set()
+    for t in threads:
+        t.join(timeout=60)
+    rates = [e["tokens_per_second"] for e in events if e.get("kind") == "log" and e.get("step", 0) > SKIP_STEPS
+             and e.get("tokens_per_second")]
+    return {"run": run_id, "status": last, "clients": clients, "tokens_per_second": statistics.median(rates),
+            "steps_measured": len(rates), **counts}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--clients", type=int, default=20)
+    args = parser.parse_args()
+    import torch
+
+    folder = Path(tempfile.mkdtemp(prefix="wb-concurrency-"))
+    data = folder / "qa.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": f"What is {i} plus {i}?", "completion": f"It is {2 * i}."})
+                              for i in range(200)))
+    proc, url = _server(folder)
+    rows = []
+    try:
+        for r in range(args.repeat):
+            for clients in (0, args.clients):
+                row = _run(url, data, folder, args.steps, clients)
+                row["repeat"] = r
+                rows.append(row)
+                print(f"repeat {r} clients {clients:2d}: {row['tokens_per_second']:8.1f} tokens/s, "
+                      f"{row['requests']} requests, {row['errors']} errors ({row['status']})", flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    idle = [r["tokens_per_second"] for r in rows if r["clients"] == 0]
+    loaded = [r["tokens_per_second"] for r in rows if r["clients"] > 0]
+    ratios = [b / a for a, b in zip(idle, loaded)]
+    summary = {"ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+               "target": TARGET, "met": statistics.median(ratios) >= TARGET,
+               "client_requests": sum(r["requests"] for r in rows), "client_errors": sum(r["errors"] for r in rows)}
+    meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": "cpu",
+            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
+            "steps": args.steps, "repeat": args.repeat, "clients": args.clients}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "concurrency.json").write_text(json.dumps({"meta": meta, "runs": rows, "summary": summary}, indent=2))
+    lines = [f"# Training speed while {args.clients} web clients are busy", "",
+             f"{meta['date']}, {meta['cores']} CPU cores, torch {meta['torch']}; tiny LoRA, batch 4, {args.steps} steps "
+             f"per run; clients loop plan / inspect / run status with 0.2 s pauses on loopback.", "",
+             "| repeat | clients | tokens/s (median step) | client requests | client errors |", "|---|---|---|---|---|"]
+    lines += [f"| {r['repeat']} | {r['clients']} | {r['tokens_per_second']:.1f} | {r['requests']} | {r['errors']} |"
+              for r in rows]
+    lines += ["", f"Loaded / idle tokens/s: median **{summary['ratio_median']:.3f}** (min {summary['ratio_min']:.3f}, "
+              f"max {summary['ratio_max']:.3f}); target >= {TARGET} -- {'met' if summary['met'] else 'NOT met'}."]
+    (RESULTS / "concurrency.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
