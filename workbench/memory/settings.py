@@ -12,6 +12,9 @@ OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit", "sgd", "sgd_momentum", 
 QUANTS = ("none", "8bit", "4bit")
 DEVICES = ("cuda", "cpu")
 ATTENTIONS = ("sdpa", "eager")
+# how training is spread over GPUs (accelerate launches every one of them)
+STRATEGIES = ("single", "ddp", "fsdp", "fsdp-grad-op", "deepspeed-zero1", "deepspeed-zero2", "deepspeed-zero3")
+OFFLOADS = ("none", "optimizer", "params", "both")
 
 SETTING_HELP = {
     "dtype": "storage and compute dtype of the model weights",
@@ -23,6 +26,11 @@ SETTING_HELP = {
     "optimizer": "optimizer and the state it keeps per trainable parameter",
     "device": "where training runs",
     "attention": "attention implementation (sdpa never stores the s x s score matrix)",
+    "gpus": "GPUs per node (processes per node; on CPU, worker processes)",
+    "nodes": "machines (for the generated multi-node config)",
+    "strategy": "how the GPUs share the model: single, ddp (replicas), fsdp (full shard), fsdp-grad-op "
+                "(shard gradients + optimizer), deepspeed-zero1/2/3",
+    "offload": "move optimizer states and/or parameters to host memory (fsdp, deepspeed)",
 }
 
 
@@ -37,18 +45,39 @@ class TrainingSettings:
     optimizer: str = "adamw"
     device: str = "cuda"
     attention: str = "sdpa"
+    gpus: int = 1
+    nodes: int = 1
+    strategy: str = "single"
+    offload: str = "none"
 
     def __post_init__(self) -> None:
-        choices = {"dtype": DTYPE_BYTES, "optimizer": OPTIMIZERS, "device": DEVICES, "attention": ATTENTIONS}
+        choices = {"dtype": DTYPE_BYTES, "optimizer": OPTIMIZERS, "device": DEVICES, "attention": ATTENTIONS,
+                   "strategy": STRATEGIES, "offload": OFFLOADS}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise SettingsError(f"setting {name}={getattr(self, name)!r}: choose from {', '.join(valid)}")
         if self.quant is not None and self.quant not in QUANTS:
             raise SettingsError(f"setting quant={self.quant!r}: choose from {', '.join(QUANTS)}")
-        for name in ("batch_size", "seq_len", "grad_accum"):
+        for name in ("batch_size", "seq_len", "grad_accum", "gpus", "nodes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise SettingsError(f"setting {name}={value!r}: must be a whole number of at least 1")
+        if self.strategy == "single" and self.world_size > 1:
+            raise SettingsError(f"{self.world_size} processes need a strategy: ddp, fsdp, fsdp-grad-op or "
+                                "deepspeed-zero1/2/3 (single is one process)")
+        if self.offload != "none" and not self.strategy.startswith(("fsdp", "deepspeed")):
+            raise SettingsError(f"offload={self.offload!r} needs fsdp or deepspeed; {self.strategy} keeps everything "
+                                "on the GPU")
+        if self.offload in ("params", "both") and self.strategy not in ("fsdp", "deepspeed-zero3"):
+            raise SettingsError(f"offloading parameters needs sharded parameters: fsdp or deepspeed-zero3, "
+                                f"not {self.strategy}")
+        if self.device == "cpu" and self.strategy not in ("single", "ddp"):
+            raise SettingsError(f"strategy {self.strategy} needs GPUs; on CPU use single or ddp (gloo)")
+
+    @property
+    def world_size(self) -> int:
+        """Processes in the run: GPUs per node x nodes."""
+        return self.gpus * self.nodes
 
     @property
     def element_bytes(self) -> int:
