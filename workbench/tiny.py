@@ -119,8 +119,9 @@ def _build(target: Path) -> None:
         cfg[key] = tokenizer.convert_tokens_to_ids(token)
     config = LlamaConfig(**{k: v for k, v in cfg.items() if k not in ("architectures", "model_type")})
     config.architectures = ["LlamaForCausalLM"]
-    torch.manual_seed(SEED)
-    model = AutoModelForCausalLM.from_config(config)
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is not ours to move
+        torch.manual_seed(SEED)
+        model = AutoModelForCausalLM.from_config(config)
     tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
     try:
         tokenizer.save_pretrained(tmp)
