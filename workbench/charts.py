@@ -50,20 +50,28 @@ def compare_bar(rows: list[dict[str, Any]], title: str) -> go.Figure:
 def live_memory(samples: list[dict[str, Any]], plan: dict[str, Any] | None) -> go.Figure:
     """Measured memory over time against the predicted peak and components."""
     fig = go.Figure()
+    ranks = sorted({s["rank"] for s in samples if s.get("rank") is not None})
     if samples:
         t0 = samples[0]["time"]
-        xs = [s["time"] - t0 for s in samples]
-        if samples[-1].get("source") == "cuda":
+        cuda = samples[-1].get("source") == "cuda"
+        if cuda:
             series = {"allocated": "allocated", "reserved": "reserved", "nvml_used": "device used (NVML)"}
         else:
             series = {"tensor_bytes": "tensors (params + grads + optimizer)", "rss": "process RSS"}
-        for key, label in series.items():
-            ys = [(s.get(key) or None) and s[key] / GIB for s in samples]
-            if any(y is not None for y in ys):
-                fig.add_scatter(x=xs, y=ys, mode="lines", name=label)
+        if len(ranks) > 1:  # one line per GPU (process) and measure, against the per-GPU prediction
+            series = dict(list(series.items())[:2])
+        for rank in ranks or [None]:
+            mine = [s for s in samples if s.get("rank") == rank]
+            xs = [s["time"] - t0 for s in mine]
+            who = "" if rank is None else (f"GPU {rank}: " if cuda else f"process {rank}: ")
+            for key, label in series.items():
+                ys = [(s.get(key) or None) and s[key] / GIB for s in mine]
+                if any(y is not None for y in ys):
+                    fig.add_scatter(x=xs, y=ys, mode="lines", name=who + label)
     if plan:
+        per = " per GPU" if plan.get("per_gpu") or len(ranks) > 1 else ""
         fig.add_hline(y=plan["peak_bytes"] / GIB, line_dash="dash", line_color="black",
-                      annotation_text=f"predicted peak {plan['peak_bytes'] / GIB:.3f} GiB")
+                      annotation_text=f"predicted peak{per} {plan['peak_bytes'] / GIB:.3f} GiB")
         weights = next((c["bytes"] for c in plan.get("components", []) if c["name"] == "weights"), None)
         if weights:
             fig.add_hrect(y0=0, y1=weights / GIB, fillcolor=COLORS["weights"], opacity=0.12, line_width=0,

@@ -6,6 +6,7 @@ Safety: weights only from safetensors, never remote code.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,9 @@ def load_base(spec: ModelSpec, method: Method, knobs: dict[str, Any], settings: 
         attn_implementation=settings.attention,
         use_safetensors=True,
         trust_remote_code=False,
-        device_map={"": 0} if cuda else None,
+        # one GPU per process (its LOCAL_RANK under accelerate); FSDP and DeepSpeed place weights themselves
+        device_map={"": int(os.environ.get("LOCAL_RANK", "0"))} if cuda and settings.strategy in ("single", "ddp")
+        else None,
     )
     model.config.use_cache = False
     for param in model.parameters():

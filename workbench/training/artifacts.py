@@ -45,12 +45,18 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def save_artifacts(trainer, job, folder: Path) -> None:
+def save_artifacts(trainer, job, folder: Path, weights_written: bool = False) -> None:
+    """The result's files in ``folder``. ``weights_written``: a sharded run (FSDP, DeepSpeed)
+    already gathered and wrote its weights with ``trainer.save_model`` on every rank; only
+    the tokenizer and the metadata are added here (no logits probe: a forward pass of a
+    sharded model is collective)."""
     from peft import PeftModel
     from safetensors.torch import save_file
 
     model = trainer.model
-    if isinstance(model, PeftModel):
+    if weights_written:
+        kind = "adapter" if (folder / "adapter_config.json").is_file() else "full_model"
+    elif isinstance(model, PeftModel):
         model.save_pretrained(str(folder), safe_serialization=True)
         kind = "adapter"
     elif job.method == "full":
@@ -68,7 +74,7 @@ def save_artifacts(trainer, job, folder: Path) -> None:
         "dataset": {"name": job.data.name or Path(job.data.path).name, "sha256": _sha256(job.data.path)},
         "steps": trainer.state.global_step, "final_loss": losses[-1] if losses else None,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "workbench_version": __version__,
-        "probe": logits_probe(model, trainer.processing_class),
+        "probe": None if weights_written else logits_probe(model, trainer.processing_class),
     }
     (folder / META).write_text(json.dumps(meta, indent=2))
 

@@ -63,11 +63,31 @@ class CancelCallback(TrainerCallback):
         self.requested = True
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.requested or self.flag.exists():
+        wanted = self.requested or self.flag.exists()
+        if _world_size() > 1:  # every rank must stop at the same step, or the others hang in a collective
+            wanted = _any_rank(wanted)
+        if wanted:
             self.requested = True
             control.should_training_stop = True
             control.should_save = True
         return control
+
+
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _any_rank(flag: bool) -> bool:
+    """True on every rank when it is true on any (one small all-reduce per step)."""
+    import torch
+    import torch.distributed as dist
+
+    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 class CheckpointPublisher(TrainerCallback):

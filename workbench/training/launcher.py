@@ -23,6 +23,7 @@ from ..methods import get_method
 from ..paths import REPO_DIR
 from ..sessions import OWNER_FILE, last_status, refresh, session_path, sessions_dir, worker_alive
 from ..specs import load_model_spec
+from .distributed import is_distributed, write_launch_files
 from .events import FINAL, EventWriter
 from .job import DataSpec, TrainJob, new_session_id
 
@@ -54,6 +55,8 @@ def prepare(job: TrainJob, owner: str | None = None) -> str:
     job = replace(job, session_id=session_id, data=replace(job.data, path=str(copy), name=job.data.name or source.name))
     _write(folder / "job.json", job.to_json())
     _write(folder / "plan.json", _plan_json(job))
+    if is_distributed(job.training_settings):  # visible at once; the run rewrites them when it starts
+        write_launch_files(folder, job.training_settings)
     events = EventWriter(folder / "events.jsonl")
     events.status("queued")
     events.close()

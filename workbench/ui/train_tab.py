@@ -3,17 +3,20 @@ learning rate and tokens/s, cancel. Polls the run's files with ``gr.Timer``; nev
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import gradio as gr
 
 from ..errors import WorkbenchError
+from ..memory.settings import OFFLOADS, SETTING_HELP, STRATEGIES
 from .views import latest_active_run, run_view, settings_from, user_of
 
 
 def start_run(model: str, method: str, dtype: str, quant: str, batch: float, seq: float, accum: float, ckpt: bool,
               optim: str, train_device: str, data_path: str | None, fmt: str, mapping: str, cutoff: float | None,
-              val: float, on_prompt: bool, max_steps: float, lr: float, request: gr.Request = None):
+              val: float, on_prompt: bool, max_steps: float, lr: float, gpus: float = 1, strategy: str = "single",
+              offload: str = "none", request: gr.Request = None):
     """(session id for the page, session id for API clients, message). The run belongs to
     the signed-in user, if any."""
     from ..data import parse_mapping
@@ -26,7 +29,8 @@ def start_run(model: str, method: str, dtype: str, quant: str, batch: float, seq
         return None, "", "**Cannot start:** upload a dataset in the Data tab first."
     try:
         model = check_model_name(model)
-        settings = settings_from(dtype, quant, batch, seq, accum, ckpt, optim, train_device)
+        settings = replace(settings_from(dtype, quant, batch, seq, accum, ckpt, optim, train_device),
+                           gpus=int(gpus or 1), strategy=strategy or "single", offload=offload or "none")
         job = make_job(model, method, data_path, settings=settings.as_dict(),
                        schedule=Schedule(max_steps=int(max_steps) if max_steps else -1, learning_rate=float(lr),
                                          logging_steps=1),
@@ -95,6 +99,11 @@ def build_train_tab(plan_inputs: dict[str, Any], data: dict[str, Any]) -> dict[s
         max_steps = gr.Number(30, label="Max steps", precision=0, minimum=1)
         lr = gr.Number(2e-4, label="Learning rate")
     with gr.Row():
+        gpus = gr.Number(1, label="GPUs", precision=0, minimum=1,
+                         info="processes; a multi-GPU run is launched with accelerate (on CPU: gloo processes)")
+        strategy = gr.Dropdown(list(STRATEGIES), value="single", label="Strategy", info=SETTING_HELP["strategy"])
+        offload = gr.Dropdown(list(OFFLOADS), value="none", label="Offload", info=SETTING_HELP["offload"])
+    with gr.Row():
         start_btn = gr.Button("Start training (upload a dataset first)", variant="primary", interactive=False)
         cancel_btn = gr.Button("Cancel", variant="stop")
     message = gr.Markdown()
@@ -104,7 +113,7 @@ def build_train_tab(plan_inputs: dict[str, Any], data: dict[str, Any]) -> dict[s
     p = plan_inputs["inputs"]
     inputs = [p["model"], p["method"], p["dtype"], p["quant"], p["batch"], p["seq"], p["accum"], p["ckpt"], p["optim"],
               train_device, data["upload"], data["format"], data["mapping"], data["cutoff"], data["val"],
-              data["on_prompt"], max_steps, lr]
+              data["on_prompt"], max_steps, lr, gpus, strategy, offload]
     start_btn.click(start_run, inputs, [session, run_id, message], api_name="start_run")
     cancel_btn.click(cancel_run, run_id, message, api_name="cancel_run")  # the id is also what API clients pass
     data["report"].change(readiness, [data["upload"], data["report"]], start_btn, api_name=False)
