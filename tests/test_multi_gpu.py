@@ -186,3 +186,41 @@ def test_live_chart_draws_one_line_per_gpu():
     names = [trace.name for trace in fig.data]
     assert names == ["GPU 0: allocated", "GPU 0: reserved", "GPU 1: allocated", "GPU 1: reserved"]
     assert any("predicted peak per GPU" in (a.text or "") for a in fig.layout.annotations)
+
+
+def test_cancel_stops_every_process_of_a_ddp_run(tmp_path, monkeypatch):
+    """The cancel flag is seen by every rank at the same step (all-reduced), so none hangs in a
+    collective: the run ends ``cancelled`` with a complete checkpoint, and no process is left."""
+    import os
+
+    from workbench.sessions import info, worker_alive
+    from workbench.training.checkpoints import complete_checkpoints
+    from workbench.training.job import Schedule
+    from workbench.training.launcher import cancel, make_job, start
+
+    monkeypatch.setenv("WORKBENCH_SESSIONS", str(tmp_path / "sessions"))
+    data = tmp_path / "qa.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": f"What is {i}?", "completion": f"It is {i}."}) for i in range(64)))
+    settings = {"device": "cpu", "dtype": "float32", "batch_size": 2, "gpus": 2, "strategy": "ddp"}
+    sid, proc = start(make_job("tiny", "lora", str(data), settings=settings,
+                               schedule=Schedule(max_steps=100000, logging_steps=1)))
+    folder = tmp_path / "sessions" / sid
+    deadline = time.time() + 300
+    while time.time() < deadline and '"kind": "log"' not in (folder / "events.jsonl").read_text():
+        time.sleep(0.5)
+    assert cancel(sid, grace=120) == "cancelled"
+    proc.wait(timeout=60)
+    assert complete_checkpoints(folder) and info(sid).state == "cancelled" and not worker_alive(folder)
+    events = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
+    cancelled = [e for e in events if e["kind"] == "status" and e["status"] == "cancelled"]
+    assert len(cancelled) == 1 and cancelled[0]["reason"] == "cancelled by the user"  # not killed after the grace
+    stray = [p for p in os.listdir("/proc") if p.isdigit() and str(folder) in _cmdline(p)]
+    assert stray == []
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
