@@ -12,6 +12,16 @@ Components (what is resident): ``weights``, ``trainable_weights``, ``gradients``
 
 Backward starts with every saved activation alive and the gradients still empty; the
 optimizer step runs when activations are freed and all gradients exist.
+
+Several GPUs (``settings.world_size > 1`` or a strategy other than ``single``): every
+figure is per GPU. :mod:`.distributed` partitions weights, gradients and optimizer states by
+the strategy, adds a ``communication`` component (buffers the strategy allocates: DDP's
+gradient buckets, FSDP's gathered blocks, ZeRO's buckets and gathered layer; persistent ones
+join ``persistent``, the others ``backward``) and reports what offloading moves to host
+memory as ``host_bytes`` (per node). ``communication`` is listed only in such plans; a
+single-GPU plan has none (``component("communication") == 0``) and keeps its seven
+components. Activations and logits are per device: ``batch_size`` is the per-device
+micro-batch. ``inference_bytes`` stays the one-GPU figure.
 """
 
 from __future__ import annotations
@@ -25,11 +35,13 @@ from ..methods.base import Method
 from ..paths import PACKAGE_DIR
 from ..specs import ModelSpec
 from .activations import estimate_activations
+from .distributed import is_distributed, per_gpu, recompute_per_gpu
 from .optimizer import optimizer_step_transient, optimizer_term
 from .settings import TrainingSettings
 from .weights import Term, gradients_term, trainable_tensors, trainable_weights_term, weights_term
 
-COMPONENTS = ("weights", "trainable_weights", "gradients", "optimizer", "activations", "logits", "overhead")
+COMPONENTS = ("weights", "trainable_weights", "gradients", "optimizer", "activations", "logits", "overhead",
+              "communication")
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,10 @@ class Plan:
     inference_bytes: int
     inference_formula: str
     activations_exact: bool
+    world_size: int = 1
+    per_gpu: bool = False
+    host_bytes: int = 0
+    host_formula: str = "nothing offloaded"
 
     @property
     def trainable_percent(self) -> float:
@@ -58,6 +74,9 @@ class Plan:
         return self.peak_bytes / self.inference_bytes
 
     def component(self, name: str) -> int:
+        """Bytes of one component; 0 for ``communication`` in a single-GPU plan."""
+        if name == "communication" and not self.per_gpu:
+            return 0
         return next(t.bytes for t in self.components if t.name == name)
 
     def as_dict(self) -> dict[str, Any]:
@@ -71,6 +90,8 @@ class Plan:
             "inference_formula": self.inference_formula,
             "peak_over_inference": round(self.peak_over_inference, 4),
             "activations_exact_architecture": self.activations_exact,
+            "per_gpu": self.per_gpu, "world_size": self.world_size,
+            "host_bytes": self.host_bytes, "host_formula": self.host_formula,
         }
 
 
@@ -137,36 +158,58 @@ def plan(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, settings
                         "cuBLAS workspace (constants.json); the CUDA context is outside torch's allocator")
     else:
         overhead = Term("overhead", 0, "CPU: no device overhead (process RSS reported separately)")
-    components = (weights, trainable_w, grads, opt, activations, logits, overhead)
+    step_tmp = optimizer_step_transient(settings.optimizer, settings.device, tensors)
+    # inference runs on one GPU: taken before partitioning
+    inference_weights = weights.bytes + trainable_w.bytes
+    distributed = is_distributed(settings)
+    comm_persistent = comm_backward = 0
+    host_bytes, host_formula = 0, "nothing offloaded"
+    recompute = acts.recompute_bytes
+    if distributed:
+        part = per_gpu(spec, method, knobs, settings, quant, tensors, weights, trainable_w, grads, opt, step_tmp)
+        if recompute and grads.bytes:
+            recompute = recompute_per_gpu(spec, trained, e, recompute, acts.per_layer_bytes,
+                                          part.gradients.bytes / grads.bytes)
+        weights, trainable_w, grads, opt, step_tmp = (part.weights, part.trainable_weights, part.gradients,
+                                                      part.optimizer, part.optimizer_step)
+        comm_persistent = part.communication_persistent
+        comm_backward = part.communication.bytes - comm_persistent
+        host_bytes, host_formula = part.host_bytes, part.host_formula
+        components = (weights, trainable_w, grads, opt, activations, logits, overhead, part.communication)
+    else:
+        components = (weights, trainable_w, grads, opt, activations, logits, overhead)
 
-    persistent = weights.bytes + trainable_w.bytes + opt.bytes + overhead.bytes
+    persistent = weights.bytes + trainable_w.bytes + opt.bytes + overhead.bytes + comm_persistent
     # The loss backward runs first, while every activation is alive; a checkpointed block is
     # recomputed only after the logits and their gradients are gone.
-    backward = activations.bytes + max(logits.bytes + loss_bwd.bytes, acts.recompute_bytes)
+    backward = activations.bytes + max(logits.bytes + loss_bwd.bytes, recompute) + comm_backward
     if settings.grad_accum > 1:
         backward += grads.bytes
-    step_tmp = optimizer_step_transient(settings.optimizer, settings.device, tensors)
     step = grads.bytes + step_tmp.bytes
     peak_terms = (
-        Term("persistent", persistent, "weights + trainable_weights + optimizer + overhead"),
+        Term("persistent", persistent, "weights + trainable_weights + optimizer + overhead"
+             + (f" + persistent communication buffers ({comm_persistent:,} B)" if comm_persistent else "")),
         Term("backward", backward,
              "activations + "
-             + ("max(logits + loss-gradient temporaries, one recomputed block)" if acts.recompute_bytes
+             + ("max(logits + loss-gradient temporaries, one recomputed block)" if recompute
                 else "logits + loss-gradient temporaries")
+             + (f" + gathered parameters/gradients in flight ({comm_backward:,} B)" if comm_backward else "")
              + (" + accumulated gradients" if settings.grad_accum > 1 else "")),
-        Term("recompute", acts.recompute_bytes, "one block's activations, recomputed under checkpointing"),
+        Term("recompute", recompute, "one block's activations, recomputed under checkpointing"
+             + (" (+ this GPU's share of the later blocks' gradients)" if distributed and recompute else "")),
         loss_bwd,
         Term("step", step, "gradients + " + step_tmp.formula),
     )
     peak = persistent + max(backward, step)
 
     kv_cache = 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * tokens * e
-    inference = weights.bytes + trainable_w.bytes + kv_cache
+    inference = inference_weights + kv_cache
     return Plan(
         model=spec.name, model_label=spec.label or spec.name, method=method.name, knobs=knobs,
         settings={**settings.as_dict(), "quant": quant}, quant=quant, total_params=spec.total_params,
         trainable_params=trainable_params, components=components, peak_terms=peak_terms, peak_bytes=peak,
         inference_bytes=inference,
         inference_formula=f"weights + adapters + KV cache 2·L·kv_heads·d·b·s·e = {kv_cache:,} B",
-        activations_exact=acts.exact_architecture,
+        activations_exact=acts.exact_architecture, world_size=settings.world_size, per_gpu=distributed,
+        host_bytes=host_bytes, host_formula=host_formula,
     )

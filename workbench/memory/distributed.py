@@ -1,0 +1,404 @@
+"""Per-GPU memory of one training step under DDP, FSDP and DeepSpeed ZeRO.
+
+:func:`per_gpu` turns the single-GPU model state (weights, adapters, gradients, optimizer)
+into what *one* of the N = gpus x nodes processes holds, adds the ``communication``
+buffers the strategy allocates, and reports what offloading moves to the host
+(``host_bytes``, per node: G = gpus per node processes share one host). Activations and
+logits are per device and unchanged: ``batch_size`` is the per-device micro-batch.
+``ceil(x / N)`` is one rank's equal, padded share (FSDP and ZeRO both pad the flattened
+parameters so that every rank holds the same number of elements).
+
+The launch files these figures describe are ``workbench.training.distributed``'s: accelerate
+with ``mixed_precision: no`` for DDP/FSDP (the model trains in its own dtype), FSDP1 with
+``use_orig_params``, transformer-block auto-wrap, ``BACKWARD_PRE`` prefetch and no forward
+prefetch; DeepSpeed with ``overlap_comm`` and ``contiguous_gradients`` on and the buckets
+left ``"auto"``, which transformers fills in as ``reduce_bucket_size = h^2`` and
+``stage3_prefetch_bucket_size = 0.9 h^2`` elements (``integrations/deepspeed.py``).
+
+- **ddp** (torch ``DistributedDataParallel``, ``gradient_as_bucket_view=False``, accelerate's
+  default): everything replicated; the reducer's buckets are a flat copy of every trainable
+  gradient, allocated once when the model is wrapped (persistent). With one process
+  accelerate does not wrap the model at all (``use_distributed`` needs two), so N = 1 is
+  the single-GPU plan.
+- **fsdp** (FULL_SHARD): parameters (frozen and trainable, quantized bytes as stored),
+  gradients and optimizer states / N. The optimizer sees 1-D shards (``use_orig_params``
+  views of the flat parameter), so Adafactor cannot factor them and 8-bit Adam's 4096-element
+  threshold applies per shard. Communication, alive during forward and backward: the root
+  unit's unsharded parameters (embeddings, final norm, head: the root is not resharded after
+  forward), two decoder blocks unsharded (the current one and the one ``BACKWARD_PRE``
+  prefetches) and one unit's unsharded gradients before their reduce-scatter. ``--offload
+  params`` (= ``both``; FSDP's ``CPUOffload(offload_params=True)``) keeps the sharded
+  parameters, gradients and the optimizer step on the host. Optimizer-only offload is not an
+  FSDP option.
+- **fsdp-grad-op** (SHARD_GRAD_OP): shards as above at rest, but the unsharded parameters of
+  every unit stay gathered from forward to the end of backward (communication), plus one
+  unit's unsharded gradients.
+- FSDP with one process: torch switches any sharding strategy to ``NO_SHARD``
+  (``_init_utils``): nothing is divided and nothing gathered.
+- **deepspeed-zero1/2/3** (DeepSpeed's ZeRO optimizer, read off ``stage_1_and_2.py`` and
+  ``stage3.py``): DeepSpeed casts every parameter, adapters included, to the 16-bit dtype
+  (``_cast_module_mixed_precision``). Per trainable element of a rank's partition
+  (``part = ceil(T / N)``) it keeps an fp32 master copy (4 B) and the optimizer's fp32 states
+  (AdamW 8 B, SGD momentum 4 B, SGD 0) -- whatever the model dtype -- and makes an fp32 copy
+  of the gradient partition for the step (4 B: ``optimizer_step``, a transient; ZeRO-3 makes
+  it one sub-group of at most ``sub_group_size`` = 1e9 elements at a time). ZeRO-1 keeps the
+  full 16-bit gradients; ZeRO-2 a 16-bit gradient partition (``grads_in_partition``);
+  ZeRO-3 a 16-bit gradient partition (``grad_partitions_flat_buffer``) and partitions the
+  parameters, frozen ones too. Communication: ZeRO-1/2, two ``reduce_bucket_size`` gradient
+  buckets (double-buffered under ``overlap_comm``), persistent; ZeRO-3, one reduce bucket
+  (persistent) and, during forward/backward, the largest layer gathered with its 16-bit
+  gradients (DeepSpeed's ``largest_layer_memory = 4 x largest_layer_params``) plus one
+  prefetch bucket. ``offload optimizer`` puts the fp32 master, states and gradients on the
+  host (``self.device = cpu``: ZeRO-2 reduces straight into them, ZeRO-3's 16-bit gradient
+  partition is pinned there too); ``offload params`` (ZeRO-3) the 16-bit parameter partition.
+
+**Against DeepSpeed's own estimators** (``estimate_zero2_model_states_mem_needs`` and
+``estimate_zero3_model_states_mem_needs``, additional_buffer_factor=1, zero_init): for full
+fine-tuning with AdamW in 16-bit, weights + gradients + optimizer + optimizer_step (+ the
+gathered largest layer for ZeRO-3) on the GPU equal DeepSpeed's GPU figure for ZeRO-2 with and
+without offload, and for ZeRO-3 with optimizer or full offload; ``host_bytes`` equals ZeRO-2's
+offload CPU figure up to 4 GPUs. Where they differ the plan follows DeepSpeed's source:
+
+- ZeRO-3's estimator leaves out the 16-bit gradient partition (``18 = 2 + 4 + 4 + 8``: no
+  16-bit gradients), which ``stage3.py`` allocates for the whole partition at init -- on the
+  GPU, or pinned on the host when the optimizer is offloaded: the plan is ``2 P / N`` higher
+  on the GPU (host: ``2 P / nodes``); and it makes the fp32 gradient copy per sub-group, so a
+  partition above 1e9 elements needs less than ``4 P / N`` for it;
+- ZeRO-2's offload CPU estimate is ``P x max(4 x total_gpus, 16)``, where ``4 x total_gpus``
+  is every process holding an fp32 copy of the model while it loads, before partitioning: a
+  loading peak, not offloaded state. ``host_bytes`` is the steady state, ``16 P / nodes``.
+
+Like DeepSpeed's estimator the plan ignores ZeRO-3's unpartitioned small parameters
+(``param_persistence_threshold = 10 h``: the norms, a few MB) and NCCL's own buffers (outside
+torch's allocator). The plan does not check that a combination runs (FSDP1 needs one dtype per
+flat parameter, bitsandbytes int8 weights cannot be sharded): ``workbench train`` finds out.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import SettingsError
+from ..methods.base import Method, TensorGroup
+from ..specs import ModelSpec
+from .optimizer import optimizer_step_transient, optimizer_term
+from .settings import DTYPE_BYTES, TrainingSettings
+from .weights import ADAPTER_BYTES, Term, four_bit_bytes, quantized_linear_names
+
+DEEPSPEED_OPTIMIZERS = ("adamw", "sgd", "sgd_momentum")
+DEEPSPEED_STATES = {"adamw": 8, "sgd_momentum": 4, "sgd": 0}  # fp32 state bytes per element of the partition
+SUB_GROUP_SIZE = 10**9  # ZeRO-3 steps the partition in sub-groups of this many elements (DeepSpeed default)
+PREFETCH_FRACTION = 0.9  # transformers: stage3_prefetch_bucket_size = int(0.9 * h * h)
+
+
+@dataclass(frozen=True)
+class PerGpu:
+    """One process's model state, communication buffers and the host memory offloading uses."""
+
+    weights: Term
+    trainable_weights: Term
+    gradients: Term
+    optimizer: Term
+    optimizer_step: Term
+    communication: Term
+    communication_persistent: int  # the part of ``communication`` alive the whole run
+    host_bytes: int
+    host_formula: str
+
+
+def is_distributed(settings: TrainingSettings) -> bool:
+    return settings.world_size > 1 or settings.strategy != "single"
+
+
+def check(settings: TrainingSettings) -> None:
+    """Combinations the settings' own validation lets through but the strategies refuse."""
+    s = settings
+    if s.strategy.startswith("fsdp") and s.offload == "optimizer":
+        raise SettingsError(
+            "FSDP has no optimizer-only offload: CPUOffload(offload_params=True) moves the sharded parameters, "
+            "gradients and the optimizer step to the CPU together; use --strategy fsdp --offload params, or "
+            "deepspeed-zero1/2/3 --offload optimizer")
+    if s.strategy.startswith("deepspeed") and s.optimizer not in DEEPSPEED_OPTIMIZERS:
+        raise SettingsError(f"DeepSpeed brings its own optimizer: choose adamw, sgd or sgd_momentum, not {s.optimizer}")
+
+
+def _ceil(x: int, n: int) -> int:
+    return -(-x // n)
+
+
+def _human(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{int(n):,} B"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the model's bytes sit: per decoder block, outside the blocks (the root), per
+    module (DeepSpeed's "layer": a module's own parameters), with trainable gradients."""
+
+    buffers: int
+    block_bytes: int  # largest decoder block, stored bytes of its parameters and adapters
+    block_grad_bytes: int  # largest decoder block's trainable gradients
+    root_bytes: int  # everything outside the decoder blocks
+    root_grad_bytes: int
+    layer_bytes: int  # largest single module's own parameters
+    layer_params: int  # its number of elements
+    layer_grad_bytes: int  # largest single module's trainable gradients
+
+
+def buffer_bytes(spec: ModelSpec) -> int:
+    """The model's buffers (rotary ``inv_freq`` ...): replicated under every strategy."""
+    return sum(b.numel * DTYPE_BYTES.get(b.dtype, 8 if "int64" in b.dtype else 4) for b in spec.inventory.buffers)
+
+
+def layout(spec: ModelSpec, method: Method, knobs: dict[str, Any], settings: TrainingSettings, quant: str,
+           tensors: list[tuple[TensorGroup, int]], adapter_bytes: int | None = None) -> Layout:
+    """Stored bytes per block, root and module, by the rules of ``weights.weights_term``.
+    ``adapter_bytes`` overrides the adapters' element size (DeepSpeed casts them to 16-bit)."""
+    e = settings.element_bytes
+    inv = spec.inventory
+    block = re.compile(rf"^{re.escape(inv.block_prefix)}\.(\d+)\.") if inv.block_prefix else None
+    quantized = quantized_linear_names(spec, quant)
+    blocks: dict[str, int] = {}
+    block_grads: dict[str, int] = {}
+    modules: dict[str, list[int]] = {}  # module -> [bytes, elements]
+    module_grads: dict[str, int] = {}
+    root = root_grads = 0
+
+    def where(name: str) -> str | None:
+        m = block.match(name) if block else None
+        return m.group(1) if m else None
+
+    def add(name: str, module: str, nbytes: int, numel: int) -> None:
+        nonlocal root
+        b = where(name)
+        if b is None:
+            root += nbytes
+        else:
+            blocks[b] = blocks.get(b, 0) + nbytes
+        entry = modules.setdefault(module, [0, 0])
+        entry[0] += nbytes
+        entry[1] += numel
+
+    def add_grad(name: str, module: str, nbytes: int) -> None:
+        nonlocal root_grads
+        b = where(name)
+        if b is None:
+            root_grads += nbytes
+        else:
+            block_grads[b] = block_grads.get(b, 0) + nbytes
+        module_grads[module] = module_grads.get(module, 0) + nbytes
+
+    for p in inv.params:
+        module = p.name.rsplit(".", 1)[0]
+        if module in quantized and p.name.endswith(".weight"):
+            stored = (four_bit_bytes(p.numel, bool(knobs.get("double_quant", True))) if quant == "4bit"
+                      else p.numel + 4 * p.shape[0])
+        else:
+            stored = p.numel * e
+        add(p.name, module, stored, p.numel)
+    for g in method.extra_weight_groups(spec, knobs):
+        add(g.label, g.label, g.total * (g.element_bytes or ADAPTER_BYTES), g.total)
+    for g, b in tensors:
+        size = b if g.role == "base" else (adapter_bytes or b)
+        if g.role != "base":  # base weights are already counted among the parameters
+            add(g.label, g.label, g.total * size, g.total)
+        add_grad(g.label, g.label if g.role != "base" else g.label.rsplit(".", 1)[0], g.total * size)
+    layer = max(modules.items(), key=lambda kv: kv[1][0], default=("", [0, 0]))[1]
+    return Layout(
+        buffers=buffer_bytes(spec), block_bytes=max(blocks.values(), default=0),
+        block_grad_bytes=max(block_grads.values(), default=0), root_bytes=root, root_grad_bytes=root_grads,
+        layer_bytes=layer[0], layer_params=layer[1], layer_grad_bytes=max(module_grads.values(), default=0),
+    )
+
+
+def _sharded(tensors: list[tuple[TensorGroup, int]], n: int) -> list[tuple[TensorGroup, int]]:
+    """Each tensor as the 1-D shard one rank's optimizer sees."""
+    return [(TensorGroup(g.label, (_ceil(g.numel, n),), g.count, g.role, g.element_bytes), b) for g, b in tensors]
+
+
+def per_gpu(spec: ModelSpec, method: Method, knobs: dict[str, Any], settings: TrainingSettings, quant: str,
+            tensors: list[tuple[TensorGroup, int]], weights: Term, trainable_weights: Term, gradients: Term,
+            optimizer: Term, optimizer_step: Term) -> PerGpu:
+    """The single-GPU terms, partitioned for ``settings.strategy`` over ``settings.world_size``."""
+    check(settings)
+    s = settings
+    if s.strategy in ("single", "ddp"):
+        return _ddp(s, weights, trainable_weights, gradients, optimizer, optimizer_step)
+    if s.strategy.startswith("fsdp"):
+        return _fsdp(spec, method, knobs, s, quant, tensors, weights, trainable_weights, gradients, optimizer,
+                     optimizer_step)
+    return _deepspeed(spec, method, knobs, s, quant, tensors, weights)
+
+
+def recompute_per_gpu(spec: ModelSpec, trained: set[str], e: int, recompute_bytes: int,
+                      per_layer_bytes: tuple[int, ...], ratio: float) -> int:
+    """The checkpointed block's recompute term holds the gradients of the trained weights of
+    that block and every later one (``activations._trained_grad_bytes_from_each_block``); on
+    one GPU of a sharded run only ``ratio`` = per-GPU gradients / all gradients of them stay
+    (the rest has been reduce-scattered away, or offloaded)."""
+    from .activations import _trained_grad_bytes_from_each_block
+
+    grads_from = _trained_grad_bytes_from_each_block(spec, trained, e)
+    if not any(grads_from) or len(grads_from) != len(per_layer_bytes):
+        return recompute_bytes
+    full = max(a + g for a, g in zip(per_layer_bytes, grads_from))
+    kept = max(a + math.ceil(g * ratio) for a, g in zip(per_layer_bytes, grads_from))
+    return recompute_bytes - full + kept
+
+
+def _tag(s: TrainingSettings) -> str:
+    return f"[{s.strategy}, N={s.world_size}]"
+
+
+def _ddp(s: TrainingSettings, weights: Term, trainable: Term, grads: Term, opt: Term, step: Term) -> PerGpu:
+    tag = _tag(s)
+    keep = lambda t: Term(t.name, t.bytes, f"{tag} replicated: {t.formula}")  # noqa: E731
+    if s.world_size == 1:
+        comm = Term("communication", 0, f"{tag} one process: accelerate does not wrap the model in DDP")
+    else:
+        comm = Term("communication", grads.bytes,
+                    f"{tag} DDP gradient buckets (gradient_as_bucket_view=False): a flat copy of every trainable "
+                    f"gradient, {grads.bytes:,} B, allocated once when the model is wrapped")
+    return PerGpu(keep(weights), keep(trainable), keep(grads), keep(opt), step, comm, comm.bytes, 0,
+                  "nothing offloaded")
+
+
+def _fsdp(spec, method, knobs, s: TrainingSettings, quant, tensors, weights: Term, trainable: Term, grads: Term,
+          opt: Term, step: Term) -> PerGpu:
+    n, tag = s.world_size, _tag(s)
+    if n == 1:
+        keep = lambda t: Term(t.name, t.bytes, f"{tag} one process: torch runs FSDP as NO_SHARD; {t.formula}")  # noqa: E731
+        comm = Term("communication", 0, f"{tag} one process (NO_SHARD): nothing gathered")
+        host = (weights.bytes - buffer_bytes(spec) + trainable.bytes + grads.bytes + opt.bytes
+                if s.offload != "none" else 0)
+        if host:
+            return PerGpu(Term("weights", buffer_bytes(spec), f"{tag} CPU offload: only buffers stay on the GPU"),
+                          Term("trainable_weights", 0, f"{tag} CPU offload: on the host"),
+                          Term("gradients", 0, f"{tag} CPU offload: on the host"),
+                          Term("optimizer", 0, f"{tag} CPU offload: the optimizer steps on the host"),
+                          Term("optimizer_step", 0, "the step runs on the host"), comm, 0, host,
+                          f"CPU offload, NO_SHARD: parameters + gradients + optimizer = {_human(host)}")
+        return PerGpu(keep(weights), keep(trainable), keep(grads), keep(opt), step, comm, 0, 0, "nothing offloaded")
+    lay = layout(spec, method, knobs, s, quant, tensors)
+    sharded = _sharded(tensors, n)
+    w = Term("weights", _ceil(weights.bytes - lay.buffers, n) + lay.buffers,
+             f"{tag} parameters / N: ceil(({weights.bytes:,} - {lay.buffers:,} B buffers) / {n}) + buffers "
+             "(replicated)")
+    tw = Term("trainable_weights", _ceil(trainable.bytes, n), f"{tag} adapters / N: ceil({trainable.bytes:,} / {n})")
+    g = Term("gradients", _ceil(grads.bytes, n), f"{tag} sharded gradients after reduce-scatter: "
+                                                  f"ceil({grads.bytes:,} / {n})")
+    o = optimizer_term(s.optimizer, sharded)
+    o = Term("optimizer", o.bytes, f"{tag} states of 1-D shards (use_orig_params): {o.formula}")
+    st = optimizer_step_transient(s.optimizer, s.device, sharded)
+    if s.strategy == "fsdp":
+        grad_unit = max(lay.block_grad_bytes, lay.root_grad_bytes)
+        comm_bytes = lay.root_bytes + 2 * lay.block_bytes + grad_unit
+        comm = Term("communication", comm_bytes,
+                    f"{tag} FULL_SHARD, during forward/backward: root unit unsharded ({lay.root_bytes:,} B: embeddings, "
+                    f"norm, head) + 2 x largest block unsharded (current + BACKWARD_PRE prefetch, 2 x "
+                    f"{lay.block_bytes:,} B) + one unit's unsharded gradients before reduce-scatter ({grad_unit:,} B)")
+    else:
+        full = weights.bytes - lay.buffers + trainable.bytes
+        grad_unit = max(lay.block_grad_bytes, lay.root_grad_bytes)
+        comm = Term("communication", full + grad_unit,
+                    f"{tag} SHARD_GRAD_OP: every unit's parameters stay unsharded from forward to the end of backward "
+                    f"({full:,} B) + one unit's unsharded gradients before reduce-scatter ({grad_unit:,} B)")
+    if s.offload == "none":
+        return PerGpu(w, tw, g, o, st, comm, 0, 0, "nothing offloaded")
+    rank = w.bytes - lay.buffers + tw.bytes + g.bytes + o.bytes
+    host = rank * s.gpus
+    return PerGpu(
+        Term("weights", lay.buffers, f"{tag} CPU offload: sharded parameters on the host; buffers {lay.buffers:,} B"),
+        Term("trainable_weights", 0, f"{tag} CPU offload: sharded adapters on the host"),
+        Term("gradients", 0, f"{tag} CPU offload: sharded gradients are copied to the host"),
+        Term("optimizer", 0, f"{tag} CPU offload: the optimizer steps on the host"),
+        Term("optimizer_step", 0, "the step runs on the host"), comm, 0, host,
+        f"FSDP CPUOffload(offload_params=True), per node: {s.gpus} ranks x (sharded parameters "
+        f"{w.bytes - lay.buffers:,} + adapters {tw.bytes:,} + gradients {g.bytes:,} + optimizer {o.bytes:,} B)")
+
+
+def _deepspeed(spec, method, knobs, s: TrainingSettings, quant, tensors, weights: Term) -> PerGpu:
+    n, e, tag = s.world_size, s.element_bytes, _tag(s)
+    stage = int(s.strategy[-1])
+    lay = layout(spec, method, knobs, s, quant, tensors, adapter_bytes=e)
+    trainable = sum(g.total for g, _ in tensors)
+    adapters = sum(g.total for g, _ in tensors if g.role != "base")
+    part = _ceil(trainable, n)
+    off_opt = s.offload in ("optimizer", "both")
+    off_par = s.offload in ("params", "both")
+    h = spec.hidden_size
+    bucket = h * h * e
+    states = DEEPSPEED_STATES[s.optimizer]
+    dense = weights.bytes - lay.buffers  # frozen as stored + trained base weights in the 16-bit dtype
+    params_part = _ceil(dense, n) + e * _ceil(adapters, n)  # one rank's ZeRO-3 parameter partition
+    host_parts: list[tuple[str, int]] = []
+
+    def host(label: str, nbytes: int) -> None:
+        host_parts.append((label, nbytes))
+
+    if stage < 3:
+        w = Term("weights", weights.bytes, f"{tag} ZeRO-{stage}: parameters replicated: {weights.formula}")
+        tw = Term("trainable_weights", adapters * e,
+                  f"{tag} {adapters:,} adapter params x {e} B (DeepSpeed casts them to {s.dtype})")
+    elif off_par:
+        w = Term("weights", lay.buffers, f"{tag} ZeRO-3 offload_param: the 16-bit partition "
+                                         f"({params_part:,} B) lives on the host; buffers {lay.buffers:,} B")
+        tw = Term("trainable_weights", 0, f"{tag} ZeRO-3 offload_param: adapters in the host partition")
+        host("16-bit parameter partition", params_part)
+    else:
+        w = Term("weights", _ceil(dense, n) + lay.buffers,
+                 f"{tag} ZeRO-3 parameter partition ceil({dense:,} / {n}) + buffers {lay.buffers:,} B (replicated)")
+        tw = Term("trainable_weights", e * _ceil(adapters, n),
+                  f"{tag} ZeRO-3: ceil({adapters:,} adapter params / {n}) x {e} B (cast to {s.dtype})")
+
+    if stage == 1:
+        g = Term("gradients", trainable * e, f"{tag} ZeRO-1: full 16-bit gradients, {trainable:,} x {e} B")
+    elif stage == 2 and off_opt:
+        g = Term("gradients", 0, f"{tag} ZeRO-2 offload: reduced gradients go straight into the host's fp32 partition")
+    elif stage == 2:
+        g = Term("gradients", e * part, f"{tag} ZeRO-2: 16-bit gradient partition ceil({trainable:,} / {n}) x {e} B")
+    elif off_opt:
+        g = Term("gradients", 0, f"{tag} ZeRO-3 offload_optimizer: the 16-bit gradient partition is pinned on the host")
+        host("16-bit gradient partition", e * part)
+    else:
+        g = Term("gradients", e * part, f"{tag} ZeRO-3: 16-bit gradient partition (grad_partitions_flat_buffer) "
+                                        f"ceil({trainable:,} / {n}) x {e} B")
+
+    opt_bytes = (4 + states) * part
+    opt_formula = (f"ZeRO optimizer partition ceil({trainable:,} / {n}) x {4 + states} B: fp32 master 4"
+                   + {"adamw": " + Adam m, v 8", "sgd_momentum": " + momentum 4", "sgd": ""}[s.optimizer])
+    if off_opt:
+        o = Term("optimizer", 0, f"{tag} offload_optimizer: {opt_formula} on the host")
+        host("fp32 master + states", opt_bytes)
+        host("fp32 gradient partition", 4 * part)
+        st = Term("optimizer_step", 0, "the step runs on the host (DeepSpeedCPUAdam or the torch optimizer)")
+    else:
+        o = Term("optimizer", opt_bytes, f"{tag} {opt_formula}")
+        fp32_grads = 4 * (part if stage < 3 else min(part, SUB_GROUP_SIZE))
+        st = Term("optimizer_step", fp32_grads,
+                  "fp32 copy of the gradient partition made for the step, 4 B x "
+                  + (f"{part:,}" if stage < 3 else f"min({part:,}, sub_group_size {SUB_GROUP_SIZE:,})")
+                  + "; the optimizer itself updates in place")
+
+    if stage < 3:
+        comm = Term("communication", 2 * bucket,
+                    f"{tag} 2 gradient buckets (overlap_comm) x reduce_bucket_size 'auto' = h^2 = {h}^2 elements x "
+                    f"{e} B")
+        persistent = comm.bytes
+    else:
+        prefetch = int(PREFETCH_FRACTION * h * h) * e
+        gathered = lay.layer_bytes + lay.layer_grad_bytes
+        comm = Term("communication", gathered + prefetch + bucket,
+                    f"{tag} ZeRO-3: largest layer gathered ({lay.layer_params:,} params, {lay.layer_bytes:,} B) "
+                    f"+ largest layer's unreduced 16-bit gradients ({lay.layer_grad_bytes:,} B) (DeepSpeed's "
+                    f"largest_layer_memory = 4 x largest_layer_params) + prefetch bucket int(0.9 h^2) x {e} B ({prefetch:,}) + reduce bucket h^2 x {e} B "
+                    f"({bucket:,}); bucket sizes are transformers' 'auto' values")
+        persistent = bucket
+    rank = sum(b for _, b in host_parts)
+    listed = " + ".join(f"{label} {b:,}" for label, b in host_parts)
+    host_formula = (f"DeepSpeed offload (pinned), per node: {s.gpus} ranks x ({listed} B)"
+                    if host_parts else "nothing offloaded")
+    return PerGpu(w, tw, g, o, st, comm, persistent, rank * s.gpus, host_formula)
