@@ -13,7 +13,7 @@ from typing import Any
 
 from .errors import WorkbenchError
 from .memory import TrainingSettings, plan
-from .memory.settings import ATTENTIONS, DEVICES, DTYPE_BYTES, OPTIMIZERS, QUANTS, SETTING_HELP
+from .memory.settings import ATTENTIONS, DEVICES, DTYPE_BYTES, OFFLOADS, OPTIMIZERS, QUANTS, SETTING_HELP, STRATEGIES
 from .methods import METHODS, get_method
 
 
@@ -47,6 +47,17 @@ def _add_run_flags(p: argparse.ArgumentParser, default_device: str) -> None:
     s.add_argument("--optimizer", choices=list(OPTIMIZERS), default="adamw", help=SETTING_HELP["optimizer"])
     s.add_argument("--device", choices=list(DEVICES), default=default_device, help=SETTING_HELP["device"])
     s.add_argument("--attention", choices=list(ATTENTIONS), default="sdpa", help=SETTING_HELP["attention"])
+
+
+def add_distributed_flags(p: argparse.ArgumentParser) -> None:
+    """``--gpus``, ``--nodes``, ``--strategy``, ``--offload`` (read by ``_parse_run``; commands
+    without them get one process)."""
+    s = p.add_argument_group("several GPUs")
+    s.add_argument("--gpus", default="1", help=SETTING_HELP["gpus"])
+    s.add_argument("--nodes", default="1", help=SETTING_HELP["nodes"])
+    s.add_argument("--strategy", choices=list(STRATEGIES), default=None,
+                   help=SETTING_HELP["strategy"] + "; default single, or ddp with more than one GPU")
+    s.add_argument("--offload", choices=list(OFFLOADS), default="none", help=SETTING_HELP["offload"])
 
 
 def _int(name: str, value: str) -> int:
@@ -86,11 +97,14 @@ def _parse_run(args: argparse.Namespace):
         valid = ", ".join(k.flag for k in method.knobs) or "(none)"
         raise WorkbenchError(f"method {method.name!r} has no knob {flags}; its knobs are: {valid}")
     knobs = method.resolve(given)
+    gpus, nodes = _int("gpus", getattr(args, "gpus", "1")), _int("nodes", getattr(args, "nodes", "1"))
+    strategy = getattr(args, "strategy", None) or ("single" if gpus * nodes == 1 else "ddp")
     settings = TrainingSettings(
         dtype=args.dtype, quant=args.quant, batch_size=_int("batch_size", args.batch_size),
         seq_len=_seq_len(args.seq_len, args.model), grad_accum=_int("grad_accum", args.grad_accum),
         gradient_checkpointing=args.gradient_checkpointing, optimizer=args.optimizer, device=args.device,
-        attention=args.attention,
+        attention=args.attention, gpus=gpus, nodes=nodes, strategy=strategy,
+        offload=getattr(args, "offload", "none"),
     )
     return load_model_spec(args.model), method, knobs, settings
 
@@ -99,6 +113,11 @@ def _print_plan(d: dict[str, Any]) -> None:
     print(f"model   {d['model_label']}")
     print(f"method  {d['method']}  knobs {json.dumps(d['knobs'])}")
     print(f"params  {d['total_params']:,} total, {d['trainable_params']:,} trainable ({d['trainable_percent']:.4f}%)")
+    if d.get("per_gpu"):
+        s = d["settings"]
+        nodes = f" on {s['nodes']} nodes" if s["nodes"] > 1 else ""
+        offload = f", offload {s['offload']}" if s["offload"] != "none" else ""
+        print(f"memory  per GPU ({d['world_size']} GPUs{nodes}, {s['strategy']}{offload})")
     print()
     width = max(len(c["name"]) for c in d["components"])
     for c in d["components"]:
@@ -107,7 +126,10 @@ def _print_plan(d: dict[str, Any]) -> None:
     print(f"  {'peak':<{width}}  {_human(d['peak_bytes']):>11}   "
           + "persistent + max(backward, step): " + ", ".join(f"{t['name']} {_human(t['bytes'])}" for t in d["peak_terms"]))
     print(f"  {'inference':<{width}}  {_human(d['inference_bytes']):>11}   {d['inference_formula']}")
-    print(f"  peak / inference = {d['peak_over_inference']:.2f}x")
+    print(f"  peak / inference = {d['peak_over_inference']:.2f}x"
+          + ("  (inference on one GPU)" if d.get("per_gpu") else ""))
+    if d.get("host_bytes"):
+        print(f"  {'host':<{width}}  {_human(d['host_bytes']):>11}   {d['host_formula']}")
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
@@ -130,11 +152,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
+    import contextlib
+
     from .measure import measure
 
     spec, method, knobs, settings = _parse_run(args)
     planned = plan(spec, method, knobs, settings)
-    measured = measure(spec, method, knobs, settings, steps=args.steps)
+    # libraries imported on the way (deepspeed's logger, when installed) print to stdout: keep --json clean
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        measured = measure(spec, method, knobs, settings, steps=args.steps)
     result = measured.as_dict()
     result["planned"] = {t.name: t.bytes for t in planned.components}
     result["planned_peak_bytes"] = planned.peak_bytes
@@ -193,8 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("methods", help="list the fine-tuning methods and their knobs")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_methods)
-    p = sub.add_parser("plan", help="predicted memory of training, per component")
+    p = sub.add_parser("plan", help="predicted memory of training, per component (per GPU with --gpus)")
     _add_run_flags(p, "cuda")
+    add_distributed_flags(p)
     p.set_defaults(func=cmd_plan)
     p = sub.add_parser("data", help="datasets: inspect a file as the model will see it")
     data_sub = p.add_subparsers(dest="data_command", required=True)
