@@ -7,6 +7,9 @@ measurement: per token a forward pass costs 2N FLOPs for N parameters, back-prop
 the inputs another 2N, weight gradients 2N_trained, and checkpointing repeats the forward
 (Kaplan et al. 2020, arXiv:2001.08361, C = 6N for full training). bitsandbytes kernels
 dequantize on the fly; their slowdown factors below are rough and labelled as such.
+
+``per_gpu_table`` plans one model and method under every strategy for 1, 2, 4 and 8 GPUs:
+per-GPU peak and host memory, and whether it fits a given GPU.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 
 from .errors import WorkbenchError
 from .memory import TrainingSettings, plan
-from .memory.settings import DTYPE_BYTES
+from .memory.settings import DTYPE_BYTES, STRATEGIES
 from .methods import METHODS
 from .specs import ModelSpec
 
@@ -89,3 +92,37 @@ def what_fits(spec: ModelSpec, budget_bytes: int, settings: TrainingSettings, li
                     if name not in best or speed > best[name]["relative_speed"]:
                         best[name] = row
     return sorted(best.values(), key=lambda r: (-r["relative_speed"], r["peak_bytes"]))[:limit]
+
+
+GPU_COUNTS = (1, 2, 4, 8)
+
+
+def per_gpu_table(spec: ModelSpec, method, knobs: dict[str, Any] | None, settings: TrainingSettings,
+                  gpu_counts: tuple[int, ...] = GPU_COUNTS, strategies: tuple[str, ...] = STRATEGIES,
+                  gpu_bytes: int | None = None, offload: str | None = None) -> list[dict[str, Any]]:
+    """One row per (strategy, GPU count) on one node: ``peak_bytes`` and ``host_bytes`` per
+    GPU / per node, and ``fits`` (peak within ``gpu_bytes``; None without a size). ``offload``
+    (default: the settings') applies to every strategy; a combination that cannot run
+    (single with 8 GPUs, offload under DDP, ...) keeps its row with ``error`` saying why and
+    no figures. ``method`` is a name or a :class:`~workbench.methods.base.Method`."""
+    from .methods import get_method
+
+    chosen = get_method(method) if isinstance(method, str) else method
+    offload = settings.offload if offload is None else offload
+    rows = []
+    for strategy in strategies:
+        for gpus in gpu_counts:
+            row: dict[str, Any] = {"strategy": strategy, "gpus": gpus, "offload": offload, "peak_bytes": None,
+                                   "host_bytes": None, "fits": None, "error": None}
+            try:
+                s = replace(settings, gpus=gpus, nodes=1, strategy=strategy, offload=offload)
+                p = plan(spec, chosen, knobs, s)
+            except WorkbenchError as exc:
+                row["error"] = str(exc)
+                rows.append(row)
+                continue
+            row.update(peak_bytes=p.peak_bytes, host_bytes=p.host_bytes,
+                       components={t.name: t.bytes for t in p.components},
+                       fits=None if gpu_bytes is None else p.peak_bytes <= gpu_bytes)
+            rows.append(row)
+    return rows

@@ -8,15 +8,18 @@ import gradio as gr
 
 from ..accuracy import planner_accuracy
 from ..charts import GIB, plan_bar
+from ..compare import GPU_COUNTS, per_gpu_table
 from ..errors import WorkbenchError
 from ..memory import plan
-from ..memory.settings import DTYPE_BYTES, OPTIMIZERS, QUANTS, SETTING_HELP
+from ..memory.settings import DTYPE_BYTES, OFFLOADS, OPTIMIZERS, QUANTS, SETTING_HELP
 from ..methods import METHODS, get_method
 from ..specs import bundled_names
 from ..tiny import TINY_NAME
 from .views import model_spec, settings_from
 
 GPU_SIZES_GB = (8, 16, 24, 40, 80)
+PER_GPU_SIZES_GB = (16, 24, 40, 48, 80, 96, 141)
+PER_GPU_HEADERS = ["strategy"] + [f"{n} GPU{'s' if n > 1 else ''}" for n in GPU_COUNTS]
 
 
 def all_knobs() -> dict[str, Any]:
@@ -45,6 +48,55 @@ def plan_view(model: str, method: str, dtype: str, quant: str, batch_size: float
     except (WorkbenchError, ValueError) as exc:
         return f"**Cannot plan:** {exc}", None, []
     return _summary(result), plan_bar(result), _rows(result)
+
+
+def per_gpu_view(model: str, method: str, dtype: str, quant: str, batch_size: float, seq_len: float,
+                 grad_accum: float, gradient_checkpointing: bool, optimizer: str, device: str, offload: str,
+                 gpu_gb: float, *knob_values):
+    """(markdown, rows) of the "Across GPUs" table: one row per strategy, one column per GPU
+    count (one node), each cell the per-GPU peak in GiB, ``+ host`` where offloading puts
+    bytes in host memory (per node), ✓ where it fits ``gpu_gb``; ``n/a`` where the
+    combination cannot run, with the reasons under the table. ``knob_values`` follow
+    ``KNOB_NAMES``."""
+    try:
+        settings = settings_from(dtype, quant, batch_size, seq_len, grad_accum, gradient_checkpointing, optimizer,
+                                 device)
+        chosen = get_method(method)
+        own = {k.name for k in chosen.knobs}
+        knobs = {n: v for n, v in zip(KNOB_NAMES, knob_values) if n in own and v is not None}
+        spec = model_spec(model)
+        if offload not in OFFLOADS:
+            raise WorkbenchError(f"offload {offload!r}: choose from {', '.join(OFFLOADS)}")
+        budget = int(float(gpu_gb) * 1e9)
+        plan(spec, chosen, knobs, settings)  # what no strategy can fix (a 4-bit base for full training ...)
+        rows = per_gpu_table(spec, chosen, knobs, settings, gpu_bytes=budget, offload=offload)
+    except (WorkbenchError, ValueError, TypeError) as exc:
+        return f"**Cannot plan across GPUs:** {exc}", []
+    table, reasons, first = [], {}, []
+    for strategy in dict.fromkeys(r["strategy"] for r in rows):
+        cells = [r for r in rows if r["strategy"] == strategy]
+        line = [strategy]
+        for r in cells:
+            if r["error"]:
+                line.append("n/a")
+                reasons.setdefault(r["error"], []).append(f"{strategy} x{r['gpus']}")
+                continue
+            cell = f"{r['peak_bytes'] / GIB:.1f} GiB"
+            if r["host_bytes"]:
+                cell += f" + {r['host_bytes'] / GIB:.0f} GiB host"
+            line.append(cell + (" ✓" if r["fits"] else ""))
+        fitting = next((r for r in cells if r["fits"]), None)
+        if fitting:
+            first.append(f"{strategy} from {fitting['gpus']} GPU{'s' if fitting['gpus'] > 1 else ''}")
+        table.append(line)
+    offloaded = f", offload {offload}" if offload != "none" else ""
+    summary = (f"**Per-GPU peak** of {chosen.name} on {spec.label}{offloaded}: batch {settings.batch_size} per GPU; "
+               f"✓ = fits {float(gpu_gb):g} GB. Host memory is per node (8 GPUs on one node).  \n"
+               + (f"Fits: {'; '.join(first)}." if first else f"**Nothing here fits {float(gpu_gb):g} GB per GPU**: "
+                  "try offloading, gradient checkpointing, a smaller batch or a PEFT method."))
+    if reasons:
+        summary += "\n\n" + "\n".join(f"- n/a ({', '.join(where)}): {why}" for why, where in reasons.items())
+    return summary, table
 
 
 def this_machine(device: str) -> tuple[str, int] | None:
@@ -143,6 +195,16 @@ def build_plan_tab() -> dict[str, Any]:
             summary = gr.Markdown()
             chart = gr.Plot(label="Predicted memory of one training step")
             table = gr.Dataframe(headers=["component", "GiB", "bytes", "formula"], wrap=True, label="Breakdown")
+            with gr.Accordion("Across GPUs", open=False) as across:
+                gr.Markdown("Per-GPU memory of the same training under each strategy on 1, 2, 4 and 8 GPUs of one "
+                            "node: where a large model starts to fit. Every figure is per GPU; offloaded bytes are "
+                            "host memory.")
+                with gr.Row():
+                    offload = gr.Dropdown(list(OFFLOADS), value="none", label="Offload", info=SETTING_HELP["offload"])
+                    gpu_size = gr.Dropdown(list(PER_GPU_SIZES_GB), value=80, label="GPU memory (GB)",
+                                           info="cells that fit are marked ✓")
+                per_gpu_summary = gr.Markdown()
+                per_gpu_rows = gr.Dataframe(headers=PER_GPU_HEADERS, wrap=True, label="Per-GPU peak")
     inputs = {"model": model, "method": method, "dtype": dtype, "quant": quant, "batch": batch, "seq": seq,
               "accum": accum, "ckpt": ckpt, "optim": optim, "device": device}
     ordered = list(inputs.values()) + knob_widgets
@@ -150,4 +212,7 @@ def build_plan_tab() -> dict[str, Any]:
     method.change(knob_updates, method, knob_widgets, api_name=False)
     for control in ordered:
         control.change(plan_view, ordered, [summary, chart, table], api_name=False)
+    gpu_inputs = list(inputs.values()) + [offload, gpu_size] + knob_widgets
+    gr.on([across.expand, offload.change, gpu_size.change] + [c.change for c in ordered], per_gpu_view, gpu_inputs,
+          [per_gpu_summary, per_gpu_rows], api_name="per_gpu", trigger_mode="always_last")
     return {"inputs": inputs, "knobs": knob_widgets, "outputs": [summary, chart, table]}
