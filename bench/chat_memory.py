@@ -12,7 +12,7 @@ adapters attached, the way the chat tab does, and answers prompts. Per process:
 
 Target: memory with 3 adapters <= 1.05 x the base alone. Writes bench/results/chat_memory.*.
 
-    python bench/chat_memory.py [--repeat 2] [--tokens 48]
+    python bench/chat_memory.py [--repeat 2] [--tokens 48] [--threads 1]
 """
 
 from __future__ import annotations
@@ -135,20 +135,23 @@ def measure(adapters: list[str], tokens: int) -> dict:
     for w in who:  # warm-up: first forward pass, first adapter switch
         _timed_generation(engine, w, PROMPTS[0], 4)
     out = {"adapters": len(adapters), "tensor_bytes": _tensor_bytes(engine._model), "rss_after_imports": rss_imports}
-    for w in who:
-        runs = [_timed_generation(engine, w, p, tokens) for p in PROMPTS]
-        first_piece = []
+    timed = {w: [] for w in who}
+    first_piece = {w: [] for w in who}
+    for _ in range(2):  # rounds; base and adapter alternate within a round
         for p in PROMPTS:
-            start = time.perf_counter()
-            stream = engine.stream(p, BASE if w == "base" else w, Sampling(max_new_tokens=tokens, temperature=0.0))
-            next(stream, None)
-            first_piece.append(time.perf_counter() - start)
-            for _ in stream:
-                pass
+            for w in who:
+                timed[w].append(_timed_generation(engine, w, p, tokens))
+                start = time.perf_counter()
+                stream = engine.stream(p, BASE if w == "base" else w, Sampling(max_new_tokens=tokens, temperature=0.0))
+                next(stream, None)
+                first_piece[w].append(time.perf_counter() - start)
+                for _ in stream:
+                    pass
+    for w in who:
         out[w if w == "base" else "adapter"] = {
-            "ttft_s": statistics.median(r["ttft_s"] for r in runs),
-            "tokens_per_second": statistics.median(r["tokens_per_second"] for r in runs),
-            "first_streamed_text_s": statistics.median(first_piece), "tokens": runs[0]["tokens"]}
+            "ttft_s": statistics.median(r["ttft_s"] for r in timed[w]),
+            "tokens_per_second": statistics.median(r["tokens_per_second"] for r in timed[w]),
+            "first_streamed_text_s": statistics.median(first_piece[w]), "tokens": timed[w][0]["tokens"]}
     out["rss"] = _kib("VmRSS")
     out["rss_peak"] = _kib("VmHWM")
     return out
@@ -181,6 +184,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=48, help="new tokens per timed answer")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="compute threads of each chat process, the same on both sides (0: torch's default)")
     parser.add_argument("--train-adapters", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--measure", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -192,6 +197,8 @@ def main() -> int:
         return 0
 
     started = time.perf_counter()
+    if args.threads > 0:  # inherited by the child processes; torch reads it at start-up
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
     with tempfile.TemporaryDirectory() as d:
         os.environ["WORKBENCH_CACHE"] = str(Path(d) / "cache")
         os.environ["WORKBENCH_SESSIONS"] = str(Path(d) / "sessions")
@@ -229,9 +236,11 @@ def main() -> int:
     verdict_process = "met" if ratios["rss"] <= TARGET else "NOT met"
     verdict_tensors = "met" if ratios["tensor_bytes"] <= TARGET else "NOT met"
     summary = (f"tiny, 3 LoRA adapters (r=8, all-linear): process memory (RSS) {ratios['rss']:.3f}x the base alone "
-               f"(target <= {TARGET}: {verdict_process}); model tensors {ratios['tensor_bytes']:.3f}x ({verdict_tensors}: "
-               f"tiny's 4.9M-parameter base makes each 0.15M-parameter adapter 3% of it; by the planner a 7B base "
-               f"with the same 3 adapters is {extrapolation[0]['ratio_3_adapters']:.3f}x). Time to first token "
+               f"(target <= {TARGET}: {verdict_process}); model tensors {ratios['tensor_bytes']:.3f}x "
+               f"({verdict_tensors}: "
+               f"on tiny each adapter is {(ad_t - base_t) / 3 / base_t * 100:.1f}% of the base's bytes; by the planner "
+               f"a 7B base with the same 3 adapters is {extrapolation[0]['ratio_3_adapters']:.3f}x). "
+               f"Time to first token "
                f"{speed['base_alone']['ttft_s'] * 1000:.1f} ms base alone, {speed['adapter']['ttft_s'] * 1000:.1f} ms "
                f"with an adapter; {speed['base_alone']['tokens_per_second']:.0f} vs "
                f"{speed['adapter']['tokens_per_second']:.0f} tokens/s.")
@@ -239,17 +248,20 @@ def main() -> int:
     meta["seconds"] = round(time.perf_counter() - started, 1)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "chat_memory.json").write_text(json.dumps(
-        {"meta": meta, "runs": runs, "ratios": ratios, "speed": speed, "planner_extrapolation": extrapolation,
+        {"meta": meta, "threads": args.threads or "torch default", "runs": runs, "ratios": ratios, "speed": speed,
+         "planner_extrapolation": extrapolation,
          "tokens_per_answer": args.tokens, "summary": summary}, indent=1))
     mb = lambda x: f"{x / 1e6:.2f}"  # noqa: E731
     lines = ["# Chat view: base alone vs base + 3 adapters", "",
              f"{meta['date']} on {meta['machine']}, {meta['cpu']}, {meta['cpus']} CPUs, CPU only. torch "
              f"{meta['torch']}, transformers {meta['transformers']}, peft {meta['peft']}. {args.repeat} fresh "
-             f"processes per side, interleaved; medians.", "", summary, "",
+             f"processes per side, interleaved; {args.threads or 'default'} compute thread(s) each; timings are "
+             f"medians of 6 answers per process and of the processes.", "", summary, "",
              "| | base alone | base + 3 adapters | ratio |", "|---|---:|---:|---:|",
              f"| model tensors (MB) | {mb(base_t)} | {mb(ad_t)} | {ratios['tensor_bytes']:.3f} |",
              f"| process RSS after answering (MB) | {mb(base_rss)} | {mb(ad_rss)} | {ratios['rss']:.3f} |",
-             f"| RSS growth over imports (MB) | {mb(growth0)} | {mb(growth3)} | {ratios['rss_growth_over_imports']:.3f} |",
+             f"| RSS growth over imports (MB) | {mb(growth0)} | {mb(growth3)} | "
+             f"{ratios['rss_growth_over_imports']:.3f} |",
              f"| peak RSS (MB) | {mb(med(0, 'rss_peak'))} | {mb(med(3, 'rss_peak'))} | {ratios['rss_peak']:.3f} |", "",
              f"| generation ({args.tokens} new tokens, greedy) | time to first token (ms) | tokens/s | first streamed "
              "text (ms) |", "|---|---:|---:|---:|"]

@@ -403,11 +403,14 @@ def published(root: Path) -> list[dict]:
     rows.append({
         "claim": "QLoRA fine-tuning of a 65B model fits a single 48 GB GPU",
         "published": "< 48 GB", "source": "Dettmers et al. 2023, QLoRA (arXiv:2305.14314), abstract and introduction",
-        "planner": f"{q65.peak_bytes / GB:.1f} GB peak (weights {q65.component('weights') / GB:.1f} GB)",
-        "settings": "LLaMA-65B, NF4 + double quantization, LoRA r=64 on all linear layers, bf16 compute, gradient "
-                    "checkpointing, micro-batch 1 x 512 tokens, AdamW with fp32 adapter states (the paper used paged "
-                    "AdamW; paging moves spikes to CPU memory, the planner counts the states on the GPU). The paper's "
-                    "exact micro-batch and lengths are not restated here.",
+        "planner": f"{q65.peak_bytes / GB:.1f} GB peak: " + ", ".join(
+            f"{n} {q65.component(n) / GB:.1f}" for n in ("weights", "trainable_weights", "gradients", "optimizer",
+                                                          "activations", "logits")) + " GB",
+        "settings": "LLaMA-65B, NF4 + double quantization, LoRA r=64 on all linear layers (fp32 adapters, as peft "
+                    "keeps them), bf16 compute, gradient checkpointing, micro-batch 1 x 512 tokens, AdamW. The paper "
+                    "used paged optimizers, whose states move to CPU memory under pressure: without the optimizer "
+                    f"states the plan is {(q65.peak_bytes - q65.component('optimizer')) / GB:.1f} GB. The paper's "
+                    "micro-batch, lengths and adapter precision are not restated here.",
         "comparable": "roughly (settings assumed)",
     })
     f65 = p("huggyllama/llama-65b", "full", dtype="bfloat16", batch_size=1, seq_len=512, gradient_checkpointing=True)
@@ -426,7 +429,8 @@ def published(root: Path) -> list[dict]:
     bloom = _bloom_spec(root)
     if bloom is None:
         rows.append({"claim": "PEFT README: bloomz-7b1", "published": "32 GB (LoRA), OOM on 80 GB (full)",
-                     "source": "github.com/huggingface/peft README", "planner": "not planned (Bloom config unbuildable)",
+                     "source": "github.com/huggingface/peft README",
+                     "planner": "not planned (Bloom config unbuildable)",
                      "settings": "", "comparable": "no"})
     else:
         kb = {"rank": 8, "alpha": 32.0, "dropout": 0.1, "target_modules": "query_key_value"}
@@ -445,7 +449,8 @@ def published(root: Path) -> list[dict]:
         rows.append({
             "claim": "PEFT README: bigscience/bloomz-7b1 full fine-tuning", "published": "OOM on an 80 GB GPU",
             "source": "github.com/huggingface/peft README, 'Use cases' memory table",
-            "planner": f"{fb.peak_bytes / GB:.0f} GB peak (> 80 GB: {'agrees' if fb.peak_bytes > 80 * GB else 'DISAGREES'})",
+            "planner": f"{fb.peak_bytes / GB:.0f} GB peak "
+                       f"(> 80 GB: {'agrees' if fb.peak_bytes > 80 * GB else 'DISAGREES'})",
             "settings": "as above, full fine-tuning with AdamW in float32", "comparable": "yes (qualitative)",
         })
     rows.append({
