@@ -34,8 +34,9 @@ args = parser.parse_args()
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 set_seed(args.seed)
-tokenizer = AutoTokenizer.from_pretrained(args.model)
-model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=False)
+model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32, use_safetensors=True,
+                                             trust_remote_code=False)
 model.config.use_cache = False
 model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules="all-linear",
                                          task_type="CAUSAL_LM"))
