@@ -255,7 +255,10 @@ def _tag(s: TrainingSettings) -> str:
 
 def _ddp(s: TrainingSettings, weights: Term, trainable: Term, grads: Term, opt: Term, step: Term) -> PerGpu:
     tag = _tag(s)
-    keep = lambda t: Term(t.name, t.bytes, f"{tag} replicated: {t.formula}")  # noqa: E731
+
+    def keep(t: Term) -> Term:
+        return Term(t.name, t.bytes, f"{tag} replicated: {t.formula}")
+
     if s.world_size == 1:
         comm = Term("communication", 0, f"{tag} one process: accelerate does not wrap the model in DDP")
     else:
@@ -270,7 +273,9 @@ def _fsdp(spec, method, knobs, s: TrainingSettings, quant, tensors, weights: Ter
           opt: Term, step: Term) -> PerGpu:
     n, tag = s.world_size, _tag(s)
     if n == 1:
-        keep = lambda t: Term(t.name, t.bytes, f"{tag} one process: torch runs FSDP as NO_SHARD; {t.formula}")  # noqa: E731
+        def keep(t: Term) -> Term:
+            return Term(t.name, t.bytes, f"{tag} one process: torch runs FSDP as NO_SHARD; {t.formula}")
+
         comm = Term("communication", 0, f"{tag} one process (NO_SHARD): nothing gathered")
         host = (weights.bytes - buffer_bytes(spec) + trainable.bytes + grads.bytes + opt.bytes
                 if s.offload != "none" else 0)
@@ -297,8 +302,8 @@ def _fsdp(spec, method, knobs, s: TrainingSettings, quant, tensors, weights: Ter
         grad_unit = max(lay.block_grad_bytes, lay.root_grad_bytes)
         comm_bytes = lay.root_bytes + 2 * lay.block_bytes + grad_unit
         comm = Term("communication", comm_bytes,
-                    f"{tag} FULL_SHARD, during forward/backward: root unit unsharded ({lay.root_bytes:,} B: embeddings, "
-                    f"norm, head) + 2 x largest block unsharded (current + BACKWARD_PRE prefetch, 2 x "
+                    f"{tag} FULL_SHARD, during forward/backward: root unit unsharded ({lay.root_bytes:,} B: "
+                    f"embeddings, norm, head) + 2 x largest block unsharded (current + BACKWARD_PRE prefetch, 2 x "
                     f"{lay.block_bytes:,} B) + one unit's unsharded gradients before reduce-scatter ({grad_unit:,} B)")
     else:
         full = weights.bytes - lay.buffers + trainable.bytes
@@ -394,7 +399,8 @@ def _deepspeed(spec, method, knobs, s: TrainingSettings, quant, tensors, weights
         comm = Term("communication", gathered + prefetch + bucket,
                     f"{tag} ZeRO-3: largest layer gathered ({lay.layer_params:,} params, {lay.layer_bytes:,} B) "
                     f"+ largest layer's unreduced 16-bit gradients ({lay.layer_grad_bytes:,} B) (DeepSpeed's "
-                    f"largest_layer_memory = 4 x largest_layer_params) + prefetch bucket int(0.9 h^2) x {e} B ({prefetch:,}) + reduce bucket h^2 x {e} B "
+                    f"largest_layer_memory = 4 x largest_layer_params) + prefetch bucket int(0.9 h^2) x {e} B "
+                    f"({prefetch:,}) + reduce bucket h^2 x {e} B "
                     f"({bucket:,}); bucket sizes are transformers' 'auto' values")
         persistent = bucket
     rank = sum(b for _, b in host_parts)
