@@ -210,3 +210,14 @@ def test_hostile_session_ids_over_the_api(server, session_id):
     status, *_ = client.predict(session_id, api_name="/run_status")
     assert status.startswith("**invalid session id")
     assert client.predict(session_id, api_name="/cancel_run").startswith("**invalid session id")
+
+
+def test_only_the_documented_endpoints_are_callable_by_clients():
+    """Events the page uses internally are private (``api_visibility="private"``): gradio's
+    client libraries cannot call them. Everything callable does its own checks."""
+    from workbench.ui.app import build_app
+
+    info = build_app().get_api_info()
+    assert sorted(info["named_endpoints"]) == ["/adapters", "/cancel_run", "/chat", "/compare", "/inspect", "/per_gpu",
+                                               "/plan", "/run_status", "/sessions", "/start_run", "/what_changed"]
+    assert not info.get("unnamed_endpoints")

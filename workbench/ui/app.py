@@ -38,6 +38,6 @@ def build_app() -> gr.Blocks:
             runs = build_runs_tab()
         app.load(plan_view, list(plan_tab["inputs"].values()) + plan_tab["knobs"], plan_tab["outputs"],
                  api_name="plan")
-        app.load(runs["reload"], None, runs["outputs"], api_name=False)
-        app.load(reattach, None, [train["session"], train["run_id"]], api_name=False)
+        app.load(runs["reload"], None, runs["outputs"], api_visibility="private")
+        app.load(reattach, None, [train["session"], train["run_id"]], api_visibility="private")
     return app

@@ -234,9 +234,9 @@ def build_chat_tab(plan_inputs: dict) -> None:
                                                                  ("tie", "Tie"))}
         table = gr.Dataframe(headers=["contender", "wins", "losses", "ties"], label="Standings")
         round_state, index = gr.State(None), gr.State(0)
-    prompt_file.change(read_prompt_file, prompt_file, prompts, api_name=False)
+    prompt_file.change(read_prompt_file, prompt_file, prompts, api_visibility="private")
     next_btn.click(arena_next, [model, runs, prompts, seed, temperature, max_tokens, index],
-                   [round_state, answer_a, answer_b, arena_message, index], api_name=False)
+                   [round_state, answer_a, answer_b, arena_message, index], api_visibility="private")
     for choice, button in vote_buttons.items():
         button.click(lambda s, c=choice: arena_vote(c, s), round_state, [arena_message, table, round_state],
-                     api_name=False)
+                     api_visibility="private")

@@ -64,10 +64,10 @@ def build_data_tab(plan_inputs: dict[str, Any]) -> dict[str, Any]:
     report = gr.State(None)
     controls = [upload, plan_inputs["model"], fmt, mapping, cutoff, val, on_prompt]
     for c in controls:
-        c.change(inspect_view, controls, [summary, preview, hist, dropped, report], api_name=False)
+        c.change(inspect_view, controls, [summary, preview, hist, dropped, report], api_visibility="private")
     gr.Button("Inspect", visible=False).click(inspect_view, controls, [summary, preview, hist, dropped, report],
                                               api_name="inspect")
     use_length.click(lambda r: int(r["token_lengths"]["p95"]) if r else gr.update(), report, plan_inputs["seq"],
-                     api_name=False)
+                     api_visibility="private")
     return {"upload": upload, "format": fmt, "mapping": mapping, "cutoff": cutoff, "val": val, "on_prompt": on_prompt,
             "report": report}

@@ -208,10 +208,10 @@ def build_plan_tab() -> dict[str, Any]:
     inputs = {"model": model, "method": method, "dtype": dtype, "quant": quant, "batch": batch, "seq": seq,
               "accum": accum, "ckpt": ckpt, "optim": optim, "device": device}
     ordered = list(inputs.values()) + knob_widgets
-    method.change(method_summary, method, method_help, api_name=False)
-    method.change(knob_updates, method, knob_widgets, api_name=False)
+    method.change(method_summary, method, method_help, api_visibility="private")
+    method.change(knob_updates, method, knob_widgets, api_visibility="private")
     for control in ordered:
-        control.change(plan_view, ordered, [summary, chart, table], api_name=False)
+        control.change(plan_view, ordered, [summary, chart, table], api_visibility="private")
     gpu_inputs = list(inputs.values()) + [offload, gpu_size] + knob_widgets
     gr.on([across.expand, offload.change, gpu_size.change] + [c.change for c in ordered], per_gpu_view, gpu_inputs,
           [per_gpu_summary, per_gpu_rows], api_name="per_gpu", trigger_mode="always_last")

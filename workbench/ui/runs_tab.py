@@ -90,13 +90,13 @@ def build_runs_tab() -> dict:
         return run_view(sid, user_of(request)) if sid else (gr.update(),) * 4
 
     refresh.click(reload, None, [table, pick], api_name="sessions")
-    buttons["open"].click(opened, pick, panel, api_name=False)
-    buttons["open"].click(settings, pick, job, api_name=False)
+    buttons["open"].click(opened, pick, panel, api_visibility="private")
+    buttons["open"].click(settings, pick, job, api_visibility="private")
     timer = gr.Timer(2.0)  # an opened run keeps updating: reloading the page reattaches to it
-    timer.tick(follow, pick, panel, api_name=False)
+    timer.tick(follow, pick, panel, api_visibility="private")
     for action in ("cancel", "resume", "delete", "zip", "merged"):
         def run_action(sid: str | None, request: gr.Request, a: str = action):
             return act(a, sid, user_of(request))
 
-        buttons[action].click(run_action, pick, [message, download], api_name=False)
+        buttons[action].click(run_action, pick, [message, download], api_visibility="private")
     return {"reload": reload, "outputs": [table, pick]}  # the page fills the table on load

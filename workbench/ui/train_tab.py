@@ -116,8 +116,8 @@ def build_train_tab(plan_inputs: dict[str, Any], data: dict[str, Any]) -> dict[s
               data["on_prompt"], max_steps, lr, gpus, strategy, offload]
     start_btn.click(start_run, inputs, [session, run_id, message], api_name="start_run")
     cancel_btn.click(cancel_run, run_id, message, api_name="cancel_run")  # the id is also what API clients pass
-    data["report"].change(readiness, [data["upload"], data["report"]], start_btn, api_name=False)
-    timer.tick(poll_run, session, panel, api_name=False)
+    data["report"].change(readiness, [data["upload"], data["report"]], start_btn, api_visibility="private")
+    timer.tick(poll_run, session, panel, api_visibility="private")
     gr.Button(visible=False).click(poll_run, gr.Textbox(visible=False), panel,
                                    api_name="run_status")
     return {"session": session, "run_id": run_id}
