@@ -11,6 +11,10 @@
 - ``adafactor`` (Shazeer & Stern 2018, transformers ``Adafactor``): factored second moment,
   fp32 row and column sums for matrices (rows x 1 and 1 x cols), a full fp32 copy for vectors,
   and (measured) one 4-byte tensor per parameter.
+
+Step temporaries (:func:`optimizer_step_transient`) are what ``optimizer.step()`` allocates
+and frees on top of the gradients and states, read off each optimizer's code and checked
+against the tracked CPU peak (``workbench measure``).
 """
 
 from __future__ import annotations
@@ -63,12 +67,28 @@ def optimizer_term(optimizer: str, tensors: list[tuple[TensorGroup, int]]) -> Te
     raise ValueError(optimizer)
 
 
+def _adafactor_step_bytes(numel: int, param_bytes: int) -> int:
+    """transformers ``Adafactor.step`` on one tensor: ``update = grad**2 + eps`` (the power
+    and the sum are both alive at the ``+``), then the factored approximation
+    ``torch.mul(r_factor, c_factor)`` (or ``exp_avg_sq.rsqrt()`` for a vector) while the
+    first ``update`` is still referenced, then ``p.add_(-update)``: two fp32 tensors of the
+    parameter's size at each point. A 16-bit parameter adds the fp32 copies of its gradient
+    (``grad.float()``) and of itself (``p.float()``), alive for the whole update."""
+    return 4 * numel * (2 if param_bytes >= 4 else 4)
+
+
 def optimizer_step_transient(optimizer: str, device: str, tensors: list[tuple[TensorGroup, int]]) -> Term:
     """Temporaries during ``optimizer.step()``. On CUDA torch AdamW defaults to the
     ``foreach`` implementation, whose ``_foreach_sqrt(exp_avg_sq)`` etc. materialise one
     extra copy of all states (torch/optim/adamw.py ``_multi_tensor_adamw``); on CPU the
     single-tensor loop computes ``(exp_avg_sq.sqrt() / bias_correction2_sqrt)``: two
-    temporaries as large as the largest tensor."""
+    temporaries as large as the largest tensor. Adafactor steps one tensor at a time
+    (:func:`_adafactor_step_bytes`) on every device."""
+    if optimizer == "adafactor" and tensors:
+        largest = max(_adafactor_step_bytes(g.numel, b) for g, b in tensors)
+        return Term("optimizer_step", largest,
+                    "Adafactor, one tensor at a time: grad**2 + eps and the (factored) update, 2 x 4 B x elements "
+                    "of the largest tensor (+ fp32 copies of a 16-bit gradient and parameter, 2 x 4 B x elements)")
     if optimizer not in ("adamw", "sgd_momentum") or not tensors:
         return Term("optimizer_step", 0, "no large temporaries")
     if device == "cuda" and optimizer == "adamw":
