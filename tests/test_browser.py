@@ -1,6 +1,7 @@
 """A real browser through the whole flow: Playwright driving Debian's chromium.
 
-Pick tiny + LoRA, upload a small dataset, start training, watch the live memory chart gain
+Pick tiny + LoRA, upload a small dataset, start training, reload the page mid-run (the Train
+tab reattaches), watch the live memory chart gain
 points, chat with the base and the adapter side by side. Screenshots of each tab go to
 ``docs/screenshots/``. Skipped, with the reason, where chromium or Playwright is missing.
 """
@@ -53,9 +54,16 @@ def test_whole_flow_in_a_browser(app_url, tmp_path):
         start = page.get_by_role("button", name="Start training")
         page.wait_for_function("() => [...document.querySelectorAll('button')].some("
                                "b => b.textContent.trim() === 'Start training' && !b.disabled)", timeout=30_000)
-        page.get_by_label("Max steps").fill("12")
+        page.get_by_label("Max steps").fill("40")
         start.click()
         page.get_by_text("Started run").wait_for(timeout=60_000)
+        run_id = page.get_by_label("Run id").input_value()
+        assert re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{8}", run_id)
+        page.reload()  # a reload during training loses nothing: the Train tab reattaches to the run
+        page.get_by_role("tab", name="Train").click()
+        page.wait_for_function(f"() => [...document.querySelectorAll('textarea, input')].some(e => e.value === "
+                               f"'{run_id}')", timeout=60_000)
+        page.get_by_text(re.compile(rf"Run {run_id}: (loading|running|saving|completed)")).first.wait_for(timeout=60_000)
         page.get_by_text(re.compile(r"predicted peak [\d.]+ GiB; measured")).first.wait_for(timeout=120_000)
         page.get_by_text(re.compile(r"Run \d{8}-\d{6}-\w+: completed")).first.wait_for(timeout=300_000)
         assert page.locator(".js-plotly-plot .scatterlayer .trace").count() > 0  # live memory lines drawn

@@ -3,6 +3,9 @@ highlighted, token-length histogram with the cutoff, dropped rows."""
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -18,6 +21,30 @@ def inspect_view(path: str | None, model: str, fmt: str, mapping: str, cutoff: f
     """(summary, preview html, histogram, dropped rows, report dict) -- or the error, cleanly."""
     if not path:
         return "Upload a data file (.json, .jsonl, .csv, .tsv, .parquet, .txt or a .zip of one).", "", None, [], None
+    try:
+        st = Path(path).stat()
+        key = (path, st.st_size, st.st_mtime_ns, model, fmt, mapping, cutoff, val_fraction, train_on_prompt)
+    except OSError:
+        key = None
+    with _LOCK:
+        if key in _REPORTS:  # the same upload and options again (every control change re-inspects)
+            _REPORTS.move_to_end(key)
+            return _REPORTS[key]
+    view = _inspect(path, model, fmt, mapping, cutoff, val_fraction, train_on_prompt)
+    if key is not None and view[4] is not None:
+        with _LOCK:
+            _REPORTS[key] = view
+            while len(_REPORTS) > 16:
+                _REPORTS.popitem(last=False)
+    return view
+
+
+_REPORTS: OrderedDict = OrderedDict()
+_LOCK = threading.Lock()
+
+
+def _inspect(path: str, model: str, fmt: str, mapping: str, cutoff: float | None, val_fraction: float,
+             train_on_prompt: bool):
     try:
         tokenizer, note = tokenizer_for(model)
         report = inspect(path, tokenizer=tokenizer, format=None if fmt == "auto" else fmt,

@@ -4,6 +4,9 @@ Errors a user can cause come back as a message, never as a traceback."""
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,7 @@ from ..memory import TrainingSettings
 from ..specs import load_model_spec
 
 MAX_POINTS = 1500
+LIVE_VIEW_SECONDS = 1.0  # how long a live run's view may be served again while its files are unchanged
 
 
 def settings_from(dtype: str, quant: str, batch_size: float, seq_len: float, grad_accum: float,
@@ -90,15 +94,44 @@ def run_view(session_id: str | None, user: str | None = None):
     """(status markdown, progress, memory chart, curves) of a run, from its files; only
     ``user``'s runs when the server has sign-in."""
     from ..sessions import check_access, info
-    from ..training.events import read_events
 
     if not session_id:
         return "No run yet.", 0.0, None, None
     try:
         folder = check_access(session_id, user)
-        s = info(session_id)
+        key = (session_id, *_stamp(folder / "events.jsonl"), *_stamp(folder / "plan_effective.json"))
+        with _VIEW_LOCK:  # nothing new since the last poll: many tabs poll the same run, the worker keeps the CPU
+            hit = _VIEWS.get(key)
+            if hit and hit[1] > time.monotonic():
+                return hit[0]
+        s = info(session_id)  # also notices a vanished worker (interrupted)
     except WorkbenchError as exc:
         return f"**{exc}**", 0.0, None, None
+    view = _run_view(session_id, folder, s)
+    settled = s.state in ("completed", "failed", "cancelled", "interrupted")
+    with _VIEW_LOCK:  # a finished run's view holds until its files change; a live one for a second
+        _VIEWS[(session_id, *_stamp(folder / "events.jsonl"), *_stamp(folder / "plan_effective.json"))] = (
+            view, float("inf") if settled else time.monotonic() + LIVE_VIEW_SECONDS)
+        while len(_VIEWS) > 64:
+            _VIEWS.popitem(last=False)
+    return view
+
+
+_VIEWS: OrderedDict = OrderedDict()
+_VIEW_LOCK = threading.Lock()
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    try:
+        st = path.stat()
+        return st.st_size, st.st_mtime_ns
+    except OSError:
+        return -1, -1
+
+
+def _run_view(session_id: str, folder: Path, s):
+    from ..training.events import read_events
+
     events, _ = read_events(folder / "events.jsonl")
     memory = [e for e in events if e["kind"] == "memory"]
     if len(memory) > MAX_POINTS:
