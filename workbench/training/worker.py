@@ -47,7 +47,8 @@ def main(argv: list[str]) -> int:
             turn = wait_for_turn(session, settings.device)  # stays "queued" until then
             if turn.gpus:
                 os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, turn.gpus))
-            events.status("loading", pid=os.getpid(), resume=resume)
+            threads = _cpu_threads() if settings.device == "cpu" else None
+            events.status("loading", pid=os.getpid(), resume=resume, cpu_threads=threads)
         elif settings.device == "cuda":
             import torch
 
@@ -84,6 +85,19 @@ def main(argv: list[str]) -> int:
         events.close()
         if turn is not None:
             turn.close()
+
+
+def _cpu_threads() -> int:
+    """Compute threads of a CPU run: ``$WORKBENCH_WORKER_THREADS``, else every core but one.
+    The spare core keeps the web server answering; and with every core busy, torch's
+    OpenMP threads wait on each other whenever the server takes one (measured here: 2 threads
+    on 2 cores ran 100x slower while 20 browser tabs polled; bench/concurrency.py)."""
+    import torch
+
+    configured = os.environ.get("WORKBENCH_WORKER_THREADS", "")
+    threads = int(configured) if configured.isdigit() and int(configured) > 0 else max(1, (os.cpu_count() or 1) - 1)
+    torch.set_num_threads(threads)
+    return threads
 
 
 def _supervise(job, session: Path, events: EventWriter, resume: bool) -> int:
