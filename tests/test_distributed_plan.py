@@ -347,3 +347,80 @@ def test_per_gpu_is_its_own_api_endpoint():
 
     names = [getattr(fn, "api_name", None) for fn in build_app().fns.values()]
     assert "per_gpu" in names and "plan" in names
+
+
+# --- the end of backward: embedding-backward temporaries per GPU ---------------------------------
+
+QWEN_V, QWEN_H = 151936, 896  # Qwen2.5-0.5B: tied input/output embeddings
+
+
+@pytest.mark.parametrize("dtype, e", [("bfloat16", 2), ("float32", 4)])
+def test_end_of_backward_single_gpu_tied(dtype, e):
+    """Tied, trained embeddings: the head's gradient G and the embedding's, summed out of place
+    (2 G beyond the stored gradients; the sum is the .grad); + the logits the caller holds."""
+    p = _plan(QWEN05, batch_size=2, seq_len=512, optimizer="sgd", dtype=dtype)
+    g = QWEN_V * QWEN_H * e
+    assert _peak(p, "embedding_backward") == 2 * g
+    held_logits = e * QWEN_V * 2 * 512
+    assert _peak(p, "end_of_backward") == p.component("gradients") + held_logits + 2 * g
+    assert p.peak_bytes >= _peak(p, "persistent") + _peak(p, "end_of_backward")
+    # accumulating over micro-batches: the fresh gradient is added in place, beside the accumulated one
+    acc = _plan(QWEN05, batch_size=2, seq_len=512, optimizer="sgd", dtype=dtype, grad_accum=4)
+    assert _peak(acc, "embedding_backward") == 3 * g
+    # LoRA: the embedding is frozen, nothing is added
+    assert _peak(_plan(QWEN05, "lora", batch_size=2, seq_len=512), "embedding_backward") == 0
+
+
+def test_end_of_backward_untied_is_the_embedding_output_gradient():
+    p = _plan(LLAMA7, batch_size=2, seq_len=512, optimizer="sgd")
+    assert _peak(p, "embedding_backward") == 2 * H * 2 * 512  # e x h x b·s, bf16
+
+
+@pytest.mark.parametrize("settings, adds_g", [
+    (dict(gpus=4, strategy="ddp"), False),  # every gradient on every GPU: G is among them
+    (dict(gpus=4, strategy="deepspeed-zero1"), False),
+    (dict(strategy="fsdp"), False),  # one process: NO_SHARD
+    (dict(gpus=4, strategy="fsdp"), True),
+    (dict(gpus=4, strategy="fsdp-grad-op"), True),
+    (dict(gpus=4, strategy="deepspeed-zero2"), True),
+    (dict(gpus=4, strategy="deepspeed-zero3"), True),
+    (dict(gpus=4, strategy="deepspeed-zero3", offload="optimizer"), True),
+    (dict(strategy="fsdp", offload="params"), True),  # gradients on the host
+])
+def test_end_of_backward_per_gpu(settings, adds_g):
+    """The embedding's temporaries are not divided by N (each rank runs its own micro-batch
+    through the whole embedding); where this GPU keeps a share of the gradients (or none), the
+    embedding's whole gradient is added; communication in flight during backward is added."""
+    base = dict(batch_size=2, seq_len=512, optimizer="sgd")
+    single, p = _plan(QWEN05, **base), _plan(QWEN05, **base, **settings)
+    g = QWEN_V * QWEN_H * 2
+    assert _peak(p, "embedding_backward") == _peak(single, "embedding_backward") + (g if adds_g else 0)
+    assert (p.component("gradients") < single.component("gradients")) == adds_g
+    comm_backward = p.component("communication") - (_peak(p, "persistent") - p.component("weights")
+                                                    - p.component("trainable_weights") - p.component("optimizer")
+                                                    - p.component("overhead"))
+    held_logits = 2 * QWEN_V * 2 * 512
+    assert _peak(p, "end_of_backward") == (p.component("gradients") + held_logits + _peak(p, "embedding_backward")
+                                          + comm_backward)
+    assert p.peak_bytes == _peak(p, "persistent") + max(_peak(p, "backward"), _peak(p, "end_of_backward"),
+                                                        _peak(p, "step"))
+
+
+def test_checkpointing_keeps_the_tied_head_gradient_whole():
+    """Under checkpointing the tied head's gradient waits in autograd's input buffer for the
+    embedding's while every block is redone: on one GPU it counts like an untied head's stored
+    gradient; sharded, the untied head's gradient is reduce-scattered away, the tied one is not."""
+    from workbench.specs import ModelSpec
+
+    tied = load_model_spec(QWEN05)
+    untied = ModelSpec(tied.name, tied.source, dict(tied.config, tie_word_embeddings=False), tied.label)
+    assert tied.inventory.tied_embeddings and not untied.inventory.tied_embeddings
+
+    def recompute(spec, **settings):
+        s = TrainingSettings(gradient_checkpointing=True, batch_size=1, seq_len=512, **settings)
+        return _peak(plan(spec, METHODS["full"], {}, s), "recompute")
+
+    assert recompute(tied) == recompute(untied)
+    g = QWEN_V * QWEN_H * 2
+    sharded = dict(gpus=8, strategy="fsdp")
+    assert recompute(tied, **sharded) - recompute(untied, **sharded) == g - math.ceil(g / 8)

@@ -20,7 +20,9 @@ i = intermediate, kv = kv_heads x head_dim, e = compute dtype bytes:
 - adapters add what their method declares (``Method.adapter_saved``).
 
 Gradient checkpointing (Chen et al. 2016, arXiv:1604.06174; non-reentrant, per block)
-keeps only each block's input (e·h); one block is recomputed at a time in backward.
+keeps only each block's input (e·h); one block is recomputed at a time in backward, while the
+gradients of the trained weights after it exist (with tied, trained embeddings also the head's
+gradient of the shared weight, waiting in autograd's input buffer for the embedding's).
 Other architectures fall back to Korthikanti et al. 2022 (arXiv:2205.05198),
 ``s·b·h·(34 + 5·a·s/h)`` bytes per layer in 16-bit, scaled to the dtype.
 """
@@ -218,7 +220,13 @@ def estimate_activations(spec: ModelSpec, method: Method, knobs: dict, settings:
         # Gradients of trained weights in block i and after it exist while block i is redone.
         grads_from = _trained_grad_bytes_from_each_block(spec, trained, e)
         backward_tmp = tokens * e * (spec.hidden_size + 3 * spec.intermediate_size)
-        recompute = max(a + g for a, g in zip(per_layer, grads_from)) + rope_bytes + transient + backward_tmp
+        # Tied embeddings, trained: the head's gradient of the shared weight is not stored yet;
+        # it waits in autograd's input buffer for the embedding's (summed at the end of
+        # backward), alive while every block is redone. Unsharded on every GPU.
+        held_head_grad = next(p.numel for p in inv.params if p.name == embed) * e \
+            if inv.tied_embeddings and embed in trained else 0
+        recompute = (max(a + g for a, g in zip(per_layer, grads_from)) + rope_bytes + transient + backward_tmp
+                     + held_head_grad)
         return ActivationEstimate(saved, recompute, tuple(per_layer), head_trained,
                                   f"checkpointing: {spec.num_layers} block inputs x b·s·h·e = {block_inputs:,} B "
                                   f"+ final norm {final:,} B" + (f" + int8 matmul inputs {kept:,} B" if kept else "")

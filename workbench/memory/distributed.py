@@ -68,6 +68,15 @@ offload CPU figure up to 4 GPUs. Where they differ the plan follows DeepSpeed's 
   is every process holding an fp32 copy of the model while it loads, before partitioning: a
   loading peak, not offloaded state. ``host_bytes`` is the steady state, ``16 P / nodes``.
 
+**End of backward** (``end_of_backward``, see :mod:`.planner`): this GPU's gradients + the
+logits + the embedding's backward temporaries + the communication buffers in flight during
+backward. Every rank runs the embedding's backward over the whole gathered weight for its own
+micro-batch, so those temporaries are never divided; where the gradients are partitioned or
+offloaded, the whole gradient autograd produces for the embedding is a tensor of its own until
+the strategy reduces or copies it away, and is added
+(:func:`embedding_backward_per_gpu`). Under checkpointing, the tied head's gradient that waits
+for the embedding's is unsharded too (``recompute_per_gpu`` scales only the stored gradients).
+
 Like DeepSpeed's estimator the plan ignores ZeRO-3's unpartitioned small parameters
 (``param_persistence_threshold = 10 h``: the norms, a few MB) and NCCL's own buffers (outside
 torch's allocator). The plan does not check that a combination runs (FSDP1 needs one dtype per
@@ -247,6 +256,23 @@ def recompute_per_gpu(spec: ModelSpec, trained: set[str], e: int, recompute_byte
     full = max(a + g for a, g in zip(per_layer_bytes, grads_from))
     kept = max(a + math.ceil(g * ratio) for a, g in zip(per_layer_bytes, grads_from))
     return recompute_bytes - full + kept
+
+
+def embedding_backward_per_gpu(settings: TrainingSettings, term: Term, embedding_grad: int, gradients: Term,
+                               per_gpu_gradients: Term) -> Term:
+    """The end-of-backward embedding temporaries on one GPU. Every rank runs the embedding's
+    backward on its own micro-batch over the whole (gathered) weight, so the temporaries are
+    not divided. Where this GPU keeps all gradients (DDP, ZeRO-1, one-process FSDP) the
+    embedding's gradient is counted among them, as on one GPU; where it keeps only a share,
+    or none (FSDP / ZeRO-2 / ZeRO-3 partitions, offloading), the whole gradient autograd
+    produces for the embedding (the tied sum, or the untied ``embedding_dense_backward``
+    output) is a tensor of its own on this GPU until it is reduced or copied away: + G."""
+    tag = _tag(settings)
+    if embedding_grad and per_gpu_gradients.bytes < gradients.bytes:
+        return Term(term.name, term.bytes + embedding_grad,
+                    f"{tag} {term.formula} + the embedding's unsharded gradient G ({embedding_grad:,} B) before it "
+                    "is reduced or offloaded (this GPU keeps only a share of the gradients, or none)")
+    return Term(term.name, term.bytes, f"{tag} per device: {term.formula}")
 
 
 def _tag(s: TrainingSettings) -> str:

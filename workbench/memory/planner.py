@@ -4,13 +4,18 @@ breakdown of named components with formulas, and the true peak of the step.
 Components (what is resident): ``weights``, ``trainable_weights``, ``gradients``,
 ``optimizer``, ``activations``, ``logits``, ``overhead``. The peak is not their sum:
 
-    persistent = weights + trainable_weights + optimizer + overhead
-    backward   = activations + max(logits + fp32 loss-gradient temporaries, recomputed block)
-                 (+ all gradients when they accumulate over micro-batches)
-    step       = gradients + optimizer-step temporaries
-    peak       = persistent + max(backward, step)
+    persistent      = weights + trainable_weights + optimizer + overhead
+    backward        = activations + max(logits + fp32 loss-gradient temporaries, recomputed block)
+                      (+ all gradients when they accumulate over micro-batches)
+    end_of_backward = gradients + the logits the caller still holds + embedding-backward temporaries
+    step            = gradients + optimizer-step temporaries
+    peak            = persistent + max(backward, end_of_backward, step)
 
-Backward starts with every saved activation alive and the gradients still empty; the
+Backward starts with every saved activation alive and the gradients still empty. It ends in
+the embedding's backward, when every other gradient exists, the activations are gone and the
+model output (its logits) is still held by the caller; when the embedding is trained its
+backward allocates its gradient there, and with tied input/output embeddings autograd sums
+the head's and the embedding's gradients out of place (:func:`_embedding_backward`). The
 optimizer step runs when activations are freed and all gradients exist.
 
 Several GPUs (``settings.world_size > 1`` or a strategy other than ``single``): every
@@ -21,7 +26,9 @@ join ``persistent``, the others ``backward``) and reports what offloading moves 
 memory as ``host_bytes`` (per node). ``communication`` is listed only in such plans; a
 single-GPU plan has none (``component("communication") == 0``) and keeps its seven
 components. Activations and logits are per device: ``batch_size`` is the per-device
-micro-batch. ``inference_bytes`` stays the one-GPU figure.
+micro-batch; so are the embedding-backward temporaries (each rank back-propagates its own
+micro-batch through the whole embedding), and where this GPU keeps only a share of the
+gradients the embedding's whole gradient is added to them until it is reduced. ``inference_bytes`` stays the one-GPU figure.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from ..methods.base import Method
 from ..paths import PACKAGE_DIR
 from ..specs import ModelSpec
 from .activations import estimate_activations
-from .distributed import is_distributed, per_gpu, recompute_per_gpu
+from .distributed import embedding_backward_per_gpu, is_distributed, per_gpu, recompute_per_gpu
 from .optimizer import optimizer_step_transient, optimizer_term
 from .settings import TrainingSettings
 from .weights import Term, gradients_term, trainable_tensors, trainable_weights_term, weights_term
@@ -131,6 +138,51 @@ def _logits(spec: ModelSpec, settings: TrainingSettings, tokens: int, head_saves
     return logits, transient
 
 
+def embedding_name(spec: ModelSpec) -> str | None:
+    """The input embedding's parameter (the first one named ``*embed*``, as in activations)."""
+    return next((p.name for p in spec.inventory.params if "embed" in p.name), None)
+
+
+def _embedding_backward(spec: ModelSpec, settings: TrainingSettings, tensors, trained: set[str]) -> tuple[Term, int]:
+    """What the embedding's backward adds at the end of backward, beyond the stored
+    gradients; returns the term and the bytes of the embedding's gradient (0 if frozen).
+
+    With G = V x h x e (the embedding's gradient) and the gradient of the embedding output
+    e x h x b·s (the input of ``embedding_dense_backward``):
+
+    - untied: ``embedding_dense_backward`` allocates G while the output gradient is alive; G
+      becomes the ``.grad`` itself (AccumulateGrad steals a fresh gradient): + e·h·b·s;
+    - tied: the head's gradient arrived first and waits in autograd's input buffer. It is a
+      view (``mm_mat2_backward`` returns ``(grad.t() @ x).t()`` for nn.Linear's transposed
+      weight, then ``t()`` again), so its storage has two users and ``InputBuffer::accumulate``
+      cannot add in place: ``old + new`` is a new tensor. Alive at that ``add``: the head's G,
+      the embedding's G and their sum (the ``.grad``); just before, in
+      ``embedding_dense_backward``: the head's G, the output gradient and the new G, while the
+      ``.grad`` does not exist yet: + max(2 G, G + e·h·b·s);
+    - accumulating over micro-batches, ``.grad`` already holds the previous sum, so the fresh
+      gradient is not stolen but added in place: + G in both cases.
+    """
+    inv = spec.inventory
+    embed = embedding_name(spec)
+    grad = next((g.total * b for g, b in tensors if g.label == embed), 0) if embed in trained else 0
+    if not grad:
+        return Term("embedding_backward", 0, "embedding frozen: no embedding gradient"), 0
+    e = settings.element_bytes
+    out_grad = e * spec.hidden_size * settings.batch_size * settings.seq_len
+    accum = grad if settings.grad_accum > 1 else 0
+    if inv.tied_embeddings:
+        tmp = max(2 * grad, grad + out_grad) + accum
+        formula = (f"tied embeddings: the head's gradient G = V x h x e = {grad:,} B waits in autograd's input buffer "
+                   f"and is summed with the embedding's out of place: max(2 G, G + output gradient e·h·b·s "
+                   f"{out_grad:,} B)")
+    else:
+        tmp = out_grad + accum
+        formula = f"embedding_dense_backward: the gradient of the embedding output e·h·b·s = {out_grad:,} B"
+    if accum:
+        formula += f" + G ({grad:,} B): the fresh gradient beside the accumulated one"
+    return Term("embedding_backward", tmp, formula), grad
+
+
 def plan(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, settings: TrainingSettings) -> Plan:
     """The memory plan. Pure arithmetic over the spec's inventory: no weights, no GPU."""
     knobs = method.resolve(knobs)
@@ -159,6 +211,9 @@ def plan(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, settings
     else:
         overhead = Term("overhead", 0, "CPU: no device overhead (process RSS reported separately)")
     step_tmp = optimizer_step_transient(settings.optimizer, settings.device, tensors)
+    emb_bwd, emb_grad = _embedding_backward(spec, settings, tensors, trained)
+    # the model output the caller holds until backward returns: its logits (e x V per token)
+    held_logits = e * spec.vocab_size * tokens
     # inference runs on one GPU: taken before partitioning
     inference_weights = weights.bytes + trainable_w.bytes
     distributed = is_distributed(settings)
@@ -167,6 +222,7 @@ def plan(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, settings
     recompute = acts.recompute_bytes
     if distributed:
         part = per_gpu(spec, method, knobs, settings, quant, tensors, weights, trainable_w, grads, opt, step_tmp)
+        emb_bwd = embedding_backward_per_gpu(settings, emb_bwd, emb_grad, grads, part.gradients)
         if recompute and grads.bytes:
             recompute = recompute_per_gpu(spec, trained, e, recompute, acts.per_layer_bytes,
                                           part.gradients.bytes / grads.bytes)
@@ -185,6 +241,7 @@ def plan(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, settings
     backward = activations.bytes + max(logits.bytes + loss_bwd.bytes, recompute) + comm_backward
     if settings.grad_accum > 1:
         backward += grads.bytes
+    end_of_backward = grads.bytes + held_logits + emb_bwd.bytes + comm_backward
     step = grads.bytes + step_tmp.bytes
     peak_terms = (
         Term("persistent", persistent, "weights + trainable_weights + optimizer + overhead"
@@ -198,9 +255,13 @@ def plan(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, settings
         Term("recompute", recompute, "one block's activations, recomputed under checkpointing"
              + (" (+ this GPU's share of the later blocks' gradients)" if distributed and recompute else "")),
         loss_bwd,
+        Term("end_of_backward", end_of_backward,
+             f"gradients + logits still held by the caller (e x V x b·s = {held_logits:,} B) + embedding backward"
+             + (f" + gathered parameters/gradients in flight ({comm_backward:,} B)" if comm_backward else "")),
+        emb_bwd,
         Term("step", step, "gradients + " + step_tmp.formula),
     )
-    peak = persistent + max(backward, step)
+    peak = persistent + max(backward, end_of_backward, step)
 
     kv_cache = 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * tokens * e
     inference = inference_weights + kv_cache
