@@ -95,3 +95,71 @@ def test_each_block_matches_measured_block(name):
                                    settings.seq_len + method.extra_tokens(knobs)).per_layer_bytes
     for block, (p, m) in enumerate(zip(planned, measured.per_block_bytes)):
         assert abs(p - m) <= 0.05 * m, f"block {block}: planned {p:,} measured {m:,}"
+
+
+# --- the end of backward and the optimizer step: the peaks of full fine-tuning ----------------
+
+@pytest.fixture(scope="module")
+def tied_model(tmp_path_factory):
+    """A small Llama with tied input/output embeddings (random weights, saved as safetensors):
+    the tiny model's widths, one block and a 16,384-token vocabulary, so that the embedding is
+    most of the model as in SmolLM2 / Qwen2.5 / Llama-3.2."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from workbench.tiny import TINY_CONFIG
+
+    config = {k: v for k, v in TINY_CONFIG.items() if k not in ("architectures", "workbench_demo", "torch_dtype")}
+    config.update(tie_word_embeddings=True, num_hidden_layers=1, vocab_size=16384)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))
+    folder = tmp_path_factory.mktemp("tied-llama")
+    model.save_pretrained(folder, safe_serialization=True)
+    spec = load_model_spec(str(folder))
+    assert spec.inventory.tied_embeddings
+    return spec
+
+
+def _peak_term(planned, name):
+    return next(t.bytes for t in planned.peak_terms if t.name == name)
+
+
+@pytest.mark.parametrize("optimizer, gc", [("sgd", False), ("adamw", False), ("adafactor", False), ("sgd", True)])
+def test_tied_embeddings_full_fine_tuning_peak(tied_model, optimizer, gc):
+    """The peak is at the end of backward: every gradient exists and autograd sums the shared
+    weight's two gradients (the head's, a view, and the embedding's) out of place."""
+    settings = TrainingSettings(dtype="float32", batch_size=2, seq_len=64, optimizer=optimizer,
+                                gradient_checkpointing=gc, device="cpu")
+    planned, measured = _compare(tied_model, METHODS["full"], {}, settings)
+    peak = measured.device_peak["peak_tensor_bytes"]
+    assert abs(planned.peak_bytes - peak) <= 0.05 * peak, measured.device_peak["peak_at_op"]
+    assert measured.device_peak["peak_at_op"].startswith("aten.add.")  # the out-of-place sum
+    assert planned.peak_bytes == _peak_term(planned, "persistent") + _peak_term(planned, "end_of_backward")
+    g = 16384 * 256 * 4
+    assert _peak_term(planned, "embedding_backward") == 2 * g
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw_8bit"])
+def test_untied_full_fine_tuning_end_of_backward(optimizer):
+    """Untied: the peak is in embedding_dense_backward (all other gradients, the logits still
+    held by the caller, the embedding output's gradient and the embedding's new gradient)."""
+    spec = load_model_spec("tiny")
+    settings = TrainingSettings(dtype="float32", batch_size=2, seq_len=64, optimizer=optimizer, device="cpu")
+    planned, measured = _compare(spec, METHODS["full"], {}, settings)
+    peak = measured.device_peak["peak_tensor_bytes"]
+    assert abs(planned.peak_bytes - peak) <= 0.05 * peak, measured.device_peak["peak_at_op"]
+    assert measured.device_peak["peak_at_op"] == "aten.embedding_dense_backward.default"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_adafactor_full_fine_tuning_step_peak(dtype):
+    """Adafactor's step allocates fp32 temporaries as large as the largest tensor (and, for a
+    16-bit model, fp32 copies of its gradient and of the parameter)."""
+    spec = load_model_spec("tiny")
+    settings = TrainingSettings(dtype=dtype, batch_size=2, seq_len=64, optimizer="adafactor", device="cpu")
+    planned, measured = _compare(spec, METHODS["full"], {}, settings)
+    peak = measured.device_peak["peak_tensor_bytes"]
+    assert abs(planned.peak_bytes - peak) <= 0.05 * peak, measured.device_peak["peak_at_op"]
+    assert planned.peak_bytes == _peak_term(planned, "persistent") + _peak_term(planned, "step")
+    largest = 4096 * 256  # embed_tokens / lm_head
+    assert _peak_term(planned, "step") - planned.component("gradients") == 4 * largest * (2 if dtype == "float32" else 4)
