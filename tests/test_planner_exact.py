@@ -16,7 +16,9 @@ from workbench.specs import load_model_spec
 
 EXACT = ("weights", "trainable_weights", "gradients", "optimizer")
 # Under gradient checkpointing, adapters that materialise a full-size delta weight allocate
-# more in the recomputed block's backward than the planner models (6-8% low on tiny).
+# more in the recomputed block than their methods' transient formulas count: with the logits
+# still held during the recompute now counted, 4.5% (DoRA) and 4.0% (LoHa) low on tiny in
+# bfloat16 (one fp32 out x in weight-sized tensor more than DoraMethod.adapter_transient_constant).
 WIDER_PEAK_TOLERANCE = {("dora", True): 0.10, ("loha", True): 0.10}
 SHAPES = [(2, 64, "float32"), (1, 96, "bfloat16")]
 

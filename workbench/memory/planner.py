@@ -5,7 +5,8 @@ Components (what is resident): ``weights``, ``trainable_weights``, ``gradients``
 ``optimizer``, ``activations``, ``logits``, ``overhead``. The peak is not their sum:
 
     persistent      = weights + trainable_weights + optimizer + overhead
-    backward        = activations + max(logits + fp32 loss-gradient temporaries, recomputed block)
+    backward        = activations + max(logits + fp32 loss-gradient temporaries,
+                                        logits still held by the caller + recomputed block)
                       (+ all gradients when they accumulate over micro-batches)
     end_of_backward = gradients + the logits the caller still holds + embedding-backward temporaries
     step            = gradients + optimizer-step temporaries
@@ -237,8 +238,10 @@ def plan(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, settings
 
     persistent = weights.bytes + trainable_w.bytes + opt.bytes + overhead.bytes + comm_persistent
     # The loss backward runs first, while every activation is alive; a checkpointed block is
-    # recomputed only after the logits and their gradients are gone.
-    backward = activations.bytes + max(logits.bytes + loss_bwd.bytes, recompute) + comm_backward
+    # recomputed after the loss's saved tensors and gradients are gone, but the logits output
+    # is still held by the caller.
+    backward = activations.bytes + max(logits.bytes + loss_bwd.bytes,
+                                       held_logits + recompute if recompute else 0) + comm_backward
     if settings.grad_accum > 1:
         backward += grads.bytes
     end_of_backward = grads.bytes + held_logits + emb_bwd.bytes + comm_backward
@@ -248,7 +251,7 @@ def plan(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, settings
              + (f" + persistent communication buffers ({comm_persistent:,} B)" if comm_persistent else "")),
         Term("backward", backward,
              "activations + "
-             + ("max(logits + loss-gradient temporaries, one recomputed block)" if recompute
+             + ("max(logits + loss-gradient temporaries, logits still held + one recomputed block)" if recompute
                 else "logits + loss-gradient temporaries")
              + (f" + gathered parameters/gradients in flight ({comm_backward:,} B)" if comm_backward else "")
              + (" + accumulated gradients" if settings.grad_accum > 1 else "")),
