@@ -68,7 +68,11 @@ def test_unsafe_serving_refuses_with_a_clear_message(args, message):
 
 
 def test_defaults_are_loopback_without_share():
-    import app
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("workbench_app", Path(__file__).resolve().parents[2] / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
 
     parser_defaults = subprocess.run([sys.executable, "app.py", "--help"], capture_output=True, text=True).stdout
     assert "default: loopback only" in parser_defaults and "off by default" in parser_defaults
