@@ -124,7 +124,7 @@ def _print_plan(d: dict[str, Any]) -> None:
         print(f"  {c['name']:<{width}}  {_human(c['bytes']):>11}   {c['formula']}")
     print()
     print(f"  {'peak':<{width}}  {_human(d['peak_bytes']):>11}   "
-          + "persistent + max(backward, step): " + ", ".join(f"{t['name']} {_human(t['bytes'])}" for t in d["peak_terms"]))
+          + "persistent + max(backward, end_of_backward, step): " + ", ".join(f"{t['name']} {_human(t['bytes'])}" for t in d["peak_terms"]))
     print(f"  {'inference':<{width}}  {_human(d['inference_bytes']):>11}   {d['inference_formula']}")
     print(f"  peak / inference = {d['peak_over_inference']:.2f}x"
           + ("  (inference on one GPU)" if d.get("per_gpu") else ""))
