@@ -11,7 +11,7 @@ priority (nice 10) after starting the server: the server and the training worker
 normal priority, and what is measured is the server's cost to training, not the cost of
 20 Python HTTP clients on the same two cores. Writes bench/results/concurrency.{json,md}.
 
-    python bench/concurrency.py [--steps 60] [--repeat 2] [--clients 20]
+    python bench/concurrency.py [--steps 300] [--repeat 2] [--clients 20]
 """
 
 from __future__ import annotations
@@ -62,18 +62,27 @@ def _run(url: str, data: Path, folder: Path, steps: int, clients: int) -> dict:
     from workbench.ui.plan_tab import KNOB_NAMES
 
     main = Client(url, verbose=False)
-    run_id, _ = main.predict("tiny", "lora", "float32", "auto", 4, 128, 1, False, "adamw", "cpu", handle_file(str(data)),
-                             "auto", "", None, 0, False, steps, 1e-3, api_name="/start_run")
+    clients_ready = threading.Barrier(clients + 1)
+    started = threading.Event()
+    run = {}
+
+    def start_run() -> None:
+        run["id"] = main.predict("tiny", "lora", "float32", "auto", 4, 128, 1, False, "adamw", "cpu", handle_file(str(data)),
+                             "auto", "", None, 0, False, steps, 1e-3, api_name="/start_run")[0]
+        started.set()
+
     done = threading.Event()
     counts = {"requests": 0, "errors": 0}
     lock = threading.Lock()
 
     def client_loop(i: int) -> None:
-        c = Client(url, verbose=False)
+        c = Client(url, verbose=False)  # every client is connected before the run starts
+        clients_ready.wait()
+        started.wait()
         calls = [("/plan", ("tiny", "lora", "bfloat16", "auto", 1 + i % 4, 128, 1, False, "adamw", "cuda",
                             *[None] * len(KNOB_NAMES))),
                  ("/inspect", (handle_file(str(data)), "tiny", "auto", "", None, 0, False)),
-                 ("/run_status", (run_id,))]
+                 ("/run_status", (run["id"],))]
         n = 0
         while not done.is_set() and n < 3600:  # bounded: an hour of ticks at most
             tick = time.monotonic()
@@ -91,6 +100,9 @@ def _run(url: str, data: Path, folder: Path, steps: int, clients: int) -> dict:
     threads = [threading.Thread(target=client_loop, args=(i,), daemon=True) for i in range(clients)]
     for t in threads:
         t.start()
+    clients_ready.wait()
+    start_run()
+    run_id = run["id"]
     events_path = folder / "sessions" / run_id / "events.jsonl"
     while True:
         events = [json.loads(line) for line in events_path.read_text().splitlines() if line.strip()]
@@ -109,7 +121,7 @@ def _run(url: str, data: Path, folder: Path, steps: int, clients: int) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--clients", type=int, default=20)
     args = parser.parse_args()
