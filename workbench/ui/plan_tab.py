@@ -34,16 +34,23 @@ def all_knobs() -> dict[str, Any]:
 KNOB_NAMES = tuple(all_knobs())
 
 
+def _choices(method: str, dtype: str, quant: str, batch_size: float, seq_len: float, grad_accum: float,
+             gradient_checkpointing: bool, optimizer: str, device: str, knob_values):
+    """(settings, method, knobs) from the plan inputs; ``knob_values`` follow ``KNOB_NAMES``
+    and only the chosen method's own knobs are kept."""
+    settings = settings_from(dtype, quant, batch_size, seq_len, grad_accum, gradient_checkpointing, optimizer, device)
+    chosen = get_method(method)
+    own = {k.name for k in chosen.knobs}
+    return settings, chosen, {n: v for n, v in zip(KNOB_NAMES, knob_values) if n in own and v is not None}
+
+
 def plan_view(model: str, method: str, dtype: str, quant: str, batch_size: float, seq_len: float,
               grad_accum: float, gradient_checkpointing: bool, optimizer: str, device: str, *knob_values):
     """(markdown summary, figure, table rows) for the inputs; errors become a message.
     ``knob_values`` follow ``KNOB_NAMES``; only the chosen method's knobs are used."""
     try:
-        settings = settings_from(dtype, quant, batch_size, seq_len, grad_accum, gradient_checkpointing, optimizer,
-                                 device)
-        chosen = get_method(method)
-        own = {k.name for k in chosen.knobs}
-        knobs = {n: v for n, v in zip(KNOB_NAMES, knob_values) if n in own and v is not None}
+        settings, chosen, knobs = _choices(method, dtype, quant, batch_size, seq_len, grad_accum,
+                                           gradient_checkpointing, optimizer, device, knob_values)
         result = plan(model_spec(model), chosen, knobs, settings).as_dict()
     except (WorkbenchError, ValueError) as exc:
         return f"**Cannot plan:** {exc}", None, []
@@ -59,11 +66,8 @@ def per_gpu_view(model: str, method: str, dtype: str, quant: str, batch_size: fl
     combination cannot run, with the reasons under the table. ``knob_values`` follow
     ``KNOB_NAMES``."""
     try:
-        settings = settings_from(dtype, quant, batch_size, seq_len, grad_accum, gradient_checkpointing, optimizer,
-                                 device)
-        chosen = get_method(method)
-        own = {k.name for k in chosen.knobs}
-        knobs = {n: v for n, v in zip(KNOB_NAMES, knob_values) if n in own and v is not None}
+        settings, chosen, knobs = _choices(method, dtype, quant, batch_size, seq_len, grad_accum,
+                                           gradient_checkpointing, optimizer, device, knob_values)
         spec = model_spec(model)
         if offload not in OFFLOADS:
             raise WorkbenchError(f"offload {offload!r}: choose from {', '.join(OFFLOADS)}")
