@@ -94,8 +94,8 @@ from ..errors import SettingsError
 from ..methods.base import Method, TensorGroup
 from ..specs import ModelSpec
 from .optimizer import optimizer_step_transient, optimizer_term
-from .settings import DTYPE_BYTES, TrainingSettings
-from .weights import ADAPTER_BYTES, Term, four_bit_bytes, quantized_linear_names
+from .settings import TrainingSettings
+from .weights import ADAPTER_BYTES, Term, buffer_bytes, param_storage, quantized_linear_names
 
 DEEPSPEED_OPTIMIZERS = ("adamw", "sgd", "sgd_momentum")
 DEEPSPEED_STATES = {"adamw": 8, "sgd_momentum": 4, "sgd": 0}  # fp32 state bytes per element of the partition
@@ -157,11 +157,6 @@ class Layout:
     layer_grad_bytes: int  # largest single module's trainable gradients
 
 
-def buffer_bytes(spec: ModelSpec) -> int:
-    """The model's buffers (rotary ``inv_freq`` ...): replicated under every strategy."""
-    return sum(b.numel * DTYPE_BYTES.get(b.dtype, 8 if "int64" in b.dtype else 4) for b in spec.inventory.buffers)
-
-
 def layout(spec: ModelSpec, method: Method, knobs: dict[str, Any], settings: TrainingSettings, quant: str,
            tensors: list[tuple[TensorGroup, int]], adapter_bytes: int | None = None) -> Layout:
     """Stored bytes per block, root and module, by the rules of ``weights.weights_term``.
@@ -201,13 +196,7 @@ def layout(spec: ModelSpec, method: Method, knobs: dict[str, Any], settings: Tra
         module_grads[module] = module_grads.get(module, 0) + nbytes
 
     for p in inv.params:
-        module = p.name.rsplit(".", 1)[0]
-        if module in quantized and p.name.endswith(".weight"):
-            stored = (four_bit_bytes(p.numel, bool(knobs.get("double_quant", True))) if quant == "4bit"
-                      else p.numel + 4 * p.shape[0])
-        else:
-            stored = p.numel * e
-        add(p.name, module, stored, p.numel)
+        add(p.name, p.name.rsplit(".", 1)[0], param_storage(p, quantized, quant, knobs, e)[1], p.numel)
     for g in method.extra_weight_groups(spec, knobs):
         add(g.label, g.label, g.total * (g.element_bytes or ADAPTER_BYTES), g.total)
     for g, b in tensors:

@@ -54,21 +54,32 @@ def four_bit_bytes(numel: int, double_quant: bool) -> int:
     return codes + blocks + 4 * nested_blocks + 4 * BNB_CODE_ENTRIES["nested"] + 4
 
 
+def param_storage(p, quantized: set[str], quant: str, knobs: dict, element_bytes: int) -> tuple[str, int]:
+    """(``"nf4"`` | ``"int8"`` | ``"dense"``, bytes) of one parameter as the method stores it:
+    bitsandbytes' 4-bit (0.5 B/param + absmax per 64, optionally double-quantized) or int8
+    (1 B/param + an fp32 scale per row) for quantized linear weights, else the dtype."""
+    module = p.name.rsplit(".", 1)[0]
+    if module in quantized and p.name.endswith(".weight"):
+        if quant == "4bit":
+            return "nf4", four_bit_bytes(p.numel, bool(knobs.get("double_quant", True)))
+        return "int8", p.numel + 4 * p.shape[0]
+    return "dense", p.numel * element_bytes
+
+
+def buffer_bytes(spec: ModelSpec) -> int:
+    """The model's buffers (rotary ``inv_freq`` ...) in their own dtypes."""
+    return sum(b.numel * DTYPE_BYTES.get(b.dtype, 8 if "int64" in b.dtype else 4) for b in spec.inventory.buffers)
+
+
 def weights_term(spec: ModelSpec, method: Method, knobs: dict, settings: TrainingSettings, quant: str) -> Term:
     e = settings.element_bytes
-    inv = spec.inventory
     quantized = quantized_linear_names(spec, quant)
-    dense = quant4 = quant8 = 0
-    for p in inv.params:
-        module = p.name.rsplit(".", 1)[0]
-        if module in quantized and p.name.endswith(".weight"):
-            if quant == "4bit":
-                quant4 += four_bit_bytes(p.numel, bool(knobs.get("double_quant", True)))
-            else:
-                quant8 += p.numel + 4 * p.shape[0]
-        else:
-            dense += p.numel * e
-    buffers = sum(b.numel * (DTYPE_BYTES.get(b.dtype, 8 if "int64" in b.dtype else 4)) for b in inv.buffers)
+    stored = {"dense": 0, "nf4": 0, "int8": 0}
+    for p in spec.inventory.params:
+        kind, nbytes = param_storage(p, quantized, quant, knobs, e)
+        stored[kind] += nbytes
+    dense, quant4, quant8 = stored["dense"], stored["nf4"], stored["int8"]
+    buffers = buffer_bytes(spec)
     extras = sum(g.total * (g.element_bytes or ADAPTER_BYTES) for g in method.extra_weight_groups(spec, knobs))
     parts = [f"{dense:,} B dense params x {e} B ({settings.dtype})"]
     if quant4:
