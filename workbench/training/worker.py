@@ -129,9 +129,8 @@ def _supervise(job, session: Path, events: EventWriter, resume: bool) -> int:
     finally:
         turn.close()
     if last_status(session) not in FINAL:
-        log = session / "worker.log"
-        tail = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:] if log.exists() else []
-        events.status("failed", reason="error", error=f"a training process exited with code {code}", log_tail=tail)
+        events.status("failed", reason="error", error=f"a training process exited with code {code}",
+                      log_tail=_log_tail(session, []))
     return code
 
 
@@ -324,10 +323,15 @@ def _fail(exc: BaseException, events: EventWriter, session: Path, sampler, job_p
         events.status("failed", reason="oom", peak_bytes=peak, message=str(exc)[:500],
                       suggestions=_suggestions(job_path))
         return
-    log = session / "worker.log"
-    tail = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:] if log.exists() else [repr(exc)]
-    events.status("failed", reason="error", error=f"{type(exc).__name__}: {str(exc)[:500]}", log_tail=tail,
+    events.status("failed", reason="error", error=f"{type(exc).__name__}: {str(exc)[:500]}",
+                  log_tail=_log_tail(session, [repr(exc)]),
                   peak_bytes=peak)
+
+
+def _log_tail(session: Path, missing: list[str]) -> list[str]:
+    """The last lines of the run's ``worker.log``, or ``missing`` when there is no log."""
+    log = session / "worker.log"
+    return log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:] if log.exists() else missing
 
 
 def _suggestions(job_path: Path) -> list[str]:
