@@ -13,9 +13,9 @@ from workbench.ui.app import plan_view
 def test_plan_view_for_tiny():
     summary, figure, rows = plan_view("tiny", "lora", "bfloat16", "auto", 4, 512, 1, False, "adamw", "cuda")
     assert "demo with random weights" in summary and "Predicted peak" in summary
-    assert "80 GB fits" in summary and "this machine" in summary
+    assert "80 GB ✓ fits" in summary and "no visible GPU" in summary  # planning for a GPU not here is fine
     cpu_summary, _, _ = plan_view("tiny", "lora", "bfloat16", "auto", 4, 512, 1, False, "adamw", "cpu")
-    assert "this machine's RAM" in cpu_summary
+    assert "✓ Fits here" in cpu_summary and "RAM available now" in cpu_summary
     assert [r[0] for r in rows][:7] == ["weights", "trainable_weights", "gradients", "optimizer", "activations",
                                         "logits", "overhead"]
     assert {trace.name for trace in figure.data} >= {"weights", "activations"}
@@ -34,11 +34,6 @@ def client(tmp_path_factory):
 
 
 def test_api_plan_and_compare(client):
-    from workbench.ui.plan_tab import KNOB_NAMES
-
-    def knobs(**values):
-        return [values.get(name) for name in KNOB_NAMES]
-
     summary, _figure, _table = client.predict("tiny", "qlora", "bfloat16", "auto", 2, 256, 1, True, "adamw", "cuda",
                                               *knobs(), api_name="/plan")
     assert "qlora" in summary and "Predicted peak" in summary
@@ -52,6 +47,12 @@ def test_api_plan_and_compare(client):
     assert fits["data"] and "full" not in [row[0] for row in fits["data"]]
 
 
+def knobs(**values):
+    from workbench.ui.plan_tab import KNOB_NAMES
+
+    return [values.get(name) for name in KNOB_NAMES]
+
+
 def test_api_inspect_start_and_poll_a_run(client, tmp_path):
     from gradio_client import handle_file
 
@@ -61,7 +62,8 @@ def test_api_inspect_start_and_poll_a_run(client, tmp_path):
                                                     api_name="/inspect")
     assert "prompt_completion" in summary and "carries loss" in html
     run_id, message = client.predict("tiny", "lora", "float32", "auto", 2, 128, 1, False, "adamw", "cpu",
-                                     handle_file(str(data)), "auto", "", None, 0, False, 12, 5e-3, api_name="/start_run")
+                                     handle_file(str(data)), "auto", "", 0, False, 12, 5e-3, 1, "single", "none",
+                                     *knobs(rank=16), api_name="/start_run")
     assert run_id and "Started" in message
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -69,7 +71,7 @@ def test_api_inspect_start_and_poll_a_run(client, tmp_path):
         if "completed" in status or "failed" in status:
             break
         time.sleep(1)
-    assert "completed" in status and progress == 1.0 and "predicted peak" in status
+    assert "completed" in status and progress == 1.0 and "Predicted peak" in status and "prediction error" in status
     assert client.predict(run_id, api_name="/cancel_run") == f"Run `{run_id}`: completed"
     choices = client.predict("tiny", api_name="/adapters")
     assert run_id in [c[1] for c in choices["choices"]]
@@ -80,7 +82,7 @@ def test_api_inspect_start_and_poll_a_run(client, tmp_path):
     table, _choices = client.predict(api_name="/sessions")
     assert table["data"][0][0] == run_id and table["data"][0][1] == "completed"
     _, message = client.predict("tiny", "lora", "float32", "auto", 2, 128, 1, False, "adamw", "cpu", None, "auto", "",
-                                None, 0, False, 6, 1e-3, api_name="/start_run")
+                                0, False, 6, 1e-3, 1, "single", "none", *knobs(), api_name="/start_run")
     assert "upload a dataset" in message
 
 

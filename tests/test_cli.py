@@ -48,7 +48,7 @@ def test_plan_human_table():
     (["--model", "no-such-model", "--method", "lora"], "unknown model"),
     (["--model", "tiny", "--method", "lorax"], "unknown method 'lorax'; choose from"),
     (["--model", "tiny", "--method", "lora", "--rank", "0"], "below the minimum"),
-    (["--model", "tiny", "--method", "lora", "--batch-size", "-2"], "batch_size"),
+    (["--model", "tiny", "--method", "lora", "--batch-size", "-2"], "--batch-size: must be at least 1"),
     (["--model", "tiny", "--method", "lora", "--seq-len", "abc"], "--seq-len"),
     (["--model", "tiny", "--method", "full", "--quant", "4bit"], "cannot train on a 4bit base"),
     (["--model", "tiny", "--method", "full", "--rank", "4"], "has no knob --rank"),

@@ -47,40 +47,44 @@ def compare_bar(rows: list[dict[str, Any]], title: str) -> go.Figure:
     return fig
 
 
-def live_memory(samples: list[dict[str, Any]], plan: dict[str, Any] | None) -> go.Figure:
-    """Measured memory over time against the predicted peak and components."""
+def live_memory(samples: list[dict[str, Any]], plan: dict[str, Any] | None,
+                step_peaks: list[dict[str, Any]] | None = None) -> go.Figure:
+    """Measured memory over time against the prediction. The measured step peak (live
+    tensor bytes on CPU, ``max_memory_allocated`` on CUDA: one point per measured optimizer
+    step) is the quantity the predicted peak line predicts; process RSS, reserved and NVML
+    are other quantities, drawn as their own labelled lines."""
     fig = go.Figure()
-    ranks = sorted({s["rank"] for s in samples if s.get("rank") is not None})
-    if samples:
-        t0 = samples[0]["time"]
-        cuda = samples[-1].get("source") == "cuda"
-        if cuda:
-            series = {"allocated": "allocated", "reserved": "reserved", "nvml_used": "device used (NVML)"}
-        else:
-            series = {"tensor_bytes": "tensors (params + grads + optimizer)", "rss": "process RSS"}
-        if len(ranks) > 1:  # one line per GPU (process) and measure, against the per-GPU prediction
-            series = dict(list(series.items())[:2])
-        for rank in ranks or [None]:
-            mine = [s for s in samples if s.get("rank") == rank]
-            xs = [s["time"] - t0 for s in mine]
-            who = "" if rank is None else (f"GPU {rank}: " if cuda else f"process {rank}: ")
-            for key, label in series.items():
-                ys = [(s.get(key) or None) and s[key] / GIB for s in mine]
-                if any(y is not None for y in ys):
-                    fig.add_scatter(x=xs, y=ys, mode="lines", name=who + label)
+    step_peaks = step_peaks or []
+    ranks = sorted({s["rank"] for s in samples + step_peaks if s.get("rank") is not None})
+    everything = samples + step_peaks
+    t0 = min((s["time"] for s in everything), default=0)
+    cuda = any(s.get("source") == "cuda" for s in everything)
+    series = ({"reserved": "reserved (caching allocator)", "nvml_used": "device used (NVML)"} if cuda
+              else {"rss": "process RSS (Python + libraries + tensors; not the planned quantity)"})
+    for rank in ranks or [None]:
+        who = "" if rank is None else (f"GPU {rank}: " if cuda else f"process {rank}: ")
+        peaks = [s for s in step_peaks if s.get("rank") == rank]
+        if peaks:
+            fig.add_scatter(x=[s["time"] - t0 for s in peaks], y=[s["peak_bytes"] / GIB for s in peaks],
+                            mode="lines+markers", name=who + f"measured step peak ({peaks[-1].get('quantity', '')})",
+                            customdata=[[s["step"]] for s in peaks], line=dict(color="#D62728"),
+                            hovertemplate="step %{customdata[0]}: %{y:.3f} GiB<extra></extra>")
+        mine = [s for s in samples if s.get("rank") == rank]
+        for key, label in series.items():
+            ys = [(s.get(key) or None) and s[key] / GIB for s in mine]
+            if any(y is not None for y in ys):
+                fig.add_scatter(x=[s["time"] - t0 for s in mine], y=ys, mode="lines", name=who + label,
+                                line=dict(dash="dot"))
     if plan:
         per = " per GPU" if plan.get("per_gpu") or len(ranks) > 1 else ""
         fig.add_hline(y=plan["peak_bytes"] / GIB, line_dash="dash", line_color="black",
                       annotation_text=f"predicted peak{per} {plan['peak_bytes'] / GIB:.3f} GiB")
-        weights = next((c["bytes"] for c in plan.get("components", []) if c["name"] == "weights"), None)
-        if weights:
-            fig.add_hrect(y0=0, y1=weights / GIB, fillcolor=COLORS["weights"], opacity=0.12, line_width=0,
-                          annotation_text="predicted weights", annotation_position="top left")
         persistent = next((t["bytes"] for t in plan.get("peak_terms", []) if t["name"] == "persistent"), None)
         if persistent:
             fig.add_hline(y=persistent / GIB, line_dash="dot", line_color="gray",
                           annotation_text="predicted weights + optimizer", annotation_position="bottom right")
-    fig.update_layout(xaxis_title="seconds", yaxis_title="GiB", height=360, title="Predicted vs live memory",
+    fig.update_layout(xaxis_title="seconds since the run started", yaxis_title="GiB", height=380,
+                      title="Predicted vs measured memory", legend=dict(orientation="h", y=-0.25),
                       margin=dict(l=40, r=20, t=50, b=40))
     return fig
 

@@ -11,8 +11,9 @@ import json
 import sys
 from typing import Any
 
+from .devices import default_device
 from .errors import WorkbenchError
-from .memory import TrainingSettings, plan
+from .memory import plan
 from .memory.settings import ATTENTIONS, DEVICES, DTYPE_BYTES, OFFLOADS, OPTIMIZERS, QUANTS, SETTING_HELP, STRATEGIES
 from .methods import METHODS, get_method
 
@@ -25,7 +26,7 @@ def _human(n: float) -> str:
     return str(n)
 
 
-def _add_run_flags(p: argparse.ArgumentParser, default_device: str) -> None:
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="tiny, a bundled name, a local folder or a hub id")
     p.add_argument("--method", required=True, help="one of: " + ", ".join(METHODS))
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -45,7 +46,8 @@ def _add_run_flags(p: argparse.ArgumentParser, default_device: str) -> None:
     s.add_argument("--grad-accum", default="1", help=SETTING_HELP["grad_accum"])
     s.add_argument("--gradient-checkpointing", action="store_true", help=SETTING_HELP["gradient_checkpointing"])
     s.add_argument("--optimizer", choices=list(OPTIMIZERS), default="adamw", help=SETTING_HELP["optimizer"])
-    s.add_argument("--device", choices=list(DEVICES), default=default_device, help=SETTING_HELP["device"])
+    s.add_argument("--device", choices=list(DEVICES), default=None,
+                   help=SETTING_HELP["device"] + "; default cuda when this machine has a GPU, else cpu")
     s.add_argument("--attention", choices=list(ATTENTIONS), default="sdpa", help=SETTING_HELP["attention"])
 
 
@@ -86,27 +88,26 @@ def _seq_len(value: str, model: str) -> int:
     return inspect(path, tokenizer=tokenizer, preview=0).token_lengths[stat]
 
 
+def run_from_args(args: argparse.Namespace, data: dict | None = None, schedule: dict | None = None):
+    """The RunSpec of the command line, by the same :func:`workbench.runspec.build_run` as the
+    browser and the API."""
+    from .runspec import build_run
+
+    given = {k.removeprefix("knob_"): v for k, v in vars(args).items() if k.startswith("knob_") and v is not None}
+    settings = {"dtype": args.dtype, "quant": args.quant, "batch_size": args.batch_size,
+                "seq_len": _seq_len(args.seq_len, args.model), "grad_accum": args.grad_accum,
+                "gradient_checkpointing": args.gradient_checkpointing, "optimizer": args.optimizer,
+                "device": args.device or default_device(), "attention": args.attention,
+                "gpus": getattr(args, "gpus", "1"), "nodes": getattr(args, "nodes", "1"),
+                "strategy": getattr(args, "strategy", None), "offload": getattr(args, "offload", "none")}
+    return build_run(args.model, args.method, given, settings, data=data, schedule=schedule, style="cli")
+
+
 def _parse_run(args: argparse.Namespace):
     from .specs import load_model_spec
 
-    method = get_method(args.method)
-    given = {k.removeprefix("knob_"): v for k, v in vars(args).items() if k.startswith("knob_") and v is not None}
-    unknown = sorted(set(given) - {k.name for k in method.knobs})
-    if unknown:
-        flags = ", ".join("--" + u.replace("_", "-") for u in unknown)
-        valid = ", ".join(k.flag for k in method.knobs) or "(none)"
-        raise WorkbenchError(f"method {method.name!r} has no knob {flags}; its knobs are: {valid}")
-    knobs = method.resolve(given)
-    gpus, nodes = _int("gpus", getattr(args, "gpus", "1")), _int("nodes", getattr(args, "nodes", "1"))
-    strategy = getattr(args, "strategy", None) or ("single" if gpus * nodes == 1 else "ddp")
-    settings = TrainingSettings(
-        dtype=args.dtype, quant=args.quant, batch_size=_int("batch_size", args.batch_size),
-        seq_len=_seq_len(args.seq_len, args.model), grad_accum=_int("grad_accum", args.grad_accum),
-        gradient_checkpointing=args.gradient_checkpointing, optimizer=args.optimizer, device=args.device,
-        attention=args.attention, gpus=gpus, nodes=nodes, strategy=strategy,
-        offload=getattr(args, "offload", "none"),
-    )
-    return load_model_spec(args.model), method, knobs, settings
+    run = run_from_args(args)
+    return load_model_spec(run.model), get_method(run.method), run.knobs, run.settings
 
 
 def _print_plan(d: dict[str, Any]) -> None:
@@ -220,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_methods)
     p = sub.add_parser("plan", help="predicted memory of training, per component (per GPU with --gpus)")
-    _add_run_flags(p, "cuda")
+    _add_run_flags(p)
     add_distributed_flags(p)
     p.set_defaults(func=cmd_plan)
     p = sub.add_parser("data", help="datasets: inspect a file as the model will see it")
@@ -240,9 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_data_inspect)
     from .training.cli import add_commands
 
-    add_commands(sub, _add_run_flags, _parse_run)
+    add_commands(sub, _add_run_flags, run_from_args)
     p = sub.add_parser("measure", help="run real training steps on CPU and measure the same components")
-    _add_run_flags(p, "cpu")
+    _add_run_flags(p)
     p.add_argument("--steps", type=int, default=2)
     p.set_defaults(func=cmd_measure)
     return parser

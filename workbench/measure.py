@@ -56,7 +56,7 @@ def _sum_unique(tensors, exclude: set | None = None) -> int:
     return sum(seen.values())
 
 
-def _quant_state_tensors(model):
+def quant_state_tensors(model):
     for module in model.modules():
         weight = getattr(module, "weight", None)
         qs = getattr(weight, "quant_state", None)
@@ -122,7 +122,7 @@ def measure(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, setti
 
     base_names = {p.name for p in spec.inventory.params}
     adapter_params = [p for n, p in trainable.items() if base_name(n, base_names) not in base_names]
-    model_tensors = list(params.values()) + list(model.buffers()) + list(_quant_state_tensors(model))
+    model_tensors = list(params.values()) + list(model.buffers()) + list(quant_state_tensors(model))
     exclude = {storage_key(t) for t in model_tensors}
     weights = _sum_unique(t for t in model_tensors if not any(t is a for a in adapter_params))
 

@@ -77,6 +77,7 @@ class SessionInfo:
     predicted_peak_bytes: int | None
     measured_peak_bytes: int | None
     measured_peak_source: str | None
+    prediction_error_percent: float | None = None  # measured step peak vs predicted, once measured
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,22 +131,14 @@ def info(session_id: str) -> SessionInfo:
     if not (folder / "job.json").is_file():
         raise WorkbenchError(f"no session {session_id}")
     job = json.loads((folder / "job.json").read_text())
+    job = job.get("run") or job  # job.json: {"session_id", "plan_fingerprint", "run": {...}} (flat before)
     status = refresh(session_id)
     events, _ = read_events(folder / "events.jsonl")
     final_status = next((e for e in reversed(events) if e.get("kind") == "status"), {})
     logs = [e for e in events if e.get("kind") == "log"]
     losses = [e["loss"] for e in logs if e.get("loss") is not None]
     final = final_adapter(folder)
-    memory = [e for e in events if e.get("kind") == "memory"]
-    key = "max_allocated" if memory and memory[-1].get("source") == "cuda" else "tensor_bytes"
-    measured = max((e.get(key) or 0 for e in memory), default=0) or None
-    predicted = None
-    for name in ("plan_effective.json", "plan.json"):  # the data's real length, else the settings
-        try:
-            predicted = json.loads((folder / name).read_text())["peak_bytes"]
-            break
-        except (OSError, ValueError, KeyError):
-            continue
+    measured, source, predicted, error = measured_vs_predicted(folder, events)
     pid = None
     if status not in FINAL and worker_alive(folder):
         pid = int((folder / "worker.pid").read_text().strip())
@@ -157,9 +150,33 @@ def info(session_id: str) -> SessionInfo:
         checkpoints=[str(p) for p in complete_checkpoints(folder)], created=(folder / "job.json").stat().st_mtime,
         finished=final_status.get("time") if status in FINAL else None, pid=pid,
         events_path=str(folder / "events.jsonl"), predicted_peak_bytes=predicted, measured_peak_bytes=measured,
-        measured_peak_source={"max_allocated": "cuda max_memory_allocated", "tensor_bytes": "cpu tensor bytes"}[key]
-        if measured else None,
+        measured_peak_source=source, prediction_error_percent=error,
     )
+
+
+def predicted_plan(folder: Path) -> dict[str, Any] | None:
+    """The plan of the batches the run forms: ``plan_effective.json`` when the data forced a
+    narrower one (its reason inside), else ``plan.json``, the plan shown before the start."""
+    for name in ("plan_effective.json", "plan.json"):
+        try:
+            return json.loads((folder / name).read_text())
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def measured_vs_predicted(folder: Path, events: list[dict[str, Any]]):
+    """(measured step peak, its quantity, predicted peak, error %): the largest step peak
+    the worker measured (``step_memory`` events: live tensor bytes on CPU, CUDA
+    max_memory_allocated) against the predicted peak -- the same quantity."""
+    steps = [e for e in events if e.get("kind") == "step_memory" and e.get("rank") in (None, 0)]
+    plan = predicted_plan(folder)
+    predicted = plan.get("peak_bytes") if plan else None
+    if not steps:
+        return None, None, predicted, None
+    measured = max(e["peak_bytes"] for e in steps)
+    error = round((measured - predicted) / predicted * 100, 2) if predicted else None
+    return measured, steps[-1].get("quantity"), predicted, error
 
 
 def list_sessions(user: str | None = None) -> list[SessionInfo]:

@@ -11,13 +11,12 @@ from pathlib import Path
 from ..errors import WorkbenchError
 
 
-def add_commands(sub, add_run_flags, parse_run) -> None:
+def add_commands(sub, add_run_flags, run_from_args) -> None:
     p = sub.add_parser("train", help="train in a background worker (sessions/<id>/); follows it unless --detach")
-    add_run_flags(p, "cpu")
+    add_run_flags(p)
     p.add_argument("--data", required=True, help="dataset file (see `data inspect`)")
     p.add_argument("--format", default=None)
     p.add_argument("--map", default=None, help="column mapping, e.g. prompt=q,response=a")
-    p.add_argument("--cutoff", type=int, default=None)
     p.add_argument("--val-fraction", type=float, default=0.0)
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--max-steps", type=int, default=-1)
@@ -26,7 +25,9 @@ def add_commands(sub, add_run_flags, parse_run) -> None:
     p.add_argument("--keep-checkpoints", type=int, default=3)
     p.add_argument("--sessions-dir", default=None, help="where runs are kept (default: ./sessions)")
     p.add_argument("--detach", action="store_true", help="start the worker and return at once")
-    p.set_defaults(func=lambda args: cmd_train(args, parse_run))
+    p.add_argument("--no-probe", action="store_true",
+                   help="do not lead with the longest examples (the probe step that checks the plan first)")
+    p.set_defaults(func=lambda args: cmd_train(args, run_from_args))
     s = sub.add_parser("sessions", help="list runs, show, cancel, resume, delete or export one")
     s.add_argument("action", choices=["list", "show", "follow", "cancel", "resume", "delete", "export"])
     s.add_argument("session_id", nargs="?")
@@ -42,19 +43,17 @@ def _use_sessions_dir(path: str | None) -> None:
         os.environ["WORKBENCH_SESSIONS"] = str(Path(path).resolve())  # inherited by the worker
 
 
-def cmd_train(args: argparse.Namespace, parse_run) -> int:
+def cmd_train(args: argparse.Namespace, run_from_args) -> int:
     from ..data import parse_mapping
-    from .job import Schedule
-    from .launcher import make_job, start
+    from .launcher import start
 
     _use_sessions_dir(args.sessions_dir)
-    spec, method, knobs, settings = parse_run(args)
-    job = make_job(spec.name, method.name, args.data, knobs=knobs, settings=settings.as_dict(),
-                   schedule=Schedule(epochs=args.epochs, max_steps=args.max_steps, learning_rate=args.learning_rate,
-                                     save_steps=args.save_steps, keep_checkpoints=args.keep_checkpoints),
-                   format=args.format, mapping=parse_mapping(args.map), cutoff=args.cutoff,
-                   val_fraction=args.val_fraction)
-    session_id, proc = start(job)
+    run = run_from_args(args, data={"path": args.data, "format": args.format, "mapping": parse_mapping(args.map),
+                                    "val_fraction": args.val_fraction},
+                        schedule={"epochs": args.epochs, "max_steps": args.max_steps, "learning_rate": args.learning_rate,
+                                  "save_steps": args.save_steps, "keep_checkpoints": args.keep_checkpoints,
+                                  "probe": not args.no_probe})
+    session_id, proc = start(run)
     if not args.json:
         print(f"session {session_id} started (pid {proc.pid})")
     state = "queued" if args.detach else follow(session_id, proc, quiet=args.json)

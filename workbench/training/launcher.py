@@ -7,56 +7,78 @@ can end the whole tree.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from ..data.archive import DATA_SUFFIXES
 from ..errors import DataFileError, WorkbenchError
-from ..memory import plan
-from ..methods import get_method
 from ..paths import REPO_DIR
+from ..runspec import RunSpec, Schedule, build_run, fingerprint, plan_run
 from ..sessions import OWNER_FILE, last_status, refresh, session_path, sessions_dir, worker_alive
-from ..specs import load_model_spec
 from .distributed import is_distributed, write_launch_files
 from .events import FINAL, EventWriter
-from .job import DataSpec, TrainJob, new_session_id
+from .job import TrainJob, new_session_id
 
 CANCEL_GRACE_SECONDS = 30.0
 
 
-def start(job: TrainJob, owner: str | None = None) -> tuple[str, subprocess.Popen]:
+class PreflightRefused(WorkbenchError):
+    """The run's predicted peak does not fit what its device has free here."""
+
+    def __init__(self, result) -> None:
+        self.result = result
+        super().__init__(result.message())
+
+
+def start(job: TrainJob | RunSpec, owner: str | None = None, check_memory: bool = True) -> tuple[str, subprocess.Popen]:
     """Write the session folder (job, plan, a copy of the data) and start the worker.
     ``job.session_id`` is replaced by a fresh id; the data file is copied in."""
-    session_id = prepare(job, owner)
+    session_id = prepare(job, owner, check_memory)
     return session_id, spawn(session_id)
 
 
-def prepare(job: TrainJob, owner: str | None = None) -> str:
-    """Create ``sessions/<new id>/`` with job.json, plan.json, the data copy, the owner (a
-    signed-in user name, or none) and a ``queued`` event; returns the id. The worker is not
-    started."""
+def prepare(job: TrainJob | RunSpec, owner: str | None = None, check_memory: bool = True) -> str:
+    """Check the run can start here (its device exists; with ``check_memory``, its plan fits
+    what the device has free: :mod:`workbench.preflight`), then create ``sessions/<new id>/``
+    with job.json (the run and its plan's fingerprint), plan.json, the data copy, the owner
+    (a signed-in user name, or none) and a ``queued`` event; returns the id. The worker is
+    not started. A refused run leaves nothing behind."""
+    from ..preflight import check_device, preflight
+
+    run = job.run if isinstance(job, TrainJob) else job
+    if run.data is None:
+        raise WorkbenchError("no dataset: upload one in the Data tab (or give --data)")
+    source = Path(run.data.path)
+    suffix = source.suffix.lower()
+    if suffix not in DATA_SUFFIXES + (".zip",):
+        raise DataFileError(source.name, f"unsupported file type {suffix!r}")
+    check_device(run.settings)
+    shown = plan_run(run)
+    if check_memory:
+        result = preflight(run, shown.peak_bytes)
+        if not result.fits:
+            raise PreflightRefused(result)
     session_id = new_session_id()
     folder = sessions_dir() / session_id
     folder.mkdir(parents=True)
     if owner is not None:
         _write(folder / OWNER_FILE, owner)
-    source = Path(job.data.path)
-    suffix = source.suffix.lower()
-    if suffix not in DATA_SUFFIXES + (".zip",):
-        raise DataFileError(source.name, f"unsupported file type {suffix!r}")
     copy = folder / f"dataset{suffix}"
     shutil.copyfile(source, copy)
-    job = replace(job, session_id=session_id, data=replace(job.data, path=str(copy), name=job.data.name or source.name))
+    run = replace(run, data=replace(run.data, path=str(copy), name=run.data.name or source.name))
+    mark = fingerprint(shown)
+    job = TrainJob(session_id=session_id, run=run, plan_fingerprint=mark)
     _write(folder / "job.json", job.to_json())
-    _write(folder / "plan.json", _plan_json(job))
-    if is_distributed(job.training_settings):  # visible at once; the run rewrites them when it starts
-        write_launch_files(folder, job.training_settings)
+    _write(folder / "plan.json", json.dumps({**shown.as_dict(), "fingerprint": mark}, indent=2))
+    if is_distributed(run.settings):  # visible at once; the run rewrites them when it starts
+        write_launch_files(folder, run.settings)
     events = EventWriter(folder / "events.jsonl")
     events.status("queued")
     events.close()
@@ -92,13 +114,6 @@ def resume(session_id: str) -> subprocess.Popen:
     return spawn(session_id, resume=True)
 
 
-def _plan_json(job: TrainJob) -> str:
-    import json
-
-    result = plan(load_model_spec(job.model), get_method(job.method), job.knobs, job.training_settings)
-    return json.dumps(result.as_dict(), indent=2)
-
-
 def _write(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text, encoding="utf-8")
@@ -132,10 +147,16 @@ def cancel(session_id: str, grace: float = CANCEL_GRACE_SECONDS) -> str:
 
 
 def make_job(model: str, method: str, data_path: str, knobs: dict | None = None, settings: dict | None = None,
-             schedule=None, **data_options) -> TrainJob:
-    """A job with a placeholder session id (``start`` assigns the real one)."""
-    from .job import Schedule
-
-    return TrainJob(session_id=new_session_id(), model=model, method=method, knobs=knobs or {},
-                    settings=settings or {"device": "cpu", "dtype": "float32"},
-                    data=DataSpec(path=data_path, **data_options), schedule=schedule or Schedule())
+             schedule: Schedule | dict | None = None, cutoff: int | None = None, **data_options) -> TrainJob:
+    """A job with a placeholder session id (``start`` assigns the real one), built by
+    :func:`workbench.runspec.build_run` like every run. ``cutoff`` is the sequence length
+    (the run's truncation length)."""
+    settings = dict(settings or {"device": "cpu", "dtype": "float32"})
+    if cutoff is not None:
+        if settings.get("seq_len", cutoff) != cutoff:
+            raise WorkbenchError(f"cutoff {cutoff} and seq_len {settings['seq_len']} differ: the sequence length is "
+                                 "the run's truncation length; give one")
+        settings["seq_len"] = cutoff
+    sched = asdict(schedule) if isinstance(schedule, Schedule) else dict(schedule or {})
+    run = build_run(model, method, knobs, settings, data={"path": data_path, **data_options}, schedule=sched)
+    return TrainJob(session_id=new_session_id(), run=run)

@@ -1,14 +1,21 @@
-"""Memory samples from a background thread, several times a second, each naming its source.
+"""Live memory of a run, in two kinds that are never mixed on one axis without their names.
 
-- CUDA: ``torch.cuda.memory_allocated`` / ``memory_reserved`` / ``max_memory_allocated`` and,
-  when NVML is available, the device's used bytes as the driver sees them;
-- CPU: the process's resident set (psutil) and the bytes of live tensors the worker can
-  account for (parameters, gradients, optimizer states).
+- :class:`StepPeakCallback` -- the quantity the planner predicts: the peak of one optimizer
+  step (forward, backward, clipping, optimizer step; every micro-batch of an accumulated
+  step). On CPU: the peak of live tensor bytes -- the tensors alive when the step begins
+  (parameters, buffers, quantization states, optimizer state) plus the storages created
+  during it, followed op by op by :class:`~workbench.tracking.PeakTracker` on sampled steps
+  (the first step, then every ``WORKBENCH_STEP_PEAK_EVERY``-th, default 25). On CUDA:
+  ``torch.cuda.max_memory_allocated`` over the step (the peak statistics are reset when
+  the step begins, so loading is never counted) with ``memory_reserved`` beside it, every step.
+  Each becomes a ``step_memory`` event.
+- :class:`MemorySampler` -- a background thread, several times a second: on CUDA
+  allocated / reserved / peak allocated since set-up and NVML's device used bytes; on CPU the
+  process's resident set (RSS), which includes Python, the libraries and allocator slack
+  and so is shown as its own line, never as the planner's quantity.
 
-The tensor count is taken *in the training thread* at the end of each step
-(:class:`TensorAccountCallback`) and only read by the sampler: touching ``param.grad``
-from another thread races with the autograd engine, which writes gradients without the
-GIL (seen here as heap corruption).
+Tensors are inspected only *in the training thread*: touching ``param.grad`` from another
+thread races with the autograd engine, which writes gradients without the GIL.
 """
 
 from __future__ import annotations
@@ -49,8 +56,7 @@ class MemorySampler:
                  local_rank: int = 0) -> None:
         self.events, self.device, self.interval = events, device, interval
         self.rank, self.local_rank = rank, local_rank
-        self.tensor_bytes: int | None = None  # last count from the training thread
-        self.peak = 0
+        self.peak = 0  # of what is sampled: CUDA peak allocated, CPU RSS
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
         self._nvml = _nvml_used(local_rank) if device == "cuda" else (lambda: None)
@@ -82,7 +88,7 @@ class MemorySampler:
         else:
             import psutil
 
-            data = {"source": "cpu", "rss": psutil.Process().memory_info().rss, "tensor_bytes": self.tensor_bytes}
+            data = {"source": "cpu", "rss": psutil.Process().memory_info().rss}
             self.peak = max(self.peak, data["rss"])
         return data
 
@@ -93,39 +99,110 @@ class MemorySampler:
             self._stop.wait(max(0.0, self.interval - (time.perf_counter() - started)))
 
 
-class TensorAccountCallback(TrainerCallback):
-    """Counts parameter/gradient/optimizer bytes in the training thread after each step
-    (before the next ``zero_grad``) and hands the number to the sampler."""
-
-    def __init__(self, sampler: MemorySampler, model, optimizer=None) -> None:
-        self.sampler, self.model, self.optimizer = sampler, model, optimizer  # None: the Trainer builds it
-
-    def _count(self, kwargs) -> int:
-        return accountant(self.model, self.optimizer or kwargs.get("optimizer"))()
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.sampler.tensor_bytes = self._count(kwargs)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.sampler.tensor_bytes = self._count(kwargs)
+STEP_PEAK_EVERY = 25
 
 
-def accountant(model, optimizer) -> Callable[[], int]:
-    """Bytes of parameters, gradients and optimizer state, deduplicated by storage."""
+def step_peak_every() -> int:
+    import os
+
+    configured = os.environ.get("WORKBENCH_STEP_PEAK_EVERY", "")
+    return int(configured) if configured.isdigit() and int(configured) > 0 else STEP_PEAK_EVERY
+
+
+def persistent_tensors(model, optimizer):
+    """Tensors alive between steps: parameters, buffers, quantization states, gradients and
+    optimizer state."""
     import torch
 
-    def count() -> int:
-        seen: dict[int, int] = {}
-        for p in model.parameters():
-            for t in (p, p.grad):
-                if t is not None:
-                    s = t.untyped_storage()
-                    seen[s.data_ptr()] = s.nbytes()
-        for state in list(optimizer.state.values()) if optimizer is not None else []:
-            for v in list(state.values()):
-                if isinstance(v, torch.Tensor):
-                    s = v.untyped_storage()
-                    seen[s.data_ptr()] = s.nbytes()
-        return sum(seen.values())
+    from ..measure import quant_state_tensors
 
-    return count
+    yield from model.parameters()
+    yield from (p.grad for p in model.parameters() if p.grad is not None)
+    yield from model.buffers()
+    yield from quant_state_tensors(model)
+    for state in list(optimizer.state.values()) if optimizer is not None else []:
+        for v in list(state.values()):
+            if isinstance(v, torch.Tensor):
+                yield v
+
+
+class StepPeakCallback(TrainerCallback):
+    """The measured peak of an optimizer step (see the module docstring); ``on_record`` is
+    called with each ``step_memory`` record in the training thread (the probe reads the first)."""
+
+    def __init__(self, events: EventWriter | None, model, device: str, every: int | None = None,
+                 rank: int | None = None, on_record: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.events, self.model, self.device = events, model, device
+        self.every = every or (1 if device == "cuda" else step_peak_every())
+        self.rank, self.on_record = rank, on_record
+        self.records: list[dict[str, Any]] = []
+        self._tracker = None
+        self._persistent = 0
+        self._started = 0.0
+        self._optimizer = None
+
+    def _sampled(self, step: int) -> bool:  # ``step``: optimizer steps done before this one
+        return step == 0 or (step + 1) % self.every == 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._optimizer = kwargs.get("optimizer")
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()  # set-up (loading the model) is not a step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if not self._sampled(state.global_step):
+            return
+        self._started = time.perf_counter()
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+            return
+        from ..tracking import PeakTracker, storage_key
+
+        optimizer = kwargs.get("optimizer") or self._optimizer
+        seen: dict[int, int] = {}
+        for t in persistent_tensors(self.model, getattr(optimizer, "optimizer", optimizer)):
+            ptr, nbytes = storage_key(t)
+            if ptr:
+                seen[ptr] = nbytes
+        self._persistent = sum(seen.values())
+        self._tracker = PeakTracker(set(seen))
+        self._tracker.__enter__()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        step = state.global_step  # this step's number (1-based)
+        if self.device == "cuda":
+            if not self._sampled(step - 1):
+                return
+            import torch
+
+            record = {"step": step, "source": "cuda", "peak_bytes": int(torch.cuda.max_memory_allocated()),
+                      "reserved_bytes": int(torch.cuda.memory_reserved()), "quantity": "cuda max_memory_allocated"}
+        else:
+            if self._tracker is None:
+                return
+            tracker, self._tracker = self._tracker, None
+            tracker.__exit__(None, None, None)
+            record = {"step": step, "source": "cpu", "peak_bytes": self._persistent + tracker.peak,
+                      "persistent_bytes": self._persistent, "peak_op": tracker.peak_op,
+                      "quantity": "live tensor bytes"}
+        record["seconds"] = round(time.perf_counter() - self._started, 4)
+        if self.rank is not None:
+            record["rank"] = self.rank
+        self.records.append(record)
+        if self.events is not None:
+            self.events.emit("step_memory", **record)
+        if self.on_record is not None:
+            self.on_record(record)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._tracker is not None:  # training stopped inside a sampled step
+            self._tracker.__exit__(None, None, None)
+            self._tracker = None
+
+    @property
+    def peak_bytes(self) -> int | None:
+        return max((r["peak_bytes"] for r in self.records), default=None)

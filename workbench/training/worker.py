@@ -30,7 +30,7 @@ def main(argv: list[str]) -> int:
     events = EventWriter(session / "events.jsonl")
     if not launched:
         (session / "worker.pid").write_text(str(os.getpid()))  # the process group cancel ends
-    sampler = turn = None
+    sampler = turn = run = None
     previous_sigterm = signal.getsignal(signal.SIGTERM)
     try:
         from .checkpoints import complete_checkpoints
@@ -43,6 +43,7 @@ def main(argv: list[str]) -> int:
         settings = job.training_settings
         if is_distributed(settings) and not launched:
             return _supervise(job, session, events, resume)
+        cap = _cap_memory(settings.device)  # before set-up: loading the data and the model count too
         if not launched:
             turn = wait_for_turn(session, settings.device)  # stays "queued" until then
             if turn.gpus:
@@ -55,12 +56,12 @@ def main(argv: list[str]) -> int:
             torch.cuda.set_device(local_rank)  # before the sampler touches CUDA: one context per GPU
         device = "cuda" if settings.device == "cuda" else "cpu"
         sampler = MemorySampler(events, device, rank=rank if launched else None, local_rank=local_rank).start()
-        trainer, cancel = setup(job, session, events, sampler, main_rank)
+        run = setup(job, session, events, main_rank, cap, rank if launched else None)
+        trainer, cancel = run.trainer, run.cancel
         signal.signal(signal.SIGTERM, lambda *_: cancel.request())  # graceful stop on SIGTERM
         checkpoint = complete_checkpoints(session)[-1] if resume and complete_checkpoints(session) else None
         if resume and main_rank:
             events.emit("resume", checkpoint=str(checkpoint) if checkpoint else None)
-        _cap_memory()
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         if cancel.requested:
             if main_rank:
@@ -70,11 +71,11 @@ def main(argv: list[str]) -> int:
             events.status("saving")
         final = _save_final(trainer, job, session, main_rank, settings.strategy not in ("single", "ddp"))
         if main_rank:
-            events.status("completed", adapter=str(final), step=trainer.state.global_step)
+            events.status("completed", adapter=str(final), step=trainer.state.global_step, **run.accuracy())
         return 0
     except BaseException as exc:  # every failure ends as an event; the UI never sees a traceback
         if main_rank:
-            _fail(exc, events, session, sampler, job_path)
+            _fail(exc, events, session, run, job_path)
         else:
             traceback.print_exc()  # the supervisor reports a run whose rank died
         return 1
@@ -179,88 +180,134 @@ def _save_final(trainer, job, session: Path, main_rank: bool, sharded: bool) -> 
     return final
 
 
-def setup(job, session: Path, events: EventWriter, sampler, main_rank: bool = True):
-    """Tokenizer, model, data and the Trainer, as the job says. In a multi-process run every
-    rank builds the same; only the main rank writes events other than memory samples."""
+class ProbeExceeded(MemoryError):
+    """The probe step (the longest batch, first) needed more memory than the run may use."""
+
+
+class Setup:
+    """What set-up made: the Trainer, its cancel flag, the plans and the measured step peaks."""
+
+    def __init__(self, trainer, cancel, step_peaks, predicted_peak: int, limit: int | None) -> None:
+        self.trainer, self.cancel, self.step_peaks = trainer, cancel, step_peaks
+        self.predicted_peak, self.limit = predicted_peak, limit
+
+    def accuracy(self) -> dict:
+        """The run's prediction error: its largest measured step peak against the plan of
+        the batches it ran (the same quantity)."""
+        measured = self.step_peaks.peak_bytes
+        if not measured:
+            return {}
+        error = (measured - self.predicted_peak) / self.predicted_peak * 100
+        return {"measured_peak_bytes": measured, "predicted_peak_bytes": self.predicted_peak,
+                "prediction_error_percent": round(error, 2), "measured_quantity": self.step_peaks.records[-1]["quantity"]}
+
+
+def setup(job, session: Path, events: EventWriter, main_rank: bool = True, cap: int | None = None,
+          rank: int | None = None) -> Setup:
+    """Tokenizer, data, model and the Trainer, exactly as the job's run says. In a
+    multi-process run every rank builds the same; only the main rank writes events other
+    than memory samples."""
     import torch
-    from transformers import Trainer, TrainingArguments
 
     from ..data import load_tokenizer, training_data
+    from ..errors import SettingsError
     from ..loading import load_for_training, weights_dir
     from ..methods import get_method
-    from ..optimizers import build_optimizer
     from ..specs import load_model_spec
     from .callbacks import CancelCallback, CheckpointPublisher, EventCallback, TokenCounter
-    from .collate import FlatCollator, PadCollator
-    from .distributed import TRAINER_OPTIM
     from .faults import FaultCallback, at_setup
-    from .telemetry import TensorAccountCallback
+    from .recipe import build_trainer, probes
+    from .telemetry import StepPeakCallback
 
-    spec = load_model_spec(job.model)
-    settings = job.training_settings
-    tokenizer = load_tokenizer(str(weights_dir(spec)) if spec.source != "builtin" else job.model)
-    report, train, val = training_data(job.data.path, tokenizer, job.data.format, job.data.mapping, job.data.cutoff,
-                                       job.data.train_on_prompt, job.data.val_fraction, job.data.seed)
+    run = job.run
+    settings = run.settings
+    if settings.device == "cuda" and not torch.cuda.is_available():
+        raise SettingsError("the run was planned for cuda, but this process sees no GPU; it does not train "
+                            "anywhere else: plan it for cpu, or start it where a GPU is visible")
+    spec = load_model_spec(run.model)
+    tokenizer = load_tokenizer(str(weights_dir(spec)) if spec.source != "builtin" else run.model)
+    data = run.data
+    report, train, val = training_data(data.path, tokenizer, data.format, data.mapping, settings.seq_len,
+                                       data.train_on_prompt, data.val_fraction, data.seed)
+    predicted = _record_plans(job, train, val, session, events if main_rank else None)
     if main_rank:
         events.emit("data", rows=report.rows, train=len(train), validation=len(val) if val else 0,
-                    cutoff=report.cutoff, format=report.format, dropped=report.dropped["count"])
-        _plan_for_data(job, spec, min(report.cutoff, report.token_lengths["max"]), session, events)
-    torch.manual_seed(job.schedule.seed)  # right before the adapters are initialised: nothing above may move it
-    model = load_for_training(spec, get_method(job.method), job.knobs, settings)
+                    seq_len=settings.seq_len, truncated=report.truncated_fraction, format=report.format,
+                    dropped=report.dropped["count"])
+    torch.manual_seed(run.schedule.seed)  # right before the adapters are initialised: nothing above may move it
+    model = load_for_training(spec, get_method(run.method), run.knobs, settings)
     at_setup()
-    # FSDP and DeepSpeed wrap the model first: the Trainer builds the optimizer afterwards
-    sharded = settings.strategy not in ("single", "ddp")
-    optimizer = None if sharded else build_optimizer(model.parameters(), settings.optimizer,
-                                                     lr=job.schedule.learning_rate)
-    s = job.schedule
-    args = TrainingArguments(
-        output_dir=str(session / ".staging"), per_device_train_batch_size=settings.batch_size,
-        per_device_eval_batch_size=settings.batch_size, gradient_accumulation_steps=settings.grad_accum,
-        num_train_epochs=s.epochs, max_steps=s.max_steps, learning_rate=s.learning_rate,
-        lr_scheduler_type=s.lr_scheduler, warmup_steps=s.warmup_ratio, logging_steps=s.logging_steps,
-        save_strategy="steps" if s.save_steps else "no", save_steps=s.save_steps or 500,
-        eval_strategy=("steps" if s.eval_steps else "epoch") if val else "no",
-        eval_steps=s.eval_steps or None, seed=s.seed, use_cpu=settings.device == "cpu", report_to=[],
-        disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0,
-        train_sampling_strategy="group_by_length" if s.batching == "group_by_length" else "random",
-        ddp_find_unused_parameters=False if settings.strategy == "ddp" else None,
-        **({"optim": TRAINER_OPTIM[settings.optimizer]} if sharded else {}),
-    )
+    limit = cap if settings.device == "cpu" else _gpu_limit()
+    probing = probes(run)
+
+    def check_probe(record: dict) -> None:
+        if len(step_peaks.records) != 1 or not main_rank:
+            return
+        error = (record["peak_bytes"] - predicted) / predicted * 100
+        fits = limit is None or record["peak_bytes"] <= limit
+        events.emit("probe" if probing else "first_step", step=record["step"], measured_bytes=record["peak_bytes"],
+                    predicted_bytes=predicted, error_percent=round(error, 2), limit_bytes=limit, fits=fits,
+                    quantity=record["quantity"])
+        if not fits:
+            raise ProbeExceeded(f"the probe step (the longest batch) peaked at {record['peak_bytes'] / 2**30:.2f} GiB "
+                                f"of {record['quantity']}, over the limit of {limit / 2**30:.2f} GiB")
+
+    step_peaks = StepPeakCallback(None, model, "cuda" if settings.device == "cuda" else "cpu", rank=rank,
+                                  on_record=check_probe)
+    step_peaks.events = events if (main_rank or rank is not None) else None
     counter = TokenCounter()
     cancel = CancelCallback(session / "cancel")
-    if s.batching == "padding_free":
-        method = get_method(job.method)
-        if method.extra_tokens(job.knobs) or method.extra_kv_positions(job.knobs):
-            from ..errors import SettingsError
-
-            raise SettingsError(f"batching=padding_free cannot be used with {job.method}: its virtual tokens "
-                                "are added per row, and a flattened batch is one row; use pad or group_by_length")
-        collator = FlatCollator(counter)
-    else:
-        collator = PadCollator(tokenizer.pad_token_id or 0, counter)
-    trainer = Trainer(
-        model=model, args=args, train_dataset=train, eval_dataset=val, processing_class=tokenizer,
-        data_collator=collator, optimizers=(optimizer, None),
-        callbacks=([EventCallback(events, counter)] if main_rank else []) + [cancel, FaultCallback()]
-        + ([CheckpointPublisher(session / "checkpoints", s.keep_checkpoints)] if main_rank else [])
-        + [TensorAccountCallback(sampler, model, optimizer)],
-    )
-    return trainer, cancel
+    callbacks = (([EventCallback(events, counter)] if main_rank else []) + [step_peaks, cancel, FaultCallback()]
+                 + ([CheckpointPublisher(session / "checkpoints", run.schedule.keep_checkpoints)] if main_rank else []))
+    trainer = build_trainer(run, model, tokenizer, train, val, session / ".staging", callbacks, counter)
+    return Setup(trainer, cancel, step_peaks, predicted, limit)
 
 
-def _plan_for_data(job, spec, longest: int, session: Path, events: EventWriter) -> None:
-    """``plan_effective.json``: the plan again with the sequence length the data really has
-    (batches are padded to their longest example, at most the cutoff), beside the plan made
-    before the run from the settings."""
+def _record_plans(job, train, val, session: Path, events: EventWriter | None) -> int:
+    """Plan the run again with the same function as the page did and record it; returns the
+    peak predicted for the batches this data can form. That is the shown plan's, unless every
+    example is shorter than the sequence length: batches are padded to their longest example,
+    so no batch is wider than the longest, and ``plan_effective.json`` holds that plan, with
+    the reason in a ``plan`` event."""
     import json
-    from dataclasses import replace
 
-    from ..memory import plan
-    from ..methods import get_method
+    from ..runspec import fingerprint, plan_run
 
-    effective = plan(spec, get_method(job.method), job.knobs, replace(job.training_settings, seq_len=longest))
-    (session / "plan_effective.json").write_text(json.dumps(effective.as_dict(), indent=2))
-    events.emit("plan", seq_len=longest, peak_bytes=effective.peak_bytes)
+    run = job.run
+    shown = plan_run(run)
+    mark = fingerprint(shown)
+    longest = max(max((len(x) for x in train["input_ids"]), default=0),
+                  max((len(x) for x in val["input_ids"]), default=0) if val is not None else 0)
+    effective, reason = shown, None
+    if 0 < longest < run.settings.seq_len and run.schedule.batching != "padding_free":
+        effective = plan_run(run, seq_len=longest)
+        reason = (f"the longest example has {longest} tokens, fewer than the sequence length {run.settings.seq_len}: "
+                  f"batches are padded to their longest example, so no batch is wider than {longest} tokens")
+    if events is not None:
+        detail = {"fingerprint": mark, "shown_fingerprint": job.plan_fingerprint,
+                  "matches_shown": job.plan_fingerprint in (None, mark), "seq_len": run.settings.seq_len,
+                  "peak_bytes": shown.peak_bytes}
+        if job.plan_fingerprint not in (None, mark):
+            detail["mismatch"] = "the planner gives another plan than the one shown when the run was prepared " \
+                                 "(the workbench was updated in between)"
+        if reason:
+            detail.update(effective_seq_len=longest, effective_peak_bytes=effective.peak_bytes, reason=reason,
+                          effective_fingerprint=fingerprint(effective))
+            (session / "plan_effective.json").write_text(json.dumps({**effective.as_dict(), "reason": reason,
+                                                                      "fingerprint": fingerprint(effective)}, indent=2))
+        events.emit("plan", **detail)
+    return effective.peak_bytes
+
+
+def _gpu_limit() -> int | None:
+    """What the run may use of its GPU: the device's total memory, less the CUDA context and
+    10% for the caching allocator (the preflight's margin; see :mod:`workbench.preflight`)."""
+    import torch
+
+    from ..memory.planner import device_constants
+
+    free, total = torch.cuda.mem_get_info()
+    return int(total - device_constants()["cuda"]["cuda_context_bytes"] - 0.1 * total)
 
 
 def _save(trainer, job, folder: Path) -> None:
@@ -274,18 +321,33 @@ def _save(trainer, job, folder: Path) -> None:
     save_artifacts(trainer, job, folder)
 
 
-def _cap_memory() -> None:
-    """``WORKBENCH_WORKER_MAX_MEMORY`` (bytes): the most address space training may add on
-    top of what set-up used -- an operator's guard for shared machines (host OOM becomes a
-    clean ``oom`` failure instead of the kernel's OOM killer)."""
-    extra = os.environ.get("WORKBENCH_WORKER_MAX_MEMORY", "")
-    if extra.isdigit():
-        import resource
+def _cap_memory(device: str) -> int | None:
+    """A CPU worker caps its own address space from its first line (set-up included): what
+    it has mapped once torch and transformers are imported, plus the CPU budget when it
+    starts (available RAM less the margin, :func:`workbench.preflight.worker_memory_cap`),
+    or ``WORKBENCH_WORKER_MAX_MEMORY`` bytes when an operator sets less. A run that outgrows
+    its plan then fails as ``oom`` with suggestions, instead of summoning the kernel's OOM
+    killer (which may take other processes, the web server included). Returns the bytes
+    allowed beyond the libraries (the limit the probe step is held to). GPU workers are not
+    capped this way (CUDA reserves large virtual address ranges)."""
+    if device != "cpu":
+        return None
+    import resource
 
-        import psutil
+    import psutil
+    import torch  # noqa: F401  (mapped before the cap: libraries are address space, not use)
+    import transformers  # noqa: F401
 
-        _, hard = resource.getrlimit(resource.RLIMIT_AS)
-        resource.setrlimit(resource.RLIMIT_AS, (psutil.Process().memory_info().vms + int(extra), hard))
+    from ..preflight import worker_memory_cap
+
+    extra, _ = worker_memory_cap()
+    configured = os.environ.get("WORKBENCH_WORKER_MAX_MEMORY", "")
+    if configured.isdigit():
+        extra = min(extra, int(configured))
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    wanted = psutil.Process().memory_info().vms + extra
+    resource.setrlimit(resource.RLIMIT_AS, (wanted if hard == resource.RLIM_INFINITY else min(wanted, hard), hard))
+    return extra
 
 
 def _uncap_memory() -> None:
@@ -303,14 +365,14 @@ def _is_oom(exc: BaseException) -> bool:
         "can't allocate memory" in text
 
 
-def _fail(exc: BaseException, events: EventWriter, session: Path, sampler, job_path: Path) -> None:
+def _fail(exc: BaseException, events: EventWriter, session: Path, run, job_path: Path) -> None:
     _uncap_memory()  # reporting must not fail for the same reason as training
     traceback.print_exc()
     sys.stderr.flush()
     if isinstance(exc, KeyboardInterrupt):
         events.status("cancelled", reason="interrupted by a signal")
         return
-    peak = sampler.peak if sampler is not None else None
+    peak = run.step_peaks.peak_bytes if run is not None else None
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         from .checkpoints import newest_complete
 
@@ -321,7 +383,7 @@ def _fail(exc: BaseException, events: EventWriter, session: Path, sampler, job_p
         return
     if _is_oom(exc):
         events.status("failed", reason="oom", peak_bytes=peak, message=str(exc)[:500],
-                      suggestions=_suggestions(job_path))
+                      suggestions=_suggestions(job_path, run.limit if run is not None else None))
         return
     events.status("failed", reason="error", error=f"{type(exc).__name__}: {str(exc)[:500]}",
                   log_tail=_log_tail(session, [repr(exc)]),
@@ -334,14 +396,17 @@ def _log_tail(session: Path, missing: list[str]) -> list[str]:
     return log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:] if log.exists() else missing
 
 
-def _suggestions(job_path: Path) -> list[str]:
+def _suggestions(job_path: Path, limit: int | None) -> list[str]:
+    """Changes that each re-plan under the memory the run had (its cap or its GPU)."""
     try:
-        from ..specs import load_model_spec
-        from .advice import oom_suggestions
+        from ..preflight import device_budget, suggestions_under
         from .job import TrainJob
 
         job = TrainJob.load(job_path)
-        return oom_suggestions(load_model_spec(job.model), job.method, job.knobs, job.training_settings)
+        if limit is None:
+            limit = device_budget(job.training_settings.device).limit_bytes
+        found = suggestions_under(job.run, limit)
+        return [s.text for s in found] or ["nothing this workbench can change fits the memory here: a smaller model"]
     except Exception as exc:  # advice must never hide the failure itself
         return [f"(no suggestions: {type(exc).__name__})"]
 

@@ -11,7 +11,7 @@ from .compare_tab import build_compare_tab
 from .data_tab import build_data_tab
 from .plan_tab import build_plan_tab, plan_view
 from .runs_tab import build_runs_tab
-from .train_tab import build_train_tab, reattach
+from .train_tab import build_train_tab, reattach, run_summary
 
 __all__ = ["build_app", "plan_view", "warm_up"]
 
@@ -40,4 +40,5 @@ def build_app() -> gr.Blocks:
                  api_name="plan")
         app.load(runs["reload"], None, runs["outputs"], api_visibility="private")
         app.load(reattach, None, [train["session"], train["run_id"]], api_visibility="private")
+        app.load(run_summary, train["summary_inputs"], train["summary"], api_visibility="private")
     return app

@@ -171,7 +171,8 @@ def run_texts(run_id: str, limit: int = 32) -> tuple[list[str], str]:
     job = TrainJob.load(session_path(run_id) / "job.json")
     tok = load_tokenizer(job.model)
     d = job.data
-    _, train, val = training_data(d.path, tok, d.format, d.mapping, d.cutoff, d.train_on_prompt, d.val_fraction, d.seed)
+    _, train, val = training_data(d.path, tok, d.format, d.mapping, job.training_settings.seq_len, d.train_on_prompt,
+                                  d.val_fraction, d.seed)
     split, name = (val, "validation split") if val is not None else (train, "training examples (no validation split)")
     return [tok.decode(ids) for ids in split["input_ids"][:limit]], name
 

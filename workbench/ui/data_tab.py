@@ -18,7 +18,9 @@ from .views import report_view, safe_upload_name
 
 def inspect_view(path: str | None, model: str, fmt: str, mapping: str, cutoff: float | None, val_fraction: float,
                  train_on_prompt: bool):
-    """(summary, preview html, histogram, dropped rows, report dict) -- or the error, cleanly."""
+    """(summary, preview html, histogram, dropped rows, report dict) -- or the error, cleanly.
+    ``cutoff`` is the run's sequence length (the Model & method tab's field): the one
+    truncation length the report counts with and the run trains with."""
     if not path:
         return "Upload a data file (.json, .jsonl, .csv, .tsv, .parquet, .txt or a .zip of one).", "", None, [], None
     try:
@@ -57,6 +59,17 @@ def _inspect(path: str, model: str, fmt: str, mapping: str, cutoff: float | None
     return summary + note, html, hist, dropped, report
 
 
+def use_length(report: dict | None, which: str):
+    """(the sequence length field, a message on the Data tab): the dataset's suggested
+    cutoff or p95 length becomes the run's single sequence length."""
+    if not report:
+        return gr.update(), "Upload a dataset first."
+    value = int(report["suggested_cutoff"] if which == "suggested" else report["token_lengths"]["p95"])
+    name = "suggested cutoff" if which == "suggested" else "95th-percentile length"
+    return value, (f"**Sequence length set to {value}** (this dataset's {name}) in the Model & method tab: the plan "
+                   f"uses it and the run truncates every example at it.")
+
+
 def tokenizer_for(model: str):
     """The model's tokenizer, or the tiny one with a note when it is not available here.
     The name is checked first (:mod:`workbench.safety`): a refused name is an error."""
@@ -79,7 +92,6 @@ def build_data_tab(plan_inputs: dict[str, Any]) -> dict[str, Any]:
                               info="detected automatically; override here")
             mapping = gr.Textbox(label="Column mapping", placeholder="prompt=question,response=answer,system=persona",
                                  info="for files in no known format")
-            cutoff = gr.Number(None, label="Cutoff (tokens)", precision=0, info="empty: the suggested cutoff")
             val = gr.Slider(0, 0.5, value=0.0, step=0.05, label="Validation share", info="seeded split")
             on_prompt = gr.Checkbox(False, label="Train on the prompt too", info="default: loss on answers only")
         with gr.Column(scale=2):
@@ -87,14 +99,18 @@ def build_data_tab(plan_inputs: dict[str, Any]) -> dict[str, Any]:
             preview = gr.HTML(label="What the model sees (green carries loss)")
             hist = gr.Plot(label="Token lengths")
             dropped = gr.Dataframe(headers=["row", "reason"], label="Dropped rows", wrap=True)
-    use_length = gr.Button("Plan with this dataset's p95 length")
+    with gr.Row():
+        use_suggested = gr.Button("Use the suggested cutoff as the sequence length")
+        use_p95 = gr.Button("Plan with this dataset's p95 length")
+    length_note = gr.Markdown("The cutoff is the run's **sequence length** (Model & method tab): the plan uses it and "
+                              "the run truncates every example at it.")
     report = gr.State(None)
-    controls = [upload, plan_inputs["model"], fmt, mapping, cutoff, val, on_prompt]
+    seq = plan_inputs["seq"]
+    controls = [upload, plan_inputs["model"], fmt, mapping, seq, val, on_prompt]
     for c in controls:
         c.change(inspect_view, controls, [summary, preview, hist, dropped, report], api_visibility="private")
     gr.Button("Inspect", visible=False).click(inspect_view, controls, [summary, preview, hist, dropped, report],
                                               api_name="inspect")
-    use_length.click(lambda r: int(r["token_lengths"]["p95"]) if r else gr.update(), report, plan_inputs["seq"],
-                     api_visibility="private")
-    return {"upload": upload, "format": fmt, "mapping": mapping, "cutoff": cutoff, "val": val, "on_prompt": on_prompt,
-            "report": report}
+    use_suggested.click(lambda r: use_length(r, "suggested"), report, [seq, length_note], api_visibility="private")
+    use_p95.click(lambda r: use_length(r, "p95"), report, [seq, length_note], api_visibility="private")
+    return {"upload": upload, "format": fmt, "mapping": mapping, "val": val, "on_prompt": on_prompt, "report": report}

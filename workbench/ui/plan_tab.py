@@ -10,12 +10,14 @@ from ..accuracy import planner_accuracy
 from ..charts import GIB, plan_bar
 from ..compare import GPU_COUNTS, per_gpu_table
 from ..errors import WorkbenchError
+from ..devices import default_device
 from ..memory import plan
 from ..memory.settings import DTYPE_BYTES, OFFLOADS, OPTIMIZERS, QUANTS, SETTING_HELP
 from ..methods import METHODS, get_method
+from ..runspec import fingerprint, plan_run
 from ..specs import bundled_names
 from ..tiny import TINY_NAME
-from .views import model_spec, settings_from
+from .views import model_spec, run_from_inputs
 
 GPU_SIZES_GB = (8, 16, 24, 40, 80)
 PER_GPU_SIZES_GB = (16, 24, 40, 48, 80, 96, 141)
@@ -34,27 +36,25 @@ def all_knobs() -> dict[str, Any]:
 KNOB_NAMES = tuple(all_knobs())
 
 
-def _choices(method: str, dtype: str, quant: str, batch_size: float, seq_len: float, grad_accum: float,
-             gradient_checkpointing: bool, optimizer: str, device: str, knob_values):
-    """(settings, method, knobs) from the plan inputs; ``knob_values`` follow ``KNOB_NAMES``
-    and only the chosen method's own knobs are kept."""
-    settings = settings_from(dtype, quant, batch_size, seq_len, grad_accum, gradient_checkpointing, optimizer, device)
-    chosen = get_method(method)
-    own = {k.name for k in chosen.knobs}
-    return settings, chosen, {n: v for n, v in zip(KNOB_NAMES, knob_values) if n in own and v is not None}
+def run_of(model: str, method: str, dtype: str, quant: str, batch_size: float, seq_len: float, grad_accum: float,
+           gradient_checkpointing: bool, optimizer: str, device: str, knob_values):
+    """The RunSpec the plan inputs describe (``knob_values`` follow ``KNOB_NAMES``)."""
+    return run_from_inputs(model, method, dtype, quant, batch_size, seq_len, grad_accum, gradient_checkpointing,
+                           optimizer, device, knob_values, KNOB_NAMES)
 
 
 def plan_view(model: str, method: str, dtype: str, quant: str, batch_size: float, seq_len: float,
               grad_accum: float, gradient_checkpointing: bool, optimizer: str, device: str, *knob_values):
-    """(markdown summary, figure, table rows) for the inputs; errors become a message.
-    ``knob_values`` follow ``KNOB_NAMES``; only the chosen method's knobs are used."""
+    """(markdown summary, figure, table rows) for the inputs; errors become a message that
+    replaces the plan. ``knob_values`` follow ``KNOB_NAMES``; only the chosen method's knobs are used."""
     try:
-        settings, chosen, knobs = _choices(method, dtype, quant, batch_size, seq_len, grad_accum,
-                                           gradient_checkpointing, optimizer, device, knob_values)
-        result = plan(model_spec(model), chosen, knobs, settings).as_dict()
+        run = run_of(model, method, dtype, quant, batch_size, seq_len, grad_accum, gradient_checkpointing,
+                     optimizer, device, knob_values)
+        result = plan_run(run)
     except (WorkbenchError, ValueError) as exc:
         return f"**Cannot plan:** {exc}", None, []
-    return _summary(result), plan_bar(result), _rows(result)
+    d = result.as_dict()
+    return _summary(d, run, fingerprint(result)), plan_bar(d), _rows(d)
 
 
 def per_gpu_view(model: str, method: str, dtype: str, quant: str, batch_size: float, seq_len: float,
@@ -66,9 +66,10 @@ def per_gpu_view(model: str, method: str, dtype: str, quant: str, batch_size: fl
     combination cannot run, with the reasons under the table. ``knob_values`` follow
     ``KNOB_NAMES``."""
     try:
-        settings, chosen, knobs = _choices(method, dtype, quant, batch_size, seq_len, grad_accum,
-                                           gradient_checkpointing, optimizer, device, knob_values)
-        spec = model_spec(model)
+        run = run_of(model, method, dtype, quant, batch_size, seq_len, grad_accum, gradient_checkpointing,
+                     optimizer, device, knob_values)
+        settings, chosen, knobs = run.settings, get_method(run.method), run.knobs
+        spec = model_spec(run.model)
         if offload not in OFFLOADS:
             raise WorkbenchError(f"offload {offload!r}: choose from {', '.join(OFFLOADS)}")
         budget = int(float(gpu_gb) * 1e9)
@@ -103,28 +104,23 @@ def per_gpu_view(model: str, method: str, dtype: str, quant: str, batch_size: fl
     return summary, table
 
 
-def this_machine(device: str) -> tuple[str, int] | None:
-    """(description, bytes) of this machine's memory for the plan's device: host RAM for
-    CPU plans, the first GPU via NVML for CUDA plans (the UI process never starts CUDA)."""
-    if device == "cpu":
-        import psutil
+def machine_verdict(run) -> str:
+    """The preflight's verdict for this machine, when it has the plan's device; else what
+    is missing (planning for a GPU one does not have here is fine; starting is refused)."""
+    from ..preflight import preflight
 
-        return "this machine's RAM", psutil.virtual_memory().total
     try:
-        import pynvml
+        result = preflight(run)
+    except WorkbenchError as exc:
+        return f"This machine: {exc}"
+    head = result.message().splitlines()[0]
+    if result.fits:
+        return "**✓ Fits here:**" + head.removeprefix("Fits:")
+    return "**✗ Does not fit here:**" + head.removeprefix("Does not fit:") + " (the Train tab lists what would fit)"
 
-        pynvml.nvmlInit()
-        return "this machine's GPU", int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0)).total)
-    except Exception:  # no NVML or no GPU here
-        return None
 
-
-def _summary(p: dict[str, Any]) -> str:
-    peak_gb = p["peak_bytes"] / 1e9
-    fits = [f"{size} GB {'fits' if p['peak_bytes'] <= size * 1e9 else 'does not fit'}" for size in GPU_SIZES_GB]
-    local = this_machine(p["settings"]["device"])
-    fits.append(f"{local[0]} ({local[1] / 1e9:.0f} GB) {'fits' if p['peak_bytes'] <= local[1] else 'does not fit'}"
-                if local else "this machine: no GPU found")
+def _summary(p: dict[str, Any], run, mark: str) -> str:
+    fits = [f"{size} GB {'✓ fits' if p['peak_bytes'] <= size * 1e9 else '✗ does not fit'}" for size in GPU_SIZES_GB]
     demo = "\n\n> The `tiny` model is a **demo with random weights** that works offline." if p["model"] == TINY_NAME else ""
     device = p["settings"]["device"]
     measured = planner_accuracy(device)
@@ -132,11 +128,13 @@ def _summary(p: dict[str, Any]) -> str:
                 f"  \nHow far to trust it: no measured accuracy on {'a GPU' if device == 'cuda' else device} is "
                 "committed yet (run `bench/planner_accuracy.py` there).")
     return (
-        f"### {p['method']} on {p['model_label']}\n"
+        f"### {p['method']} on {p['model_label']}, planned for {device}\n"
         f"**{p['trainable_params']:,}** of {p['total_params']:,} parameters trained ({p['trainable_percent']:.3f}%).  \n"
-        f"Predicted peak **{p['peak_bytes'] / GIB:.2f} GiB** ({peak_gb:.2f} GB); inference needs "
+        f"Predicted peak **{p['peak_bytes'] / GIB:.2f} GiB**; inference needs "
         f"{p['inference_bytes'] / GIB:.2f} GiB: training takes **{p['peak_over_inference']:.2f}x** the memory of inference.  \n"
-        f"GPU: {'; '.join(fits)}." + accuracy + demo
+        f"{machine_verdict(run)}  \n"
+        f"GPU sizes: {'; '.join(fits)}.  \nPlan `{mark}` (the run started from these settings records the same "
+        f"fingerprint)." + accuracy + demo
     )
 
 
@@ -194,7 +192,9 @@ def build_plan_tab() -> dict[str, Any]:
             accum = gr.Number(1, label="Gradient accumulation", precision=0, minimum=1, info=SETTING_HELP["grad_accum"])
             ckpt = gr.Checkbox(False, label="Gradient checkpointing", info=SETTING_HELP["gradient_checkpointing"])
             optim = gr.Dropdown(list(OPTIMIZERS), value="adamw", label="Optimizer", info=SETTING_HELP["optimizer"])
-            device = gr.Radio(["cuda", "cpu"], value="cuda", label="Plan for device", info=SETTING_HELP["device"])
+            device = gr.Radio(["cuda", "cpu"], value=default_device(), label="Device",
+                              info="where the run trains and what it is planned for (default: cuda when this "
+                                   "machine has a GPU, else cpu)")
         with gr.Column(scale=2):
             summary = gr.Markdown()
             chart = gr.Plot(label="Predicted memory of one training step")

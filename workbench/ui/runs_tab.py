@@ -14,7 +14,7 @@ from .train_tab import run_panel
 from .views import run_view, sessions_rows, user_of
 
 HEADERS = ["id", "state", "method", "model", "dataset", "step", "last loss", "predicted peak GiB",
-           "measured peak GiB"]
+           "measured step peak GiB", "prediction error"]
 
 
 def act(action: str, session_id: str | None, user: str | None = None):

@@ -3,44 +3,91 @@ learning rate and tokens/s, cancel. Polls the run's files with ``gr.Timer``; nev
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import gradio as gr
 
 from ..errors import WorkbenchError
 from ..memory.settings import OFFLOADS, SETTING_HELP, STRATEGIES
-from .views import latest_active_run, run_view, settings_from, user_of
+from .views import latest_active_run, run_from_inputs, run_view, user_of
 
 
-def start_run(model: str, method: str, dtype: str, quant: str, batch: float, seq: float, accum: float, ckpt: bool,
-              optim: str, train_device: str, data_path: str | None, fmt: str, mapping: str, cutoff: float | None,
-              val: float, on_prompt: bool, max_steps: float, lr: float, gpus: float = 1, strategy: str = "single",
-              offload: str = "none", request: gr.Request = None):
-    """(session id for the page, session id for API clients, message). The run belongs to
-    the signed-in user, if any."""
+SCHEDULE_HELP = "examples per optimizer step = batch size x gradient accumulation"
+
+
+def _run(model, method, dtype, quant, batch, seq, accum, ckpt, optim, device, data_path, fmt, mapping, val, on_prompt,
+         max_steps, lr, gpus, strategy, offload, knob_values):
+    """The RunSpec of the page (the plan inputs, the knobs, the data and the schedule)."""
     from ..data import parse_mapping
-    from ..safety import check_model_name
-    from ..training.job import Schedule
-    from ..training.launcher import make_job, start
+    from .plan_tab import KNOB_NAMES
     from .views import safe_upload_name
+
+    data = None
+    if data_path:
+        data = {"path": data_path, "name": safe_upload_name(data_path), "format": fmt, "mapping": parse_mapping(mapping),
+                "val_fraction": val or 0, "train_on_prompt": bool(on_prompt)}
+    return run_from_inputs(model, method, dtype, quant, batch, seq, accum, ckpt, optim, device, knob_values,
+                           KNOB_NAMES, data=data, schedule={"max_steps": max_steps, "learning_rate": lr, "logging_steps": 1},
+                           gpus=gpus, strategy=strategy, offload=offload)
+
+
+def start_run(request: gr.Request, model: str, method: str, dtype: str, quant: str, batch: float, seq: float,
+              accum: float, ckpt: bool, optim: str, device: str, data_path: str | None, fmt: str, mapping: str,
+              val: float, on_prompt: bool, max_steps: float, lr: float, gpus: float, strategy: str, offload: str,
+              *knob_values):
+    """(session id for the page, session id for API clients, message). Trains exactly the
+    run the page shows (its plan's fingerprint is recorded); refused, with the reason and
+    what would fit, when the device is missing or the plan does not fit its free memory.
+    The run belongs to the signed-in user, if any. ``knob_values`` follow
+    ``workbench.ui.plan_tab.KNOB_NAMES`` (None: the method's default)."""
+    from ..training.launcher import start
 
     if not data_path:
         return None, "", "**Cannot start:** upload a dataset in the Data tab first."
     try:
-        model = check_model_name(model)
-        settings = replace(settings_from(dtype, quant, batch, seq, accum, ckpt, optim, train_device),
-                           gpus=int(gpus or 1), strategy=strategy or "single", offload=offload or "none")
-        job = make_job(model, method, data_path, settings=settings.as_dict(),
-                       schedule=Schedule(max_steps=int(max_steps) if max_steps else -1, learning_rate=float(lr),
-                                         logging_steps=1),
-                       name=safe_upload_name(data_path), format=None if fmt == "auto" else fmt,
-                       mapping=parse_mapping(mapping), cutoff=int(cutoff) if cutoff else None,
-                       val_fraction=float(val or 0), train_on_prompt=bool(on_prompt))
-        session_id, _ = start(job, owner=user_of(request))
+        run = _run(model, method, dtype, quant, batch, seq, accum, ckpt, optim, device, data_path, fmt, mapping, val,
+                   on_prompt, max_steps, lr, gpus, strategy, offload, knob_values)
+        session_id, _ = start(run, owner=user_of(request))
     except (WorkbenchError, ValueError) as exc:
-        return None, "", f"**Cannot start:** {exc}"
+        return None, "", "**Cannot start:** " + str(exc).replace("\n", "  \n")
     return session_id, session_id, f"Started run `{session_id}`."
+
+
+def run_summary(model, method, dtype, quant, batch, seq, accum, ckpt, optim, device, data_path, fmt, mapping, val,
+                on_prompt, max_steps, lr, gpus, strategy, offload, report, *knob_values) -> str:
+    """What Start will train, read-only: the run definition, its plan and the verdict here."""
+    from ..preflight import gib, preflight
+    from ..runspec import fingerprint, plan_run
+
+    try:
+        run = _run(model, method, dtype, quant, batch, seq, accum, ckpt, optim, device, data_path, fmt, mapping, val,
+                   on_prompt, max_steps, lr, gpus, strategy, offload, knob_values)
+        p = plan_run(run)
+    except (WorkbenchError, ValueError) as exc:
+        return f"**Cannot start yet:** {exc}"
+    s = run.settings
+    knobs = ", ".join(f"{k} {v}" for k, v in run.knobs.items()) or "no knobs"
+    dataset = "**no dataset yet** (Data tab)"
+    if run.data:
+        rows = f", {report['rows']:,} examples, {report['truncated_fraction']:.1%} longer than {s.seq_len} tokens " \
+               f"(truncated)" if report else ""
+        dataset = f"`{run.data.name}`{rows}"
+    try:
+        check = preflight(run, p.peak_bytes)
+        verdict = check.message().replace("\n", "  \n")
+        verdict = ("✓ " if check.fits else "✗ ") + verdict
+    except WorkbenchError as exc:
+        verdict = f"✗ {exc}"
+    steps = "whole epochs" if run.schedule.max_steps == -1 else f"{run.schedule.max_steps} steps"
+    return (f"#### What Start will train\n"
+            f"- **Model** {run.model} · **method** {run.method} ({knobs}) — *Model & method tab*\n"
+            f"- **Batch** {s.batch_size} × accumulation {s.grad_accum} = {s.batch_size * s.grad_accum} examples per step · "
+            f"**sequence length** {s.seq_len} (truncation) · **{s.dtype}** · checkpointing "
+            f"{'on' if s.gradient_checkpointing else 'off'} · **optimizer** {s.optimizer} · **device {s.device}** "
+            f"— *Model & method tab*\n"
+            f"- **Data** {dataset} — *Data tab*\n"
+            f"- **Schedule** {steps}, learning rate {run.schedule.learning_rate:g} — *below*\n"
+            f"- **Predicted peak {gib(p.peak_bytes)}** (plan `{fingerprint(p)}`)  \n{verdict}")
 
 
 def cancel_run(session_id: str | None, request: gr.Request = None) -> str:
@@ -77,12 +124,6 @@ def readiness(data_path: str | None, report: dict | None) -> Any:
     return gr.update(interactive=True, value="Start training")
 
 
-def default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def run_panel() -> list[Any]:
     """The components ``run_view`` fills: status, progress, live memory, training curves."""
     status = gr.Markdown()
@@ -94,8 +135,8 @@ def run_panel() -> list[Any]:
 
 def build_train_tab(plan_inputs: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
     session = gr.State(None)
+    summary = gr.Markdown()
     with gr.Row():
-        train_device = gr.Radio(["cuda", "cpu"], value=default_device(), label="Train on")
         max_steps = gr.Number(30, label="Max steps", precision=0, minimum=1)
         lr = gr.Number(2e-4, label="Learning rate")
     with gr.Row():
@@ -112,12 +153,16 @@ def build_train_tab(plan_inputs: dict[str, Any], data: dict[str, Any]) -> dict[s
     timer = gr.Timer(1.0)
     p = plan_inputs["inputs"]
     inputs = [p["model"], p["method"], p["dtype"], p["quant"], p["batch"], p["seq"], p["accum"], p["ckpt"], p["optim"],
-              train_device, data["upload"], data["format"], data["mapping"], data["cutoff"], data["val"],
-              data["on_prompt"], max_steps, lr, gpus, strategy, offload]
-    start_btn.click(start_run, inputs, [session, run_id, message], api_name="start_run")
+              p["device"], data["upload"], data["format"], data["mapping"], data["val"], data["on_prompt"], max_steps,
+              lr, gpus, strategy, offload]
+    knobs = plan_inputs["knobs"]
+    start_btn.click(start_run, inputs + knobs, [session, run_id, message], api_name="start_run")
+    summary_inputs = inputs + [data["report"]] + knobs
+    for control in summary_inputs:
+        control.change(run_summary, summary_inputs, summary, api_visibility="private", trigger_mode="always_last")
     cancel_btn.click(cancel_run, run_id, message, api_name="cancel_run")  # the id is also what API clients pass
     data["report"].change(readiness, [data["upload"], data["report"]], start_btn, api_visibility="private")
     timer.tick(poll_run, session, panel, api_visibility="private")
     gr.Button(visible=False).click(poll_run, gr.Textbox(visible=False), panel,
                                    api_name="run_status")
-    return {"session": session, "run_id": run_id}
+    return {"session": session, "run_id": run_id, "summary": summary, "summary_inputs": summary_inputs}

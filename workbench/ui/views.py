@@ -22,9 +22,34 @@ LIVE_VIEW_SECONDS = 1.0  # how long a live run's view may be served again while 
 
 def settings_from(dtype: str, quant: str, batch_size: float, seq_len: float, grad_accum: float,
                   gradient_checkpointing: bool, optimizer: str, device: str) -> TrainingSettings:
-    return TrainingSettings(dtype=dtype, quant=None if quant == "auto" else quant, batch_size=int(batch_size),
-                            seq_len=int(seq_len), grad_accum=int(grad_accum),
-                            gradient_checkpointing=bool(gradient_checkpointing), optimizer=optimizer, device=device)
+    """Settings from the form, through the one run builder (every message names its field)."""
+    from ..runspec import build_run
+
+    return build_run("tiny", "lora", None, _settings_dict(dtype, quant, batch_size, seq_len, grad_accum,
+                                                         gradient_checkpointing, optimizer, device)).settings
+
+
+def _settings_dict(dtype, quant, batch_size, seq_len, grad_accum, gradient_checkpointing, optimizer, device,
+                   **extra) -> dict[str, Any]:
+    return {"dtype": dtype, "quant": quant, "batch_size": batch_size, "seq_len": seq_len, "grad_accum": grad_accum,
+            "gradient_checkpointing": gradient_checkpointing, "optimizer": optimizer, "device": device, **extra}
+
+
+def run_from_inputs(model: str, method: str, dtype: str, quant: str, batch_size: float, seq_len: float,
+                    grad_accum: float, gradient_checkpointing: bool, optimizer: str, device: str,
+                    knob_values, knob_names, data: dict[str, Any] | None = None, schedule: dict[str, Any] | None = None,
+                    **distributed):
+    """The RunSpec of what the page shows: the same :func:`workbench.runspec.build_run` the
+    API and the CLI use. ``knob_values`` follow ``knob_names``; only the method's own knobs
+    are kept (the page holds one widget per knob name across all methods)."""
+    from ..methods import get_method
+    from ..runspec import build_run
+
+    own = {k.name for k in get_method(method).knobs}
+    knobs = {n: v for n, v in zip(knob_names, knob_values) if n in own and v is not None}
+    settings = _settings_dict(dtype, quant, batch_size, seq_len, grad_accum, gradient_checkpointing, optimizer, device,
+                              **{k: v for k, v in distributed.items() if v not in (None, "")})
+    return build_run(model, method, knobs, settings, data=data, schedule=schedule, untrusted_model_name=True)
 
 
 def compare_view(model: str, dtype: str, batch_size: float, seq_len: float, gradient_checkpointing: bool,
@@ -130,23 +155,41 @@ def _stamp(path: Path) -> tuple[int, int]:
 
 
 def _run_view(session_id: str, folder: Path, s):
+    from ..sessions import predicted_plan
     from ..training.events import read_events
 
     events, _ = read_events(folder / "events.jsonl")
     memory = [e for e in events if e["kind"] == "memory"]
     if len(memory) > MAX_POINTS:
         memory = memory[:: len(memory) // MAX_POINTS + 1] + memory[-1:]
+    steps = [e for e in events if e["kind"] == "step_memory"]
     logs = [e for e in events if e["kind"] == "log"]
-    plan_file = next((f for f in (folder / "plan_effective.json", folder / "plan.json") if f.exists()), None)
-    plan = json.loads(plan_file.read_text()) if plan_file else None
+    plan = predicted_plan(folder)
     last = next((e for e in reversed(events) if e["kind"] == "status"), {})
     lines = [f"### Run {s.id}: **{s.state}**", f"{s.method} on {s.model}, data {s.dataset}"]
+    recorded = next((e for e in reversed(events) if e["kind"] == "plan"), None)
+    if recorded:
+        same = "the same plan as shown before the start ✓" if recorded.get("matches_shown") else \
+            f"**another plan than the one shown**: {recorded.get('mismatch', '')}"
+        lines.append(f"Plan `{recorded['fingerprint']}` recorded by the worker: {same}")
+        if recorded.get("reason"):
+            lines.append(f"Predicted for the batches this data forms: {recorded['effective_peak_bytes'] / GIB:.3f} GiB "
+                         f"(shown plan {recorded['peak_bytes'] / GIB:.3f} GiB at sequence length {recorded['seq_len']}), "
+                         f"because {recorded['reason']}")
+    probe = next((e for e in events if e["kind"] in ("probe", "first_step")), None)
+    if probe:
+        what = "Probe step (the longest examples first)" if probe["kind"] == "probe" else "First step"
+        limit = f"; limit {probe['limit_bytes'] / GIB:.2f} GiB {'✓ fits' if probe['fits'] else '✗ over'}" \
+            if probe.get("limit_bytes") else ""
+        lines.append(f"{what}: measured {probe['measured_bytes'] / GIB:.3f} GiB of {probe['quantity']} vs predicted "
+                     f"{probe['predicted_bytes'] / GIB:.3f} GiB ({probe['error_percent']:+.1f}%){limit}")
     if logs:
         e = logs[-1]
         lines.append(f"step {e['step']}/{e['max_steps']}, epoch {e['epoch']:.2f}, ETA {e['eta_seconds']} s")
     if s.predicted_peak_bytes and s.measured_peak_bytes:
-        lines.append(f"predicted peak {s.predicted_peak_bytes / GIB:.3f} GiB; measured {s.measured_peak_source} "
-                     f"{s.measured_peak_bytes / GIB:.3f} GiB")
+        lines.append(f"Predicted peak {s.predicted_peak_bytes / GIB:.3f} GiB; measured step peak "
+                     f"{s.measured_peak_bytes / GIB:.3f} GiB ({s.measured_peak_source}): prediction error "
+                     f"**{s.prediction_error_percent:+.1f}%**")
     if last.get("status") == "failed":
         lines.append(f"**Failed ({last.get('reason')})**: {last.get('message') or last.get('error', '')}")
         lines += [f"- {x}" for x in last.get("suggestions", [])]
@@ -155,7 +198,7 @@ def _run_view(session_id: str, folder: Path, s):
     if s.final_adapter:
         lines.append(f"adapter: `{s.final_adapter}`")
     progress = (logs[-1]["step"] / logs[-1]["max_steps"]) if logs and logs[-1]["max_steps"] else 0.0
-    return "  \n".join(lines), progress, live_memory(memory, plan), training_curves(logs)
+    return "  \n".join(lines), progress, live_memory(memory, plan, steps), training_curves(logs)
 
 
 def sessions_rows(user: str | None = None) -> list[list[Any]]:
@@ -163,7 +206,9 @@ def sessions_rows(user: str | None = None) -> list[list[Any]]:
 
     return [[s.id, s.state, s.method, s.model, s.dataset, s.step, None if s.last_loss is None else round(s.last_loss, 4),
              None if not s.predicted_peak_bytes else round(s.predicted_peak_bytes / GIB, 3),
-             None if not s.measured_peak_bytes else round(s.measured_peak_bytes / GIB, 3)] for s in list_sessions(user)]
+             None if not s.measured_peak_bytes else round(s.measured_peak_bytes / GIB, 3),
+             None if s.prediction_error_percent is None else f"{s.prediction_error_percent:+.1f}%"]
+            for s in list_sessions(user)]
 
 
 def user_of(request: Any) -> str | None:
