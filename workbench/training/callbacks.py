@@ -18,6 +18,7 @@ class TokenCounter:
 
     def __init__(self) -> None:
         self.tokens = 0
+        self.widest = 0  # the widest padded batch so far (tokens per row)
 
 
 class EventCallback(TrainerCallback):
@@ -47,7 +48,7 @@ class EventCallback(TrainerCallback):
         self.events.emit(
             "log", step=step, max_steps=state.max_steps, epoch=state.epoch, loss=logs.get("loss"),
             eval_loss=logs.get("eval_loss"), learning_rate=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
-            tokens_per_second=round(rate, 1), elapsed_seconds=round(elapsed, 2),
+            tokens_per_second=round(rate, 1), elapsed_seconds=round(elapsed, 2), widest_batch=self.counter.widest,
             eta_seconds=None if eta is None else round(eta, 1),
         )
 

@@ -59,12 +59,26 @@ class WorkbenchTrainer(Trainer):
         return super()._get_train_sampler(train_dataset)
 
 
+class WidthRecorder:
+    """Wraps a collator: records the widest batch it formed (``counter.widest``), so a run
+    can show that no batch was wider than its sequence length."""
+
+    def __init__(self, collator, counter) -> None:
+        self.collator, self.counter = collator, counter
+
+    def __call__(self, features):
+        batch = self.collator(features)
+        if self.counter is not None:
+            self.counter.widest = max(getattr(self.counter, "widest", 0), int(batch["input_ids"].shape[-1]))
+        return batch
+
+
 def make_collator(run: RunSpec, tokenizer, counter=None):
     from .collate import FlatCollator, PadCollator
 
     if run.schedule.batching == "padding_free":
         return FlatCollator(counter)
-    return PadCollator(tokenizer.pad_token_id or 0, counter)
+    return WidthRecorder(PadCollator(tokenizer.pad_token_id or 0, counter), counter)
 
 
 def build_trainer(run: RunSpec, model, tokenizer, train, validation, output_dir: Path, callbacks: list,
