@@ -8,7 +8,7 @@ uses the settings the workbench worker uses for the same job: LoRA r=8, alpha 16
 step; float32 on the CPU. Prints one JSON line with the Trainer's own ``train_runtime``.
 
     python bench/baseline_plain.py --model DIR --data tokens.jsonl [--epochs 1] [--batch-size 8]
-        [--lr 2e-4] [--seed 42] [--padding-free]
+        [--lr 2e-4] [--seed 42] [--padding-free] [--threads N]
 """
 
 import argparse
@@ -30,9 +30,12 @@ parser.add_argument("--batch-size", type=int, default=8)
 parser.add_argument("--lr", type=float, default=2e-4)
 parser.add_argument("--seed", type=int, default=42)
 parser.add_argument("--padding-free", action="store_true")
+parser.add_argument("--threads", type=int, default=0, help="torch compute threads (0: torch's default)")
 args = parser.parse_args()
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if args.threads > 0:  # as the worker does (torch.set_num_threads), so both sides compute on the same threads
+    torch.set_num_threads(args.threads)
 set_seed(args.seed)
 tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=False)
 model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32, use_safetensors=True,
@@ -56,4 +59,5 @@ with tempfile.TemporaryDirectory() as out:
 tokens = int(sum(len(ids) for ids in data["input_ids"]) * args.epochs)
 runtime = result.metrics["train_runtime"]
 print(json.dumps({"train_runtime": runtime, "tokens": tokens, "tokens_per_second": tokens / runtime,
+                  "torch_threads": torch.get_num_threads(),
                   "train_loss": result.metrics["train_loss"], "steps": result.global_step}))

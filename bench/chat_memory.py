@@ -212,9 +212,9 @@ def main() -> int:
                       f"{result['rss'] / 1e6:.1f} MB (peak {result['rss_peak'] / 1e6:.1f}), base TTFT "
                       f"{result['base']['ttft_s'] * 1000:.1f} ms, {result['base']['tokens_per_second']:.1f} tok/s",
                       file=sys.stderr, flush=True)
-        from planner_accuracy import environment
+        from _meta import markdown_header, run_metadata
 
-        meta = environment("cpu")
+        meta = run_metadata("cpu")
 
     def med(n, key, sub=None):
         vals = [(r[key] if sub is None else r[key][sub]) for r in runs[n]]
@@ -252,9 +252,8 @@ def main() -> int:
          "planner_extrapolation": extrapolation,
          "tokens_per_answer": args.tokens, "summary": summary}, indent=1))
     mb = lambda x: f"{x / 1e6:.2f}"  # noqa: E731
-    lines = ["# Chat view: base alone vs base + 3 adapters", "",
-             f"{meta['date']} on {meta['machine']}, {meta['cpu']}, {meta['cpus']} CPUs, CPU only. torch "
-             f"{meta['torch']}, transformers {meta['transformers']}, peft {meta['peft']}. {args.repeat} fresh "
+    lines = markdown_header("Chat view: base alone vs base + 3 adapters", meta) + [
+             f"CPU only. {args.repeat} fresh "
              f"processes per side, interleaved; {args.threads or 'default'} compute thread(s) each; timings are "
              f"medians of 6 answers per process and of the processes.", "", summary, "",
              "| | base alone | base + 3 adapters | ratio |", "|---|---:|---:|---:|",

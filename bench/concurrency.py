@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -27,7 +26,6 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,7 +123,6 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--clients", type=int, default=20)
     args = parser.parse_args()
-    import torch
 
     folder = Path(tempfile.mkdtemp(prefix="wb-concurrency-"))
     data = folder / "qa.jsonl"
@@ -151,13 +148,14 @@ def main() -> int:
     summary = {"ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
                "target": TARGET, "met": statistics.median(ratios) >= TARGET,
                "client_requests": sum(r["requests"] for r in rows), "client_errors": sum(r["errors"] for r in rows)}
-    meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": "cpu",
-            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
-            "steps": args.steps, "repeat": args.repeat, "clients": args.clients}
+    from _meta import markdown_header, run_metadata
+
+    meta = {**run_metadata("cpu"), "cores": os.cpu_count(), "steps": args.steps, "repeat": args.repeat,
+            "clients": args.clients}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "concurrency.json").write_text(json.dumps({"meta": meta, "runs": rows, "summary": summary}, indent=2))
-    lines = [f"# Training speed while {args.clients} web clients are busy", "",
-             f"{meta['date']}, {meta['cores']} CPU cores, torch {meta['torch']}; tiny LoRA, batch 4, {args.steps} steps "
+    lines = markdown_header(f"Training speed while {args.clients} web clients are busy", meta) + [
+             f"tiny LoRA, batch 4, {args.steps} steps "
              f"per run; each client polls the run status every second and plans + inspects every 5 s "
              f"(browser tabs on loopback; the client process runs at nice 10, the server and worker at 0).", "",
              "| repeat | clients | tokens/s (median step) | client requests | client errors |", "|---|---|---|---|---|"]

@@ -11,12 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -74,13 +72,13 @@ def main() -> int:
                f"{phases['inspect_total']:.2f} s, target < {TARGET_S:.0f} s: {'met' if met else 'NOT met'}")
     print("\n".join(lines))
     print(summary)
-    meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.platform(),
-            "cpus": os.cpu_count(), "python": platform.python_version(), "rows": n}
+    from _meta import markdown_header, run_metadata
+
+    meta = {**run_metadata("cpu"), "rows": n}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "data_speed.json").write_text(json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=1))
-    (RESULTS / "data_speed.md").write_text(f"# Dataset inspection speed\n\n{meta['date']} on {meta['machine']}, "
-                                           f"{meta['cpus']} CPUs, Python {meta['python']}.\n\n{summary}\n\n"
-                                           + "\n".join(lines) + "\n")
+    (RESULTS / "data_speed.md").write_text("\n".join(markdown_header("Dataset inspection speed", meta))
+                                           + f"\n{summary}\n\n" + "\n".join(lines) + "\n")
     return 0 if met else 1
 
 

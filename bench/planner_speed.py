@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -65,14 +63,13 @@ def main() -> int:
     print("\n".join(lines))
     print()
     print(summary)
-    meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.platform(),
-            "processor": platform.processor() or platform.machine(), "python": platform.python_version(),
-            "repeat": args.repeat, "settings": settings.as_dict()}
+    from _meta import markdown_header, run_metadata
+
+    meta = {**run_metadata("cpu"), "repeat": args.repeat, "settings": settings.as_dict()}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "planner_speed.json").write_text(json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=1))
     (RESULTS / "planner_speed.md").write_text(
-        f"# Planner speed\n\n{meta['date']} on {meta['machine']} ({meta['processor']}), Python {meta['python']}, "
-        f"CPU only.\n\n{summary}\n\n" + "\n".join(lines) + "\n")
+        "\n".join(markdown_header("Planner speed", meta)) + f"\n{summary}\n\n" + "\n".join(lines) + "\n")
     return 0 if worst_big is None or worst_big["warm_ms"] < TARGET_WARM_MS else 1
 
 

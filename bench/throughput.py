@@ -72,13 +72,14 @@ def run_plain(model_dir: Path, tokens_file: Path, args) -> dict:
     start = time.perf_counter()
     out = subprocess.run([sys.executable, str(HERE / "baseline_plain.py"), "--model", str(model_dir), "--data",
                           str(tokens_file), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
-                          "--lr", str(args.lr)], capture_output=True, text=True, env=os.environ.copy())
+                          "--lr", str(args.lr), "--threads", str(args.threads)], capture_output=True, text=True,
+                         env=os.environ.copy())
     wall = time.perf_counter() - start
     if out.returncode != 0:
         raise RuntimeError(f"baseline_plain.py failed:\n{out.stderr[-2000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
     return {"train_runtime": result["train_runtime"], "train_loss": result["train_loss"], "steps": result["steps"],
-            "wall": wall}
+            "wall": wall, "threads": result.get("torch_threads")}
 
 
 def run_worker(data: Path, batching: str, args) -> dict:
@@ -101,8 +102,10 @@ def run_worker(data: Path, batching: str, args) -> dict:
         log = (session_path(sid) / "worker.log").read_text(errors="replace")[-2000:]
         raise RuntimeError(f"worker {batching} ended {status}:\n{log}")
     rates = [e["tokens_per_second"] for e in events if e["kind"] == "log" and e.get("tokens_per_second")]
+    loading = next((e for e in events if e.get("status") == "loading"), {})
     return {"train_runtime": float(summary["train_runtime"]), "train_loss": float(summary["train_loss"]),
-            "steps": summary["step"], "wall": wall, "ui_tokens_per_second_median": statistics.median(rates)}
+            "steps": summary["step"], "wall": wall, "ui_tokens_per_second_median": statistics.median(rates),
+            "threads": loading.get("cpu_threads")}
 
 
 def main() -> int:
@@ -114,19 +117,21 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma list (plain is always run)")
     parser.add_argument("--no-write", action="store_true", help="print only; keep the committed results")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="compute threads per training process, the same for every side (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="compute threads per training process, the same for every side (0: what the worker "
+                             "uses by default, every core but one)")
     args = parser.parse_args()
-    if args.threads > 0:  # inherited by both training processes; torch reads it at start-up
-        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
+    # One explicit count for both sides: the worker's own rule (WORKBENCH_WORKER_THREADS, else every core but one,
+    # workbench/training/worker.py _cpu_threads) and baseline_plain.py's --threads (torch.set_num_threads).
+    args.threads = args.threads if args.threads > 0 else max(1, (os.cpu_count() or 1) - 1)
+    os.environ["WORKBENCH_WORKER_THREADS"] = str(args.threads)
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
     variants = ("plain",) + tuple(v for v in args.variants.split(",") if v in VARIANTS and v != "plain")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         os.environ["WORKBENCH_CACHE"] = str(tmp / "cache")
         os.environ["WORKBENCH_SESSIONS"] = str(tmp / "sessions")
-        from planner_accuracy import environment
-
         from workbench.tiny import ensure_tiny
 
         model_dir = ensure_tiny()
@@ -180,9 +185,12 @@ def main() -> int:
     print(summary)
     if args.no_write:
         return 0
-    meta = environment("cpu")
+    from _meta import markdown_header, run_metadata
+
+    meta = run_metadata("cpu")
     meta["seconds"] = round(time.perf_counter() - started, 1)
-    setup = {"threads_per_process": args.threads or "torch default", "model": "tiny",
+    threads_seen = sorted({r.get("threads") for rs in runs.values() for r in rs}, key=str)
+    setup = {"threads_per_process": args.threads, "threads_seen": threads_seen, "model": "tiny",
              "method": "lora (r=8, alpha 16, dropout 0.05, all-linear)", "dtype": "float32",
              "batch_size": args.batch_size, "epochs": args.epochs, "learning_rate": args.lr, "examples": examples,
              "real_tokens": tokens, "token_lengths": {k: v for k, v in lengths.items() if k != "histogram"},
@@ -191,12 +199,13 @@ def main() -> int:
     (RESULTS / "throughput.json").write_text(json.dumps(
         {"meta": meta, "setup": setup, "variants": rows, "runs": runs, "verdict": verdict, "summary": summary},
         indent=1))
-    lines = ["# Training throughput: workbench worker vs plain Trainer + peft", "",
-             f"{meta['date']} on {meta['machine']}, {meta['cpu']}, {meta['cpus']} CPUs, CPU only. torch "
-             f"{meta['torch']}, transformers {meta['transformers']}, peft {meta['peft']}.", "", summary, "",
+    lines = markdown_header("Training throughput: workbench worker vs plain Trainer + peft", meta) + [
+             "CPU only.", "", summary, "",
              "Tokens/s = real (non-pad) tokens of the epoch / the Trainer's own `train_runtime` in each process. "
              "Ratios are per repetition against the plain run of the same repetition. Compute threads per "
-             f"training process: {setup['threads_per_process']} (the same for every side; see docs/benchmarks.md).",
+             f"training process: {setup['threads_per_process']}, passed explicitly to both sides "
+             f"(WORKBENCH_WORKER_THREADS for the worker, --threads for baseline_plain.py); reported by the "
+             f"processes: {threads_seen}.",
              "",
              "| variant | tokens/s per repetition | median | ratio to plain: median | min | max | train loss | "
              "wall s (whole process) |", "|---|---|---:|---:|---:|---:|---|---|"]

@@ -10,12 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -97,15 +95,15 @@ def main() -> int:
                f"{', '.join(f'{r:.3f}' for r in pairwise)}); CPU time (all threads) ratio {cpu_ratio:.4f}; "
                f"target <= {TARGET}: {'met' if max(ratio, cpu_ratio) <= TARGET else 'NOT met'}")
     print(summary)
-    meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.platform(),
-            "cpus": os.cpu_count(), "python": platform.python_version()}
+    from _meta import markdown_header, run_metadata
+
+    meta = run_metadata("cpu")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "worker_overhead.json").write_text(json.dumps(
         {"meta": meta, "baseline_s": base, "telemetry_s": telem, "baseline_cpu_s": base_cpu,
          "telemetry_cpu_s": telem_cpu, "ratio": ratio, "cpu_ratio": cpu_ratio, "summary": summary}, indent=1))
     (RESULTS / "worker_overhead.md").write_text(
-        f"# Worker telemetry overhead\n\n{meta['date']} on {meta['machine']}, {meta['cpus']} CPUs, CPU only, tiny "
-        f"model, LoRA.\n\n{summary}\n\n| run | baseline wall (s) | telemetry wall (s) | baseline CPU (s) | "
+        "\n".join(markdown_header("Worker telemetry overhead", meta)) + f"\nCPU only, tiny model, LoRA.\n\n{summary}\n\n| run | baseline wall (s) | telemetry wall (s) | baseline CPU (s) | "
         f"telemetry CPU (s) |\n|---|---:|---:|---:|---:|\n"
         + "\n".join(f"| {i + 1} | {b:.3f} | {t:.3f} | {bc:.3f} | {tc:.3f} |"
                      for i, (b, t, bc, tc) in enumerate(zip(base, telem, base_cpu, telem_cpu))) + "\n")
