@@ -10,7 +10,7 @@ step = the last sample taken at or before that step's log line.
 
 Variants (each a fresh worker; ``--variants a,b``), to tell the candidate causes apart:
 
-- ``as_shipped``: the worker as the launcher starts it (its allocator defaults included);
+- ``as_shipped``: the worker as the launcher starts it (it trims the heap every 10 steps);
 - ``glibc_default``: every allocator variable unset and the launcher's defaults off (the report);
 - ``arena_max_2`` / ``mmap_threshold`` / ``trim_threshold``: one glibc knob each;
 - ``malloc_trim``: ``malloc_trim(0)`` every ``--trim-every`` seconds from a thread;
@@ -54,7 +54,7 @@ WORDS = ("memory adapter rank gradient token batch layer weight model train lear
 
 #: name -> (environment for the worker, what it tests)
 VARIANTS: dict[str, tuple[dict[str, str | None], str]] = {
-    "as_shipped": ({}, "the worker as the launcher starts it (workbench/training/allocator.py defaults)"),
+    "as_shipped": ({}, "the worker as the launcher starts it (malloc_trim every 10 steps, workbench/training/allocator.py)"),
     "glibc_default": ({k: None for k in ALLOCATOR_VARIABLES}, "glibc's defaults: no allocator variable (the report)"),
     "arena_max_2": ({"MALLOC_ARENA_MAX": "2"}, "glibc: at most 2 malloc arenas"),
     "mmap_threshold": ({"MALLOC_MMAP_THRESHOLD_": "65536"}, "glibc: blocks >= 64 KiB always mmap'd"),

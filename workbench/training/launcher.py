@@ -89,9 +89,7 @@ def spawn(session_id: str, resume: bool = False) -> subprocess.Popen:
     """Start the worker of a prepared session (``resume``: from its newest complete checkpoint)."""
     folder = session_path(session_id)
     log = open(folder / "worker.log", "ab")
-    from .allocator import worker_env_defaults
-
-    env = {**worker_env_defaults(), **os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_DIR), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.Popen(
         [sys.executable, "-m", "workbench.training.worker", str(folder / "job.json")] + (["--resume"] if resume else []),

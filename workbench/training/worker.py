@@ -33,6 +33,7 @@ def main(argv: list[str]) -> int:
     sampler = turn = run = None
     previous_sigterm = signal.getsignal(signal.SIGTERM)
     try:
+        from ..methods import get_method
         from .checkpoints import complete_checkpoints
         from .distributed import is_distributed
         from .job import TrainJob
@@ -43,7 +44,8 @@ def main(argv: list[str]) -> int:
         settings = job.training_settings
         if is_distributed(settings) and not launched:
             return _supervise(job, session, events, resume)
-        cap = _cap_memory(settings.device)  # before set-up: loading the data and the model count too
+        cap = _cap_memory(settings.device, quantized=job.training_settings.quant not in (None, "none")
+                          or bool(get_method(job.method).quantization))  # before set-up: loading counts too
         if not launched:
             turn = wait_for_turn(session, settings.device)  # stays "queued" until then
             if turn.gpus:
@@ -214,6 +216,7 @@ def setup(job, session: Path, events: EventWriter, main_rank: bool = True, cap: 
     from ..loading import load_for_training, weights_dir
     from ..methods import get_method
     from ..specs import load_model_spec
+    from .allocator import TrimCallback
     from .callbacks import CancelCallback, CheckpointPublisher, EventCallback, TokenCounter
     from .faults import FaultCallback, at_setup
     from .recipe import build_trainer, probes
@@ -258,6 +261,7 @@ def setup(job, session: Path, events: EventWriter, main_rank: bool = True, cap: 
     counter = TokenCounter()
     cancel = CancelCallback(session / "cancel")
     callbacks = (([EventCallback(events, counter)] if main_rank else []) + [step_peaks, cancel, FaultCallback()]
+                 + ([TrimCallback()] if settings.device == "cpu" else [])
                  + ([CheckpointPublisher(session / "checkpoints", run.schedule.keep_checkpoints)] if main_rank else []))
     trainer = build_trainer(run, model, tokenizer, train, val, session / ".staging", callbacks, counter)
     return Setup(trainer, cancel, step_peaks, predicted, limit)
@@ -321,7 +325,7 @@ def _save(trainer, job, folder: Path) -> None:
     save_artifacts(trainer, job, folder)
 
 
-def _cap_memory(device: str) -> int | None:
+def _cap_memory(device: str, quantized: bool = False) -> int | None:
     """A CPU worker caps its own address space from its first line (set-up included): what
     it has mapped once torch and transformers are imported, plus the CPU budget when it
     starts (available RAM less the margin, :func:`workbench.preflight.worker_memory_cap`),
@@ -335,8 +339,16 @@ def _cap_memory(device: str) -> int | None:
     import resource
 
     import psutil
-    import torch  # noqa: F401  (mapped before the cap: libraries are address space, not use)
-    import transformers  # noqa: F401
+
+    # every library set-up needs is mapped before the cap: mapped libraries are address
+    # space, not memory in use (a library loaded after it could fail to map, seen with pyarrow)
+    import datasets  # noqa: F401
+    import peft  # noqa: F401
+    import torch  # noqa: F401
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer  # noqa: F401
+
+    if quantized:
+        import bitsandbytes  # noqa: F401
 
     from ..preflight import worker_memory_cap
 
