@@ -66,7 +66,8 @@ def _run(url: str, data: Path, folder: Path, steps: int, clients: int) -> dict:
 
     def start_run() -> None:
         run["id"] = main.predict("tiny", "lora", "float32", "auto", 4, 128, 1, False, "adamw", "cpu", handle_file(str(data)),
-                             "auto", "", None, 0, False, steps, 1e-3, api_name="/start_run")[0]
+                             "auto", "", 0, False, steps, 1e-3, 1, "single", "none", *[None] * len(KNOB_NAMES),
+                             api_name="/start_run")[0]
         started.set()
 
     done = threading.Event()

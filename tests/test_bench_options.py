@@ -94,9 +94,9 @@ def test_worker_trains_with_each_batching(qa_file, batching):
 
 
 def test_padding_free_refuses_virtual_token_methods(qa_file):
-    rc, _, last = _train(qa_file, "prefix", "padding_free")
-    assert rc == 1 and last["status"] == "failed"
-    assert "padding_free" in last["error"]
+    """Refused when the run is defined, before any session or worker exists."""
+    with pytest.raises(SettingsError, match="padding_free cannot be used with prefix"):
+        _train(qa_file, "prefix", "padding_free")
 
 
 def test_planner_accuracy_summary_line(tmp_path):

@@ -51,6 +51,8 @@ def test_whole_flow_in_a_browser(app_url, tmp_path):
         page.screenshot(path=SHOTS / "3-data.png", full_page=True)
 
         page.get_by_role("tab", name="Train").click()
+        page.get_by_text("What Start will train").first.wait_for(timeout=60_000)  # the run definition, read only
+        page.get_by_text(re.compile(r"Fits: predicted peak [\d.]+ GiB")).first.wait_for(timeout=60_000)
         start = page.get_by_role("button", name="Start training")
         page.wait_for_function("() => [...document.querySelectorAll('button')].some("
                                "b => b.textContent.trim() === 'Start training' && !b.disabled)", timeout=30_000)
@@ -64,7 +66,8 @@ def test_whole_flow_in_a_browser(app_url, tmp_path):
         page.wait_for_function(f"() => [...document.querySelectorAll('textarea, input')].some(e => e.value === "
                                f"'{run_id}')", timeout=60_000)
         page.get_by_text(re.compile(rf"Run {run_id}: (loading|running|saving|completed)")).first.wait_for(timeout=60_000)
-        page.get_by_text(re.compile(r"predicted peak [\d.]+ GiB; measured")).first.wait_for(timeout=120_000)
+        page.get_by_text(re.compile(r"Probe step \(the longest examples first\): measured")).first.wait_for(timeout=120_000)
+        page.get_by_text(re.compile(r"Predicted peak [\d.]+ GiB; measured step peak")).first.wait_for(timeout=300_000)
         page.get_by_text(re.compile(r"Run \d{8}-\d{6}-\w+: completed")).first.wait_for(timeout=300_000)
         assert page.locator(".js-plotly-plot .scatterlayer .trace").count() > 0  # live memory lines drawn
         page.screenshot(path=SHOTS / "4-train.png", full_page=True)

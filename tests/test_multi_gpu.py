@@ -182,9 +182,13 @@ def test_live_chart_draws_one_line_per_gpu():
 
     samples = [{"kind": "memory", "time": t, "source": "cuda", "allocated": 2**30 * (1 + r), "reserved": 2**31,
                 "max_allocated": 2**30, "nvml_used": None, "rank": r} for t in range(3) for r in range(2)]
-    fig = live_memory(samples, {"peak_bytes": 3 * 2**30, "per_gpu": True, "components": [], "peak_terms": []})
+    steps = [{"kind": "step_memory", "time": t, "step": t + 1, "source": "cuda", "peak_bytes": 2**30 * (2 + r),
+              "quantity": "cuda max_memory_allocated", "rank": r} for t in range(3) for r in range(2)]
+    fig = live_memory(samples, {"peak_bytes": 3 * 2**30, "per_gpu": True, "components": [], "peak_terms": []}, steps)
     names = [trace.name for trace in fig.data]
-    assert names == ["GPU 0: allocated", "GPU 0: reserved", "GPU 1: allocated", "GPU 1: reserved"]
+    assert names == ["GPU 0: measured step peak (cuda max_memory_allocated)", "GPU 0: reserved (caching allocator)",
+                     "GPU 1: measured step peak (cuda max_memory_allocated)", "GPU 1: reserved (caching allocator)"]
+    assert list(fig.data[2].y) == [3.0, 3.0, 3.0]  # GPU 1's own step peaks
     assert any("predicted peak per GPU" in (a.text or "") for a in fig.layout.annotations)
 
 

@@ -175,7 +175,7 @@ def test_shell_text_in_names_never_reaches_a_command_line(tmp_path, monkeypatch)
     assert args[1:] == ["-m", "workbench.training.worker", str(folder / "job.json")]
     assert sorted(p.name for p in folder.iterdir()) == ["dataset.jsonl", "events.jsonl", "job.json", "plan.json",
                                                         "worker.log", "worker.pid"]
-    assert json.loads((folder / "job.json").read_text())["data"]["name"] == hostile.name  # kept as text, shown escaped
+    assert json.loads((folder / "job.json").read_text())["run"]["data"]["name"] == hostile.name  # kept as text, shown escaped
     assert not (tmp_path / "PWNED").exists()
 
 

@@ -153,7 +153,8 @@ def test_forged_file_payloads_are_refused(server):
         assert event == "error", (path, event, data[:200])
         assert "someone else" not in data and "private" not in data and "root:" not in data
         event, data = _call(server["url"], "start_run", ["tiny", "lora", "float32", "auto", 1, 64, 1, False, "adamw",
-                                                         "cpu", forged, "auto", "", None, 0, False, 2, 1e-3])
+                                                         "cpu", forged, "auto", "", 0, False, 2, 1e-3, 1, "single", "none"]
+                                                        + [None] * 15)
         assert event == "error", (path, event, data[:200])
     assert [p.name for p in (server["folder"] / "sessions").iterdir() if (p / "worker.pid").exists()] == []
 

@@ -10,6 +10,8 @@ import pytest
 
 from conftest import running_app
 
+from workbench.ui.plan_tab import KNOB_NAMES
+
 ROWS = "\n".join(json.dumps({"prompt": f"What is {i}?", "completion": f"It is {i}."}) for i in range(24))
 
 
@@ -129,7 +131,8 @@ def test_sign_in_gives_each_user_their_own_runs(tmp_path):
         alice = gradio_client.Client(url, auth=("alice", "wonderland"), verbose=False)
         bob = gradio_client.Client(url, auth=("bob", "builder"), verbose=False)
         run_id, message = alice.predict("tiny", "lora", "float32", "auto", 2, 64, 1, False, "adamw", "cpu",
-                                        gradio_client.handle_file(str(data)), "auto", "", None, 0, False, 4, 1e-3,
+                                        gradio_client.handle_file(str(data)), "auto", "", 0, False, 4, 1e-3, 1, "single", "none",
+                                        *[None] * len(KNOB_NAMES),
                                         api_name="/start_run")
         assert run_id and "Started" in message
         assert (tmp_path / "sessions" / run_id / "owner").read_text() == "alice"
@@ -157,7 +160,8 @@ def test_twenty_clients_while_a_run_trains(tmp_path):
     with running_app(tmp_path) as url:
         main = gradio_client.Client(url, verbose=False)
         run_id, _ = main.predict("tiny", "lora", "float32", "auto", 2, 64, 1, False, "adamw", "cpu",
-                                 gradio_client.handle_file(str(data)), "auto", "", None, 0, False, 30, 1e-3,
+                                 gradio_client.handle_file(str(data)), "auto", "", 0, False, 30, 1e-3, 1, "single", "none",
+                                 *[None] * len(KNOB_NAMES),
                                  api_name="/start_run")
         answered, failures, full = [], [], []
         barrier = threading.Barrier(20)

@@ -89,7 +89,7 @@ def test_the_server_stays_up_while_its_workers_die(tmp_path):
     with running_app(tmp_path, env={"WORKBENCH_FAULT": "oom_at_step=3"}) as url:
         client = gradio_client.Client(url, verbose=False)
         start = ("tiny", "lora", "float32", "auto", 2, 64, 1, False, "adamw", "cpu", gradio_client.handle_file(str(data)),
-                 "auto", "", None, 0, False, 20, 1e-3)
+                 "auto", "", 0, False, 20, 1e-3, 1, "single", "none", *[None] * len(KNOB_NAMES))
 
         def status(run_id):
             return client.predict(run_id, api_name="/run_status")[0]
