@@ -58,7 +58,8 @@ def job_settings(session_id: str | None, user: str | None = None) -> dict:
     if not session_id:
         return {}
     try:
-        return json.loads((check_access(session_id, user) / "job.json").read_text())
+        job = json.loads((check_access(session_id, user) / "job.json").read_text())
+        return {**(job.get("run") or job), "plan_fingerprint": job.get("plan_fingerprint")}
     except (WorkbenchError, OSError, ValueError) as exc:
         return {"error": str(exc)}
 
