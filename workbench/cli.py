@@ -153,18 +153,26 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
+    """Components on one forward/backward of the widest padded micro-batch; the peak inside the
+    worker's own Trainer step (``StepPeakCallback`` on every step), compared with the plan at
+    the width of the step that peaked (see :mod:`workbench.measure`)."""
     import contextlib
+    from dataclasses import replace
 
     from .measure import measure
 
     spec, method, knobs, settings = _parse_run(args)
     planned = plan(spec, method, knobs, settings)
-    # libraries imported on the way (deepspeed's logger, when installed) print to stdout: keep --json clean
-    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
-        measured = measure(spec, method, knobs, settings, steps=args.steps)
+    # the Trainer prints its logs and libraries imported on the way (deepspeed's logger, when
+    # installed) print to stdout: keep it for the results
+    with contextlib.redirect_stdout(sys.stderr):
+        measured = measure(spec, method, knobs, settings, steps=max(2, args.steps))
+    width = measured.device_peak.get("peak_width", settings.seq_len)
+    planned_peak = plan(spec, method, knobs, replace(settings, seq_len=width)).peak_bytes
     result = measured.as_dict()
     result["planned"] = {t.name: t.bytes for t in planned.components}
-    result["planned_peak_bytes"] = planned.peak_bytes
+    result["planned_peak_bytes"] = planned_peak
+    result["planned_peak_seq_len"] = width
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -176,8 +184,10 @@ def cmd_measure(args: argparse.Namespace) -> int:
         print(f"  {name:<18} {p:>14,} {value:>14,}  {diff}")
     measured_peak = measured.device_peak.get("peak_tensor_bytes") or measured.device_peak.get("max_memory_allocated")
     if measured_peak:
-        diff = (planned.peak_bytes - measured_peak) / measured_peak * 100
-        print(f"  {'peak':<18} {planned.peak_bytes:>14,} {measured_peak:>14,}  {diff:+.2f}%")
+        diff = (planned_peak - measured_peak) / measured_peak * 100
+        print(f"  {'step peak':<18} {planned_peak:>14,} {measured_peak:>14,}  {diff:+.2f}%  "
+              f"(the worker's Trainer, step {measured.device_peak.get('peak_step')}, planned at its widest "
+              f"micro-batch: {width} tokens)")
     for k, v in measured.device_peak.items():
         print(f"  {k:<18} {v:>14,}" if isinstance(v, int) else f"  {k:<18} {v}")
     return 0

@@ -14,7 +14,9 @@ i = intermediate, kv = kv_heads x head_dim, e = compute dtype bytes:
 - rotary embedding: cos and sin, once per forward (2 x s x head_dim x e);
 - SDPA (flash / memory-efficient / CPU flash kernels): q and the output (e·h each), k and v
   (e·kv each, grouped-query heads are not repeated without a mask) and the fp32 logsumexp
-  (4 x heads); eager attention instead keeps the s x s probabilities and repeated k, v;
+  (4 x heads); a padded batch (:func:`padded_batch`) brings an attention mask: k and v are
+  repeated per head and each layer saves an additive e x s x s mask per example; eager
+  attention instead keeps the s x s probabilities and repeated k, v;
 - SwiGLU: gate output (e·i) for SiLU, SiLU output and up output (e·i each) for the product,
   the product (e·i) when down_proj's weight is trained;
 - adapters add what their method declares (``Method.adapter_saved``).
@@ -69,6 +71,14 @@ class ActivationEstimate:
     exact_architecture: bool
 
 
+def padded_batch(settings: TrainingSettings) -> bool:
+    """Does a micro-batch carry a padding mask? The worker pads a batch to its longest example
+    and passes the attention mask (``training/collate.py``); with more than one example some
+    are shorter, so transformers keeps the mask (a single example is never padded and its
+    all-ones mask is dropped for ``is_causal``)."""
+    return settings.batch_size > 1
+
+
 def is_llama_like(spec: ModelSpec) -> bool:
     names = {lin.short_name for lin in spec.inventory.linears}
     params = {p.name for p in spec.inventory.params}
@@ -119,7 +129,19 @@ def _walk_block(i: int, rg: bool, spec: ModelSpec, method: Method, knobs: dict, 
     prefix = method.extra_kv_positions(knobs)
     attn_rg = q_rg or k_rg or v_rg or prefix > 0  # trained prefix keys/values enter here
     if attn_rg:
-        if settings.attention == "sdpa" and prefix:
+        if settings.attention == "sdpa" and not prefix and padded_batch(settings):
+            # the padded batch's attention mask: transformers then repeats k/v per head (use_gqa_in_sdpa
+            # needs no mask) and torch turns the boolean mask into an additive one in the compute dtype,
+            # per layer (sdp_utils convert_boolean_attn_mask), which the CPU flash kernel saves
+            width = q_width if nh != spec.num_kv_heads else kv
+            seq = settings.seq_len
+            out.save(f"{p}.q", "sdpa: rotated q (e x heads x d)", e * q_width)
+            out.save(f"{p}.k", "sdpa with a mask: k repeated per head", e * width)
+            out.save(f"{p}.v", "sdpa with a mask: v repeated per head", e * width)
+            out.save(f"{p}.attn_out", "sdpa: output (e x heads x d)", e * q_width)
+            out.save(f"{p}.lse", "sdpa: fp32 logsumexp per head", 4 * nh)
+            out.save(f"{p}.mask", "sdpa: additive padding mask (e x s per token)", e * seq)
+        elif settings.attention == "sdpa" and prefix:
             # a prefix cache brings an attention mask: transformers then repeats k/v per head
             seq = settings.seq_len
             width = (q_width if nh != spec.num_kv_heads else kv) * (seq + prefix) / seq

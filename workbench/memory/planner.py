@@ -5,19 +5,23 @@ Components (what is resident): ``weights``, ``trainable_weights``, ``gradients``
 ``optimizer``, ``activations``, ``logits``, ``overhead``. The peak is not their sum:
 
     persistent      = weights + trainable_weights + optimizer + overhead
-    backward        = activations + max(logits + fp32 loss-gradient temporaries,
-                                        logits still held by the caller + recomputed block)
+    backward        = activations + max(logits - the logits tensor + fp32 loss-gradient temporaries,
+                                        one recomputed block)
                       (+ all gradients when they accumulate over micro-batches)
-    end_of_backward = gradients + the logits the caller still holds + embedding-backward temporaries
+    end_of_backward = gradients + embedding-backward temporaries
     step            = gradients + optimizer-step temporaries
     peak            = persistent + max(backward, end_of_backward, step)
 
-Backward starts with every saved activation alive and the gradients still empty. It ends in
-the embedding's backward, when every other gradient exists, the activations are gone and the
-model output (its logits) is still held by the caller; when the embedding is trained its
-backward allocates its gradient there, and with tied input/output embeddings autograd sums
-the head's and the embedding's gradients out of place (:func:`_embedding_backward`). The
-optimizer step runs when activations are freed and all gradients exist.
+The loop is the worker's (``transformers.Trainer.training_step``): ``compute_loss`` returns
+the loss only, so the model output -- its logits -- is freed before backward starts; what
+the loss saved (the fp32 log-softmax) stays until the loss's backward has run. Backward
+starts with every saved activation alive and the gradients still empty. It ends in the
+embedding's backward, when every other gradient exists and the activations are gone; when
+the embedding is trained its backward allocates its gradient there, and with tied
+input/output embeddings autograd sums the head's and the embedding's gradients out of place
+(:func:`_embedding_backward`). The optimizer step (after ``clip_grad_norm_``, whose
+per-tensor norms are scalars and whose scaling is in place) runs when activations are freed
+and all gradients exist.
 
 Several GPUs (``settings.world_size > 1`` or a strategy other than ``single``): every
 figure is per GPU. :mod:`.distributed` partitions weights, gradients and optimizer states by
@@ -213,8 +217,8 @@ def plan(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, settings
         overhead = Term("overhead", 0, "CPU: no device overhead (process RSS reported separately)")
     step_tmp = optimizer_step_transient(settings.optimizer, settings.device, tensors)
     emb_bwd, emb_grad = _embedding_backward(spec, settings, tensors, trained)
-    # the model output the caller holds until backward returns: its logits (e x V per token)
-    held_logits = e * spec.vocab_size * tokens
+    # the logits tensor (e x V per token): the Trainer drops the model output before backward
+    logits_tensor = e * spec.vocab_size * tokens
     # inference runs on one GPU: taken before partitioning
     inference_weights = weights.bytes + trainable_w.bytes
     distributed = is_distributed(settings)
@@ -237,29 +241,30 @@ def plan(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, settings
         components = (weights, trainable_w, grads, opt, activations, logits, overhead)
 
     persistent = weights.bytes + trainable_w.bytes + opt.bytes + overhead.bytes + comm_persistent
-    # The loss backward runs first, while every activation is alive; a checkpointed block is
-    # recomputed after the loss's saved tensors and gradients are gone, but the logits output
-    # is still held by the caller.
-    backward = activations.bytes + max(logits.bytes + loss_bwd.bytes,
-                                       held_logits + recompute if recompute else 0) + comm_backward
+    # The loss backward runs first, while every activation is alive and the logits tensor is
+    # already freed; a checkpointed block is recomputed after the loss's saved tensors and
+    # gradients are gone.
+    backward = activations.bytes + max(logits.bytes - logits_tensor + loss_bwd.bytes, recompute) + comm_backward
     if settings.grad_accum > 1:
         backward += grads.bytes
-    end_of_backward = grads.bytes + held_logits + emb_bwd.bytes + comm_backward
+    end_of_backward = grads.bytes + emb_bwd.bytes + comm_backward
     step = grads.bytes + step_tmp.bytes
     peak_terms = (
         Term("persistent", persistent, "weights + trainable_weights + optimizer + overhead"
              + (f" + persistent communication buffers ({comm_persistent:,} B)" if comm_persistent else "")),
         Term("backward", backward,
              "activations + "
-             + ("max(logits + loss-gradient temporaries, logits still held + one recomputed block)" if recompute
-                else "logits + loss-gradient temporaries")
+             + ("max(logits - the logits tensor (freed by the Trainer before backward, "
+                f"e x V x b·s = {logits_tensor:,} B) + loss-gradient temporaries, one recomputed block)" if recompute
+                else f"logits - the logits tensor (freed by the Trainer before backward, e x V x b·s = "
+                     f"{logits_tensor:,} B) + loss-gradient temporaries")
              + (f" + gathered parameters/gradients in flight ({comm_backward:,} B)" if comm_backward else "")
              + (" + accumulated gradients" if settings.grad_accum > 1 else "")),
         Term("recompute", recompute, "one block's activations, recomputed under checkpointing"
              + (" (+ this GPU's share of the later blocks' gradients)" if distributed and recompute else "")),
         loss_bwd,
         Term("end_of_backward", end_of_backward,
-             f"gradients + logits still held by the caller (e x V x b·s = {held_logits:,} B) + embedding backward"
+             "gradients + embedding backward (the Trainer holds no logits through backward)"
              + (f" + gathered parameters/gradients in flight ({comm_backward:,} B)" if comm_backward else "")),
         emb_bwd,
         Term("step", step, "gradients + " + step_tmp.formula),
