@@ -119,18 +119,23 @@ class PeakTracker(TorchDispatchMode):
     """Peak bytes of tensor storages created while the mode is active and alive at once.
 
     Storages alive before (``baseline``: weights, optimizer states, inputs) are not counted.
-    A storage is freed when the last tensor created on it (an op output or a view) dies.
+    A storage is freed when the last tensor created on it (an op output or a view) dies,
+    seen through a ``weakref.ref`` callback per tensor (cheaper than ``weakref.finalize``,
+    which also registers every object for interpreter exit). Once the tracker itself is
+    dropped its references die with it and no callback runs.
     """
 
     def __init__(self, baseline: set[int]) -> None:
         super().__init__()
         self.baseline = baseline
         self.refs: dict[int, list[int]] = {}  # data_ptr -> [live tensors, nbytes]
+        self._watch: dict[int, tuple[weakref.ref, int]] = {}  # id(weak ref) -> (the ref, data_ptr)
         self.live = 0
         self.peak = 0
         self.peak_op = ""
 
-    def _release(self, ptr: int) -> None:
+    def _freed(self, ref: weakref.ref) -> None:
+        ptr = self._watch.pop(id(ref), (None, None))[1]
         entry = self.refs.get(ptr)
         if entry is None:
             return
@@ -139,22 +144,31 @@ class PeakTracker(TorchDispatchMode):
             self.live -= entry[1]
             del self.refs[ptr]
 
+    def _track(self, t, func) -> None:
+        if t.device.type == "meta":
+            return
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr == 0 or ptr in self.baseline:
+            return
+        entry = self.refs.get(ptr)
+        if entry is None:
+            nbytes = storage.nbytes()
+            self.refs[ptr] = [1, nbytes]
+            self.live += nbytes
+            if self.live > self.peak:
+                self.peak, self.peak_op = self.live, str(func)
+        else:
+            entry[0] += 1
+        ref = weakref.ref(t, self._freed)
+        self._watch[id(ref)] = (ref, ptr)
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if not isinstance(t, torch.Tensor) or t.device.type == "meta":
-                continue
-            storage = t.untyped_storage()
-            ptr = storage.data_ptr()
-            if ptr == 0 or ptr in self.baseline:
-                continue
-            entry = self.refs.get(ptr)
-            if entry is None:
-                self.refs[ptr] = [1, storage.nbytes()]
-                self.live += storage.nbytes()
-                if self.live > self.peak:
-                    self.peak, self.peak_op = self.live, str(func)
-            else:
-                entry[0] += 1
-            weakref.finalize(t, self._release, ptr)
+        if isinstance(out, torch.Tensor):  # the common case, without flattening
+            self._track(out, func)
+        else:
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor):
+                    self._track(t, func)
         return out
