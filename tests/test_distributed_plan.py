@@ -267,7 +267,10 @@ def test_zero3_matches_deepspeed_estimator(model, n):
 # --- CLI, table, UI ------------------------------------------------------------------------------
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "workbench", *args], capture_output=True, text=True, timeout=300)
+    """``plan`` for GPUs: the default device is this machine's (cpu without a GPU)."""
+    device = ["--device", "cuda"] if args[:1] == ("plan",) and "--device" not in args else []
+    return subprocess.run([sys.executable, "-m", "workbench", *args, *device], capture_output=True, text=True,
+                          timeout=300)
 
 
 def test_cli_plan_json_per_gpu():
