@@ -272,11 +272,18 @@ def test_two_runs_take_turns(qa_file):
 
 
 def _run_in_process(job):
+    import resource
+
     from workbench.training.launcher import prepare
     from workbench.training.worker import main
 
     sid = prepare(job)
-    return sid, main([str(session_path(sid) / "job.json")])
+    before = resource.getrlimit(resource.RLIMIT_AS)
+    rc = main([str(session_path(sid) / "job.json")])
+    # the CPU worker caps its address space; run in-process it must hand the caller its limit
+    # back (a browser launched later by this process crashed at start under the leftover cap)
+    assert resource.getrlimit(resource.RLIMIT_AS) == before
+    return sid, rc
 
 
 def _probe_matches(final):

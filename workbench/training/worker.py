@@ -28,6 +28,7 @@ def main(argv: list[str]) -> int:
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     main_rank = rank == 0
     events = EventWriter(session / "events.jsonl")
+    address_space = _address_space_limit()  # restored on the way out (main may run in-process)
     if not launched:
         (session / "worker.pid").write_text(str(os.getpid()))  # the process group cancel ends
     sampler = turn = run = None
@@ -88,6 +89,7 @@ def main(argv: list[str]) -> int:
         events.close()
         if turn is not None:
             turn.close()
+        _restore_address_space(address_space)
 
 
 def _cpu_threads() -> int:
@@ -360,6 +362,21 @@ def _cap_memory(device: str, quantized: bool = False) -> int | None:
     wanted = psutil.Process().memory_info().vms + extra
     resource.setrlimit(resource.RLIMIT_AS, (wanted if hard == resource.RLIM_INFINITY else min(wanted, hard), hard))
     return extra
+
+
+def _address_space_limit() -> tuple[int, int]:
+    import resource
+
+    return resource.getrlimit(resource.RLIMIT_AS)
+
+
+def _restore_address_space(limit: tuple[int, int]) -> None:
+    """Put back the address-space limit found at the start: a worker run in-process (tests,
+    ``python -m workbench train``) must not leave its cap on the caller, whose later children
+    (a browser, another worker) would inherit it."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, limit)
 
 
 def _uncap_memory() -> None:
