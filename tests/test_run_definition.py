@@ -139,15 +139,19 @@ def test_build_run_is_the_one_builder(tmp_path):
         build_run("tiny", "lora", None, {"batch_size": "x"}, style="cli")
 
 
-def test_longest_examples_come_first_then_a_seeded_shuffle():
-    from workbench.training.sampling import LongestFirstSampler
+def test_the_longest_examples_make_the_second_step_the_rest_a_seeded_shuffle():
+    from workbench.training.sampling import LongestFirstSampler, probe_step
 
     lengths = [5, 90, 7, 60, 3, 90, 11, 2]
-    sampler = LongestFirstSampler(lengths, first=3, seed=1)
+    sampler = LongestFirstSampler(lengths, first=3, seed=1, step=2)
     order = list(sampler)
-    assert order[:3] == [1, 5, 3] and sorted(order) == list(range(8)) and list(sampler) == order
+    assert order[3:6] == [1, 5, 3] and sorted(order) == list(range(8)) and list(sampler) == order
+    assert list(LongestFirstSampler(lengths, first=3, seed=1))[:3] == [1, 5, 3]  # step 1
     sampler.set_epoch(1)
     assert sorted(list(sampler)) == list(range(8))
+    # the second step holds the optimizer's state; a run without a second step probes its first
+    assert probe_step(8, 3) == 2 and probe_step(5, 3) == 1 and probe_step(8, 3, max_steps=1) == 1
+    assert probe_step(100, 4, epochs=0.05) == 1 and probe_step(100, 4, max_steps=5) == 2
 
 
 def test_the_run_truncates_at_the_planned_sequence_length_and_measures_the_planned_quantity(tmp_path, monkeypatch):
@@ -174,9 +178,10 @@ def test_the_run_truncates_at_the_planned_sequence_length_and_measures_the_plann
     assert recorded["fingerprint"] == fingerprint(shown) == plan_file["fingerprint"]
     assert "reason" not in recorded  # the data reaches 128 tokens: nothing forced another plan
     widths = [e["widest_batch"] for e in events if e["kind"] == "log"]
-    assert max(widths) == 128  # the longest examples come first, truncated at the planned length
+    assert max(widths) == 128  # the longest examples make the probe step, truncated at the planned length
     probe = next(e for e in events if e["kind"] == "probe")
-    assert probe["step"] == 1 and probe["fits"] and probe["quantity"] == "live tensor bytes"
+    assert probe["step"] == 2 and probe["fits"] and probe["quantity"] == "live tensor bytes"
+    assert abs(probe["error_percent"]) <= 10, probe
     s = info(sid)
     assert s.state == "completed" and s.measured_peak_source == "live tensor bytes"
     assert s.predicted_peak_bytes == shown.peak_bytes
@@ -189,3 +194,33 @@ def test_the_run_truncates_at_the_planned_sequence_length_and_measures_the_plann
     assert "live tensor bytes" in measured.name and list(measured.y) == pytest.approx(steps)
     assert any("process RSS" in t.name for t in chart.data)  # another quantity, its own labelled line
     assert not any("tensors (params" in (t.name or "") for t in chart.data)
+
+
+def test_a_probe_over_the_limit_stops_the_run_as_oom_with_suggestions_that_fit(tmp_path, monkeypatch):
+    """The worker's limit set below the plan (as if the machine had less memory free when the
+    worker started than at preflight): the probe step measures more than the limit, the run
+    stops there as ``oom`` and the suggestions are each re-planned under that limit."""
+    from workbench.preflight import suggestions_under
+    from workbench.sessions import session_path
+    from workbench.training import worker
+    from workbench.training.events import read_events
+    from workbench.training.job import Schedule
+
+    monkeypatch.setenv("WORKBENCH_SESSIONS", str(tmp_path / "sessions"))
+    job = launcher.make_job("tiny", "lora", str(write_rows(tmp_path / "long.jsonl", rows=32, longest_words=300)),
+                            settings={"device": "cpu", "dtype": "float32", "batch_size": 4, "seq_len": 128},
+                            schedule=Schedule(max_steps=6))
+    limit = int(plan_run(job.run).peak_bytes * 0.75)
+    monkeypatch.setattr(worker, "_cap_memory", lambda *a, **k: limit)  # the limit, without a real cap
+    sid = launcher.prepare(job)
+    assert worker.main([str(session_path(sid) / "job.json")]) == 1
+    events, _ = read_events(session_path(sid) / "events.jsonl")
+    probe = next(e for e in events if e["kind"] == "probe")
+    assert probe["step"] == 2 and not probe["fits"] and probe["limit_bytes"] == limit
+    assert probe["measured_bytes"] > limit
+    final = [e for e in events if e["kind"] == "status"][-1]
+    assert final["status"] == "failed" and final["reason"] == "oom" and "probe step" in final["message"]
+    assert max(e["step"] for e in events if e["kind"] == "step_memory") == 2  # it stopped at the probe
+    expected = [s.text for s in suggestions_under(job.run, limit)]
+    assert expected and final["suggestions"] == expected
+    assert all(s.peak_bytes <= limit for s in suggestions_under(job.run, limit))

@@ -65,9 +65,10 @@ class Schedule:
     #: "padding_free": each batch flattened into one row with per-example position ids
     #: (transformers' DataCollatorWithFlattening), no pad tokens, the same loss.
     batching: str = "pad"
-    #: the probe: the first optimizer step trains on the longest examples of the dataset, so
-    #: its measured peak is the run's worst case and is compared with the plan before the
-    #: run goes on (a probe over the memory limit stops the run with suggestions)
+    #: the probe: the second optimizer step (the first with the optimizer's state) trains on
+    #: the longest examples of the dataset, so its measured peak is the run's worst case and
+    #: is compared with the plan before the run goes on (a probe over the memory limit stops
+    #: the run with suggestions); see :mod:`workbench.training.sampling`
     probe: bool = True
 
     def __post_init__(self) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from transformers import Trainer, TrainingArguments
 
 from ..runspec import RunSpec
-from .sampling import LongestFirstSampler
+from .sampling import LongestFirstSampler, probe_step
 
 
 def training_arguments(run: RunSpec, output_dir: Path, has_validation: bool) -> TrainingArguments:
@@ -38,6 +38,13 @@ def training_arguments(run: RunSpec, output_dir: Path, has_validation: bool) -> 
     )
 
 
+def probe_step_of(run: RunSpec, examples: int) -> int:
+    """The optimizer step whose peak is the probe (or, without a probe, the first compared
+    with the plan): :func:`.sampling.probe_step` for this run's steps."""
+    settings = run.settings
+    return probe_step(examples, settings.batch_size * settings.grad_accum, run.schedule.max_steps, run.schedule.epochs)
+
+
 def probes(run: RunSpec) -> bool:
     """Does the run lead with its longest examples? (Random padded batches on one process;
     length-grouped batches already start with the longest, and padding-free rows have no width.)"""
@@ -47,15 +54,15 @@ def probes(run: RunSpec) -> bool:
 class WorkbenchTrainer(Trainer):
     """The Trainer, with the probe's order of examples (:mod:`.sampling`) when the run probes."""
 
-    def __init__(self, *args, longest_first: int = 0, **kwargs) -> None:
+    def __init__(self, *args, longest_first: int = 0, probe_step: int = 1, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.longest_first = longest_first
+        self.longest_first, self.probe_step = longest_first, probe_step
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if self.longest_first and dataset is not None and "input_ids" in dataset.column_names:
             lengths = [len(ids) for ids in dataset["input_ids"]]
-            return LongestFirstSampler(lengths, self.longest_first, self.args.seed)
+            return LongestFirstSampler(lengths, self.longest_first, self.args.seed, self.probe_step)
         return super()._get_train_sampler(train_dataset)
 
 
@@ -95,4 +102,5 @@ def build_trainer(run: RunSpec, model, tokenizer, train, validation, output_dir:
         eval_dataset=validation, processing_class=tokenizer, data_collator=make_collator(run, tokenizer, counter),
         optimizers=(optimizer, None), callbacks=callbacks,
         longest_first=settings.batch_size * settings.grad_accum if probes(run) else 0,
+        probe_step=probe_step_of(run, len(train)),
     )

@@ -5,7 +5,8 @@
   step). On CPU: the peak of live tensor bytes -- the tensors alive when the step begins
   (parameters, buffers, quantization states, optimizer state) plus the storages created
   during it, followed op by op by :class:`~workbench.tracking.PeakTracker` on sampled steps
-  (the first step, then every ``WORKBENCH_STEP_PEAK_EVERY``-th, default 100). On CUDA:
+  (the first two steps -- the second is the first with the optimizer's state, the probe's
+  step -- then every ``WORKBENCH_STEP_PEAK_EVERY``-th, default 100). On CUDA:
   ``torch.cuda.max_memory_allocated`` over the step (the peak statistics are reset when
   the step begins, so loading is never counted) with ``memory_reserved`` beside it, every step.
   Each becomes a ``step_memory`` event.
@@ -101,7 +102,8 @@ class MemorySampler:
 
 # A tracked CPU step costs about 2-3.5x an untracked one on the tiny model (the dispatch mode
 # runs Python for every aten op; bench/step_peak_overhead.py), so sampling every 100th step keeps
-# the amortised cost near (r - 1) / 100 < 3% of training time; the first step is always sampled.
+# the amortised cost near (r - 1) / 100 < 3% of training time; the first two steps are always
+# sampled (the second is the probe: the first with the optimizer state).
 STEP_PEAK_EVERY = 100
 
 
@@ -145,7 +147,8 @@ class StepPeakCallback(TrainerCallback):
         self._optimizer = None
 
     def _sampled(self, step: int) -> bool:  # ``step``: optimizer steps done before this one
-        return step == 0 or (step + 1) % self.every == 0
+        # the first two: the second is the first with the optimizer's state (the probe's)
+        return step in (0, 1) or (step + 1) % self.every == 0
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._optimizer = kwargs.get("optimizer")

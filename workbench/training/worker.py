@@ -14,8 +14,12 @@ import signal
 import sys
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .events import EventWriter
+
+if TYPE_CHECKING:
+    from .probe import Setup
 
 LOG_TAIL_LINES = 20
 
@@ -184,28 +188,6 @@ def _save_final(trainer, job, session: Path, main_rank: bool, sharded: bool) -> 
     return final
 
 
-class ProbeExceeded(MemoryError):
-    """The probe step (the longest batch, first) needed more memory than the run may use."""
-
-
-class Setup:
-    """What set-up made: the Trainer, its cancel flag, the plans and the measured step peaks."""
-
-    def __init__(self, trainer, cancel, step_peaks, predicted_peak: int, limit: int | None) -> None:
-        self.trainer, self.cancel, self.step_peaks = trainer, cancel, step_peaks
-        self.predicted_peak, self.limit = predicted_peak, limit
-
-    def accuracy(self) -> dict:
-        """The run's prediction error: its largest measured step peak against the plan of
-        the batches it ran (the same quantity)."""
-        measured = self.step_peaks.peak_bytes
-        if not measured:
-            return {}
-        error = (measured - self.predicted_peak) / self.predicted_peak * 100
-        return {"measured_peak_bytes": measured, "predicted_peak_bytes": self.predicted_peak,
-                "prediction_error_percent": round(error, 2), "measured_quantity": self.step_peaks.records[-1]["quantity"]}
-
-
 def setup(job, session: Path, events: EventWriter, main_rank: bool = True, cap: int | None = None,
           rank: int | None = None) -> Setup:
     """Tokenizer, data, model and the Trainer, exactly as the job's run says. In a
@@ -221,7 +203,8 @@ def setup(job, session: Path, events: EventWriter, main_rank: bool = True, cap: 
     from .allocator import TrimCallback
     from .callbacks import CancelCallback, CheckpointPublisher, EventCallback, TokenCounter
     from .faults import FaultCallback, at_setup
-    from .recipe import build_trainer, probes
+    from .probe import ProbeCheck, Setup, gpu_limit, record_plans
+    from .recipe import build_trainer, probe_step_of, probes
     from .telemetry import StepPeakCallback
 
     run = job.run
@@ -234,31 +217,18 @@ def setup(job, session: Path, events: EventWriter, main_rank: bool = True, cap: 
     data = run.data
     report, train, val = training_data(data.path, tokenizer, data.format, data.mapping, settings.seq_len,
                                        data.train_on_prompt, data.val_fraction, data.seed)
-    predicted = _record_plans(job, train, val, session, events if main_rank else None)
+    predicted = record_plans(job, train, val, session, events if main_rank else None)
     if main_rank:
         events.emit("data", rows=report.rows, train=len(train), validation=len(val) if val else 0,
                     seq_len=settings.seq_len, truncated=report.truncated_fraction, format=report.format,
                     dropped=report.dropped["count"])
     torch.manual_seed(run.schedule.seed)  # right before the adapters are initialised: nothing above may move it
+    limit = cap if settings.device == "cpu" else gpu_limit()  # before the model takes its share
     model = load_for_training(spec, get_method(run.method), run.knobs, settings)
     at_setup()
-    limit = cap if settings.device == "cpu" else _gpu_limit()
-    probing = probes(run)
-
-    def check_probe(record: dict) -> None:
-        if len(step_peaks.records) != 1 or not main_rank:
-            return
-        error = (record["peak_bytes"] - predicted) / predicted * 100
-        fits = limit is None or record["peak_bytes"] <= limit
-        events.emit("probe" if probing else "first_step", step=record["step"], measured_bytes=record["peak_bytes"],
-                    predicted_bytes=predicted, error_percent=round(error, 2), limit_bytes=limit, fits=fits,
-                    quantity=record["quantity"])
-        if not fits:
-            raise ProbeExceeded(f"the probe step (the longest batch) peaked at {record['peak_bytes'] / 2**30:.2f} GiB "
-                                f"of {record['quantity']}, over the limit of {limit / 2**30:.2f} GiB")
-
+    check = ProbeCheck(events if main_rank else None, predicted, limit, probe_step_of(run, len(train)), probes(run))
     step_peaks = StepPeakCallback(None, model, "cuda" if settings.device == "cuda" else "cpu", rank=rank,
-                                  on_record=check_probe)
+                                  on_record=check)
     step_peaks.events = events if (main_rank or rank is not None) else None
     counter = TokenCounter()
     cancel = CancelCallback(session / "cancel")
@@ -267,53 +237,6 @@ def setup(job, session: Path, events: EventWriter, main_rank: bool = True, cap: 
                  + ([CheckpointPublisher(session / "checkpoints", run.schedule.keep_checkpoints)] if main_rank else []))
     trainer = build_trainer(run, model, tokenizer, train, val, session / ".staging", callbacks, counter)
     return Setup(trainer, cancel, step_peaks, predicted, limit)
-
-
-def _record_plans(job, train, val, session: Path, events: EventWriter | None) -> int:
-    """Plan the run again with the same function as the page did and record it; returns the
-    peak predicted for the batches this data can form. That is the shown plan's, unless every
-    example is shorter than the sequence length: batches are padded to their longest example,
-    so no batch is wider than the longest, and ``plan_effective.json`` holds that plan, with
-    the reason in a ``plan`` event."""
-    import json
-
-    from ..runspec import fingerprint, plan_run
-
-    run = job.run
-    shown = plan_run(run)
-    mark = fingerprint(shown)
-    longest = max(max((len(x) for x in train["input_ids"]), default=0),
-                  max((len(x) for x in val["input_ids"]), default=0) if val is not None else 0)
-    effective, reason = shown, None
-    if 0 < longest < run.settings.seq_len and run.schedule.batching != "padding_free":
-        effective = plan_run(run, seq_len=longest)
-        reason = (f"the longest example has {longest} tokens, fewer than the sequence length {run.settings.seq_len}: "
-                  f"batches are padded to their longest example, so no batch is wider than {longest} tokens")
-    if events is not None:
-        detail = {"fingerprint": mark, "shown_fingerprint": job.plan_fingerprint,
-                  "matches_shown": job.plan_fingerprint in (None, mark), "seq_len": run.settings.seq_len,
-                  "peak_bytes": shown.peak_bytes}
-        if job.plan_fingerprint not in (None, mark):
-            detail["mismatch"] = "the planner gives another plan than the one shown when the run was prepared " \
-                                 "(the workbench was updated in between)"
-        if reason:
-            detail.update(effective_seq_len=longest, effective_peak_bytes=effective.peak_bytes, reason=reason,
-                          effective_fingerprint=fingerprint(effective))
-            (session / "plan_effective.json").write_text(json.dumps({**effective.as_dict(), "reason": reason,
-                                                                      "fingerprint": fingerprint(effective)}, indent=2))
-        events.emit("plan", **detail)
-    return effective.peak_bytes
-
-
-def _gpu_limit() -> int | None:
-    """What the run may use of its GPU: the device's total memory, less the CUDA context and
-    10% for the caching allocator (the preflight's margin; see :mod:`workbench.preflight`)."""
-    import torch
-
-    from ..memory.planner import device_constants
-
-    free, total = torch.cuda.mem_get_info()
-    return int(total - device_constants()["cuda"]["cuda_context_bytes"] - 0.1 * total)
 
 
 def _save(trainer, job, folder: Path) -> None:

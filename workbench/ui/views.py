@@ -176,9 +176,10 @@ def _run_view(session_id: str, folder: Path, s):
             lines.append(f"Predicted for the batches this data forms: {recorded['effective_peak_bytes'] / GIB:.3f} GiB "
                          f"(shown plan {recorded['peak_bytes'] / GIB:.3f} GiB at sequence length {recorded['seq_len']}), "
                          f"because {recorded['reason']}")
-    probe = next((e for e in events if e["kind"] in ("probe", "first_step")), None)
+    probe = next((e for e in events if e["kind"] in ("probe", "step_check")), None)
     if probe:
-        what = "Probe step (the longest examples first)" if probe["kind"] == "probe" else "First step"
+        what = (f"Probe (step {probe['step']}, the longest examples)" if probe["kind"] == "probe"
+                else f"Step {probe['step']}")
         limit = f"; limit {probe['limit_bytes'] / GIB:.2f} GiB {'✓ fits' if probe['fits'] else '✗ over'}" \
             if probe.get("limit_bytes") else ""
         lines.append(f"{what}: measured {probe['measured_bytes'] / GIB:.3f} GiB of {probe['quantity']} vs predicted "
