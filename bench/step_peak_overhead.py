@@ -4,7 +4,7 @@
 Each trial trains the same run (the worker's ``build_trainer``: padded batches with an
 attention mask, ``-100`` labels, clipping, the probe's longest-first order) for ``--steps``
 optimizer steps on a fresh copy of the same model, with the callback at the default sampling
-(``WORKBENCH_STEP_PEAK_EVERY`` unset: steps 1 and 2, then every ``STEP_PEAK_EVERY``-th), with it on every
+(``WORKBENCH_STEP_PEAK_EVERY`` unset: step 2, the probe's, then every ``STEP_PEAK_EVERY``-th), with it on every
 step (``every=1``, the tracker's own cost, over a fifth of the steps), or without it. The order of the variants rotates every
 repetition. Two quantities:
 

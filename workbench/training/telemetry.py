@@ -5,8 +5,8 @@
   step). On CPU: the peak of live tensor bytes -- the tensors alive when the step begins
   (parameters, buffers, quantization states, optimizer state) plus the storages created
   during it, followed op by op by :class:`~workbench.tracking.PeakTracker` on sampled steps
-  (the first two steps -- the second is the first with the optimizer's state, the probe's
-  step -- then every ``WORKBENCH_STEP_PEAK_EVERY``-th, default 100). On CUDA:
+  (the probe's step -- the second, the first that holds the optimizer's state; the first
+  when a run has only one -- then every ``WORKBENCH_STEP_PEAK_EVERY``-th, default 100). On CUDA:
   ``torch.cuda.max_memory_allocated`` over the step (the peak statistics are reset when
   the step begins, so loading is never counted) with ``memory_reserved`` beside it, every step.
   Each becomes a ``step_memory`` event.
@@ -102,8 +102,8 @@ class MemorySampler:
 
 # A tracked CPU step costs about 2-3.5x an untracked one on the tiny model (the dispatch mode
 # runs Python for every aten op; bench/step_peak_overhead.py), so sampling every 100th step keeps
-# the amortised cost near (r - 1) / 100 < 3% of training time; the first two steps are always
-# sampled (the second is the probe: the first with the optimizer state).
+# the amortised cost near (r - 1) / 100 < 3% of training time; the probe's step (the second:
+# the first with the optimizer state) is always sampled.
 STEP_PEAK_EVERY = 100
 
 
@@ -136,9 +136,11 @@ class StepPeakCallback(TrainerCallback):
     called with each ``step_memory`` record in the training thread (the probe reads the first)."""
 
     def __init__(self, events: EventWriter | None, model, device: str, every: int | None = None,
-                 rank: int | None = None, on_record: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 rank: int | None = None, on_record: Callable[[dict[str, Any]], None] | None = None,
+                 first: int = 2) -> None:
         self.events, self.model, self.device = events, model, device
         self.every = every or (1 if device == "cuda" else step_peak_every())
+        self.first = first  # the probe's step (1-based): always measured
         self.rank, self.on_record = rank, on_record
         self.records: list[dict[str, Any]] = []
         self._tracker = None
@@ -147,8 +149,8 @@ class StepPeakCallback(TrainerCallback):
         self._optimizer = None
 
     def _sampled(self, step: int) -> bool:  # ``step``: optimizer steps done before this one
-        # the first two: the second is the first with the optimizer's state (the probe's)
-        return step in (0, 1) or (step + 1) % self.every == 0
+        # the probe's step (the second: the first with the optimizer's state), then every N-th
+        return step + 1 == self.first or (step + 1) % self.every == 0
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._optimizer = kwargs.get("optimizer")

@@ -226,9 +226,10 @@ def setup(job, session: Path, events: EventWriter, main_rank: bool = True, cap: 
     limit = cap if settings.device == "cpu" else gpu_limit()  # before the model takes its share
     model = load_for_training(spec, get_method(run.method), run.knobs, settings)
     at_setup()
-    check = ProbeCheck(events if main_rank else None, predicted, limit, probe_step_of(run, len(train)), probes(run))
+    at_step = probe_step_of(run, len(train))
+    check = ProbeCheck(events if main_rank else None, predicted, limit, at_step, probes(run))
     step_peaks = StepPeakCallback(None, model, "cuda" if settings.device == "cuda" else "cpu", rank=rank,
-                                  on_record=check)
+                                  on_record=check, first=at_step)
     step_peaks.events = events if (main_rank or rank is not None) else None
     counter = TokenCounter()
     cancel = CancelCallback(session / "cancel")
