@@ -42,15 +42,16 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --max-upload-mb and --max-queue must be positive", file=sys.stderr)
         return 2
     warm_up()
-    from workbench.paths import cache_dir
+    from workbench.paths import DEMO_DIR, cache_dir
     from workbench.sessions import sessions_dir
 
     # generation and training starts are serialised anyway; a bounded queue keeps the page responsive.
-    # Nothing of ours is served as a file: the sessions store and the cache are blocked outright.
+    # Nothing of ours is served as a file but the bundled CC0 demo dataset: the sessions store and the
+    # cache are blocked outright.
     build_app().queue(default_concurrency_limit=4, max_size=args.max_queue).launch(
         server_name=args.host, server_port=args.port, auth=auth, share=args.share,
         max_file_size=int(args.max_upload_mb * 2**20), blocked_paths=[str(sessions_dir()), str(cache_dir())],
-        allowed_paths=[])
+        allowed_paths=[str(DEMO_DIR)])
     return 0
 
 

@@ -12,6 +12,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# the page preselects tiny in tests (fast, built in-process); tests/test_smollm2.py checks the
+# real default, SmolLM2-135M-Instruct, with this variable unset
+os.environ.setdefault("WORKBENCH_DEFAULT_MODEL", "tiny")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -122,3 +122,18 @@ def length_histogram(report: dict[str, Any]) -> go.Figure:
     fig.update_layout(height=300, xaxis_title="tokens per example", yaxis_title="examples",
                       title="Token lengths", margin=dict(l=40, r=20, t=50, b=40))
     return fig
+
+
+def eval_bars(results: list[dict[str, Any]]) -> go.Figure:
+    """Task evaluation: exact match, parse rate and mean field accuracy (percent) per model."""
+    fig = go.Figure()
+    metrics = [("exact_match", "exact match"), ("parse_rate", "parse rate"), ("mean_field_accuracy", "field accuracy")]
+    names = [r["contender"] for r in results]
+    for key, label in metrics:
+        values = [None if r.get(key) is None else 100 * r[key] for r in results]
+        if all(v is None for v in values):
+            continue
+        fig.add_bar(name=label, x=names, y=values, text=[f"{v:.0f}%" if v is not None else "" for v in values])
+    fig.update_layout(barmode="group", title="Held-out prompts, greedy: higher is better", yaxis_title="% of prompts",
+                      yaxis_range=[0, 100], height=320, margin=dict(t=40, b=30, l=50, r=10))
+    return fig

@@ -45,6 +45,12 @@ class ChatEngine:
     def adapters(self) -> list[str]:
         return list(self._adapters)
 
+    @property
+    def tokenizer(self):
+        with self._lock:
+            self._base()
+            return self._tokenizer
+
     def _base(self):
         if self._model is None:
             import torch
@@ -96,9 +102,10 @@ class ChatEngine:
                 self._model.eval()
             self._adapters[name] = folder
 
-    def stream(self, prompt: str, who: str, sampling: Sampling) -> Iterator[str]:
+    def stream(self, prompt: str | list[dict[str, str]], who: str, sampling: Sampling) -> Iterator[str]:
         """The answer of ``who`` (``base`` or an adapter name), piece by piece as it is
-        generated. Holds the model for the whole answer."""
+        generated. ``prompt``: the user's text, or the messages of a conversation so far
+        (rendered with the chat template, as in training). Holds the model for the whole answer."""
         import torch
         from transformers import TextIteratorStreamer
 
@@ -107,7 +114,8 @@ class ChatEngine:
         with self._lock:
             model = self._base()
             tok = self._tokenizer
-            text = apply_template(tok, [{"role": "user", "content": prompt}], add_generation_prompt=True)
+            messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+            text = apply_template(tok, messages, add_generation_prompt=True)
             ids = tok(text, return_tensors="pt", add_special_tokens=False)
             streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
             torch.manual_seed(sampling.seed)
@@ -137,8 +145,36 @@ class ChatEngine:
             if errors:
                 raise WorkbenchError(f"generation failed: {type(errors[0]).__name__}: {errors[0]}")
 
-    def answer(self, prompt: str, who: str, sampling: Sampling) -> str:
+    def answer(self, prompt: str | list[dict[str, str]], who: str, sampling: Sampling) -> str:
         return "".join(self.stream(prompt, who, sampling))
+
+    def answer_batch(self, conversations: list[list[dict[str, str]]], who: str, max_new_tokens: int) -> list[str]:
+        """Greedy answers of ``who`` to several conversations at once, left-padded into one
+        batch (the same answers as one at a time, up to float rounding: padding is masked)."""
+        import torch
+
+        if who != BASE and who not in self._adapters:
+            raise WorkbenchError(f"no adapter {who!r}; attached: {', '.join(self._adapters) or 'none'}")
+        with self._lock:
+            model = self._base()
+            tok = self._tokenizer
+            texts = [apply_template(tok, c, add_generation_prompt=True) for c in conversations]
+            side, tok.padding_side = tok.padding_side, "left"
+            try:
+                batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            finally:
+                tok.padding_side = side
+            kwargs = dict(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+            with torch.no_grad():
+                if who == BASE and hasattr(model, "disable_adapter"):
+                    with model.disable_adapter():
+                        out = model.generate(**kwargs)
+                else:
+                    if who != BASE:
+                        model.set_adapter(who)
+                    out = model.generate(**kwargs)
+            new = out[:, batch["input_ids"].shape[1]:]
+            return [tok.decode(row, skip_special_tokens=True) for row in new]
 
     def perplexity(self, texts: list[str], who: str) -> float:
         """exp(mean token loss) of ``who`` on ``texts`` (what an adapter gained or forgot)."""

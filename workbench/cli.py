@@ -27,7 +27,8 @@ def _human(n: float) -> str:
 
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="tiny, a bundled name, a local folder or a hub id")
+    p.add_argument("--model", required=True, help="SmolLM2-135M-Instruct (offline default), tiny, a bundled name, "
+                                                   "a local folder or a hub id")
     p.add_argument("--method", required=True, help="one of: " + ", ".join(METHODS))
     p.add_argument("--json", action="store_true", help="print JSON")
     knobs = {}
@@ -38,7 +39,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     for knob in knobs.values():
         group.add_argument(knob.flag, dest=f"knob_{knob.name}", default=None, help=knob.help)
     s = p.add_argument_group("training settings")
-    s.add_argument("--dtype", choices=list(DTYPE_BYTES), default="bfloat16", help=SETTING_HELP["dtype"])
+    s.add_argument("--dtype", choices=list(DTYPE_BYTES), default=None, help=SETTING_HELP["dtype"])
     s.add_argument("--quant", choices=list(QUANTS), default=None, help=SETTING_HELP["quant"])
     s.add_argument("--batch-size", default="4", help=SETTING_HELP["batch_size"])
     s.add_argument("--seq-len", default="512",
@@ -195,8 +196,9 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
 def cmd_data_inspect(args: argparse.Namespace) -> int:
     from .data import inspect, parse_mapping
+    from .specs import default_model
 
-    report = inspect(args.file, model=args.model, format=args.format, mapping=parse_mapping(args.map),
+    report = inspect(args.file, model=args.model or default_model(), format=args.format, mapping=parse_mapping(args.map),
                      cutoff=args.cutoff, train_on_prompt=args.train_on_prompt, val_fraction=args.val_fraction,
                      seed=args.seed, preview=args.preview, max_bytes=args.max_bytes).as_dict()
     if args.json:
@@ -224,6 +226,27 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation import TABLE_HEADERS, Scores, evaluate_runs, table_rows
+
+    if args.limit is not None and args.limit < 1:
+        raise WorkbenchError(f"--limit: must be at least 1, got {args.limit}")
+    report = evaluate_runs(args.runs, args.data, args.limit)
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+        return 0
+    print(f"{report['model']} on {report['prompts']} prompts of {report['data']}; {report['decoding']}")
+    results = [Scores(**{k: v for k, v in r.items() if k != "tokens_per_second"}) for r in report["results"]]
+    rows = [TABLE_HEADERS] + [["-" if x is None else str(x) for x in row] for row in table_rows(results)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(TABLE_HEADERS))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
+    for r in report["results"]:
+        for sample in r["samples"][:2]:
+            print(f"\n[{r['contender']}] row {sample['row']}: {sample['answer']!r}\n  reference: {sample['reference']!r}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m workbench", description="PEFT Workbench")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -238,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = p.add_subparsers(dest="data_command", required=True)
     d = data_sub.add_parser("inspect", help="detect the format, render, tokenize and report")
     d.add_argument("file")
-    d.add_argument("--model", default="tiny", help="whose tokenizer and chat template to use")
+    d.add_argument("--model", default=None, help="whose tokenizer and chat template to use (default: "
+                                                 "SmolLM2-135M-Instruct where installed, else tiny)")
     d.add_argument("--format", default=None, help="override the detected format")
     d.add_argument("--map", default=None, help="column mapping, e.g. prompt=question,response=answer,system=sys")
     d.add_argument("--cutoff", type=int, default=None, help="truncation length in tokens (default: suggested)")
@@ -252,6 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
     from .training.cli import add_commands
 
     add_commands(sub, _add_run_flags, run_from_args)
+    p = sub.add_parser("eval", help="score the base model and the runs' adapters on held-out prompts")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run ids (sessions/<id>), all on one base model")
+    p.add_argument("--data", default=None, help="held-out file (default: <dataset>_heldout beside the run's "
+                                                "file, else the run's validation split)")
+    p.add_argument("--limit", type=int, default=None, help="at most N prompts (default all, at most 500)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
     p = sub.add_parser("measure", help="run real training steps on CPU and measure the same components")
     _add_run_flags(p)
     p.add_argument("--steps", type=int, default=2)

@@ -14,16 +14,20 @@ from .errors import SettingsError, UnknownModelError
 from .memory.planner import resolve_quant
 from .memory.settings import TrainingSettings
 from .methods.base import Method
+from .smollm2 import SMOLLM2_NAME, ensure_smollm2
 from .specs import ModelSpec
 from .tiny import TINY_NAME, ensure_tiny
 
 
 def weights_dir(spec: ModelSpec) -> Path:
-    """Folder with the model's weights: the tiny model's cache, or a local folder holding
-    ``.safetensors`` files. Pickle checkpoints (``pytorch_model.bin``, ``*.pt``) are never
-    loaded: unpickling can run code."""
+    """Folder with the model's weights: a built-in model's cache (tiny, or SmolLM2 converted
+    from its verified GGUF file on first use), or a local folder holding ``.safetensors``
+    files. Pickle checkpoints (``pytorch_model.bin``, ``*.pt``) are never loaded: unpickling
+    can run code."""
     if spec.name == TINY_NAME:
         return ensure_tiny()
+    if spec.name == SMOLLM2_NAME and spec.source == "builtin":
+        return ensure_smollm2()
     if spec.source == "local":
         folder = Path(spec.name)
         if not any(folder.glob("*.safetensors")):
@@ -33,7 +37,8 @@ def weights_dir(spec: ModelSpec) -> Path:
                                                         "loaded, convert them to safetensors)" if pickles else ""))
         return folder
     raise UnknownModelError(
-        f"{spec.name}: no local weights; measuring and training need 'tiny' or a local folder with safetensors"
+        f"{spec.name}: no local weights; measuring and training need {SMOLLM2_NAME}, 'tiny' or a local folder "
+        "with safetensors"
     )
 
 

@@ -10,6 +10,8 @@ REPO_DIR = PACKAGE_DIR.parent
 ASSETS_DIR = REPO_DIR / "assets"
 BUNDLED_MODELS_DIR = ASSETS_DIR / "models"
 TEXT_DIR = ASSETS_DIR / "text"
+DEMO_DIR = ASSETS_DIR / "demo"  # the bundled demo dataset (CC0), the only files the page serves
+DEMO_DATASET = DEMO_DIR / "orders.jsonl"
 
 
 def cache_dir() -> Path:

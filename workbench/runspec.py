@@ -17,6 +17,7 @@ from typing import Any
 
 from .errors import SettingsError, WorkbenchError, check_fields
 from .memory import Plan, TrainingSettings, plan
+from .memory.settings import default_dtype
 from .methods import get_method
 
 BATCHING = ("pad", "group_by_length", "padding_free")
@@ -186,6 +187,8 @@ def build_run(model: str, method: str, knobs: dict[str, Any] | None = None, sett
         raw["strategy"] = "single" if raw.get("gpus", 1) * raw.get("nodes", 1) == 1 else "ddp"
     if raw.get("offload") in (None, ""):
         raw["offload"] = "none"
+    if raw.get("dtype") in (None, "", "auto"):
+        raw["dtype"] = default_dtype(raw.get("device") or TrainingSettings.device)
     training = TrainingSettings.from_dict(raw)
     sched = dict(schedule or {})
     if "max_steps" in sched:

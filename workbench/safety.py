@@ -17,6 +17,7 @@ from pathlib import Path
 from .errors import UnknownModelError
 from .paths import BUNDLED_MODELS_DIR, cache_dir
 from .specs import HUB_ID
+from .smollm2 import SMOLLM2_NAME, is_smollm2
 from .tiny import TINY_NAME
 
 MAX_NAME_LENGTH = 512
@@ -37,6 +38,8 @@ def check_model_name(name: str | None) -> str:
         raise UnknownModelError("model name is empty, too long or contains control characters")
     if name == TINY_NAME:
         return name
+    if is_smollm2(name):
+        return SMOLLM2_NAME
     if _SCHEME.match(name) or name.startswith("//"):
         raise UnknownModelError(f"{name!r}: URLs are not accepted; use a hub id like 'org/name' or a local folder "
                                 f"inside the model roots")

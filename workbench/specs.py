@@ -1,7 +1,9 @@
 """ModelSpec: what the planner knows about a model, built from its ``config.json`` alone.
 
-A spec comes from one of four places (:func:`load_model_spec`):
+A spec comes from one of five places (:func:`load_model_spec`):
 
+- ``SmolLM2-135M-Instruct`` (or its hub id): the offline default, real pretrained weights
+  (:mod:`workbench.smollm2`; its architecture is known without the weights installed);
 - ``tiny``: the built-in offline demo model (random weights, see :mod:`workbench.tiny`);
 - a bundled snapshot name such as ``meta-llama/Llama-2-7b-hf`` (``assets/models/``);
 - a local folder holding a ``config.json``;
@@ -23,6 +25,7 @@ from typing import Any
 
 from .errors import ConfigError, UnknownModelError
 from .paths import BUNDLED_MODELS_DIR
+from .smollm2 import SMOLLM2_CONFIG, SMOLLM2_LABEL, SMOLLM2_NAME, is_smollm2
 from .tiny import TINY_CONFIG, TINY_LABEL, TINY_NAME
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -192,10 +195,24 @@ def _inventory(config_json: str) -> Inventory:
     return Inventory(tuple(params), buffers, linears, block_prefix, head_name, tied)
 
 
+def default_model() -> str:
+    """The model the UI preselects and the CLI assumes: ``$WORKBENCH_DEFAULT_MODEL`` when an
+    operator sets one (the test suite sets ``tiny``), else SmolLM2-135M-Instruct where it is
+    installed (real weights), else ``tiny`` (see :data:`workbench.smollm2.INSTALL_HINT`)."""
+    import os
+
+    from .smollm2 import available
+
+    configured = os.environ.get("WORKBENCH_DEFAULT_MODEL", "").strip()
+    if configured:
+        return configured
+    return SMOLLM2_NAME if available() else TINY_NAME
+
+
 def bundled_names() -> list[str]:
-    """Names of the bundled snapshots, plus ``tiny``."""
+    """The built-in models (SmolLM2-135M-Instruct, ``tiny``), then the bundled snapshots."""
     names = [p.parent.name.replace("__", "/") for p in BUNDLED_MODELS_DIR.glob("*/config.json")]
-    return [TINY_NAME] + sorted(names)
+    return [SMOLLM2_NAME, TINY_NAME] + sorted(names)
 
 
 def _validate(config: dict[str, Any], where: str) -> dict[str, Any]:
@@ -222,6 +239,8 @@ def load_model_spec(name: str) -> ModelSpec:
     name = (name or "").strip()
     if name == TINY_NAME:
         return ModelSpec(TINY_NAME, "builtin", dict(TINY_CONFIG), TINY_LABEL)
+    if is_smollm2(name):  # its hub id too: the same offline copy, never the hub
+        return ModelSpec(SMOLLM2_NAME, "builtin", dict(SMOLLM2_CONFIG), SMOLLM2_LABEL)
     bundled = BUNDLED_MODELS_DIR / name.replace("/", "__") / "config.json"
     if HUB_ID.match(name) and bundled.is_file():
         path = str(bundled)

@@ -53,10 +53,13 @@ def load_tokenizer(model: str):
     """The tokenizer of ``model``: ``tiny``, a local folder, or a hub id (online)."""
     from transformers import AutoTokenizer
 
+    from ..smollm2 import ensure_smollm2, is_smollm2
     from ..tiny import TINY_NAME, ensure_tiny
 
     if model == TINY_NAME:
         return AutoTokenizer.from_pretrained(ensure_tiny(), trust_remote_code=False)
+    if is_smollm2(model):  # the offline copy (converted on first use), never the hub
+        return AutoTokenizer.from_pretrained(ensure_smollm2(), trust_remote_code=False)
     try:
         return AutoTokenizer.from_pretrained(model, trust_remote_code=False)
     except Exception as exc:
@@ -100,6 +103,22 @@ def training_data(path: str | Path, tokenizer, format: str | None = None, mappin
     full = datasets.Dataset.from_dict(columns)
     train_idx, val_idx = split_indices(len(rendered), val_fraction, seed)
     return report, full.select(train_idx), (full.select(val_idx) if val_idx else None)
+
+
+def conversations(path: str | Path, format: str | None = None, mapping: dict[str, str] | None = None,
+                  max_bytes: int | None = None) -> tuple[str, list]:
+    """(the file's display name, its examples as chat messages), read and detected exactly
+    as for training; a file of plain text records has no prompts and is refused."""
+    table = read_table(path, None, max_bytes)
+    ds = table.dataset
+    detection = detect(ds.column_names, ds[0] if len(ds) else {}, format, mapping, table.display)
+    if detection.format == "text":
+        raise DataFileError(table.display, "plain text records have no prompt and answer to compare",
+                            hint="use prompt/response records (alpaca, messages, sharegpt, prompt/completion)")
+    examples, _ = to_examples(ds.to_list(), detection)
+    if not examples:
+        raise DataFileError(table.display, f"no usable examples as {detection.format}")
+    return table.display, examples
 
 
 def _analyse(path, model, format, mapping, cutoff, train_on_prompt, val_fraction, seed, preview, display, max_bytes,

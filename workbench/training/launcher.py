@@ -72,6 +72,9 @@ def prepare(job: TrainJob | RunSpec, owner: str | None = None, check_memory: boo
         _write(folder / OWNER_FILE, owner)
     copy = folder / f"dataset{suffix}"
     shutil.copyfile(source, copy)
+    heldout = source.with_name(f"{source.stem}_heldout{suffix}")
+    if heldout.is_file() and not heldout.is_symlink():  # the task evaluation's prompts travel with the run
+        shutil.copyfile(heldout, folder / f"dataset_heldout{suffix}")
     run = replace(run, data=replace(run.data, path=str(copy), name=run.data.name or source.name))
     mark = fingerprint(shown)
     job = TrainJob(session_id=session_id, run=run, plan_fingerprint=mark)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ..specs import load_model_spec
-from ..tiny import TINY_NAME
+from ..specs import default_model, load_model_spec
 from .chat_tab import build_chat_tab
 from .compare_tab import build_compare_tab
 from .data_tab import build_data_tab
@@ -17,8 +16,22 @@ __all__ = ["build_app", "plan_view", "warm_up"]
 
 
 def warm_up() -> None:
-    """Build the default model's inventory before the first visitor arrives."""
-    load_model_spec(TINY_NAME).inventory
+    """Before the first visitor arrives: the default model's inventory, and SmolLM2's one-time
+    conversion from its GGUF file (so that no page waits ~40 s for it); a model that cannot
+    be prepared leaves the page on its message, never stops the server."""
+    import sys
+
+    from ..errors import WorkbenchError
+    from ..smollm2 import SMOLLM2_NAME, converted_dir, ensure_smollm2, is_converted
+
+    model = default_model()
+    load_model_spec(model).inventory
+    if model == SMOLLM2_NAME and not is_converted():
+        print(f"{SMOLLM2_NAME}: converting the GGUF file once into {converted_dir()} (about 40 s)...", file=sys.stderr)
+        try:
+            ensure_smollm2()
+        except (WorkbenchError, OSError) as exc:
+            print(f"{SMOLLM2_NAME} is not usable: {exc}", file=sys.stderr)
 
 
 def build_app() -> gr.Blocks:

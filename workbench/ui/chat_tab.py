@@ -11,6 +11,7 @@ import gradio as gr
 
 from ..chat import BASE, ChatEngine, Sampling
 from ..errors import WorkbenchError
+from ..evaluation import TABLE_HEADERS
 from ..methods import METHODS
 from .views import user_of
 
@@ -154,10 +155,11 @@ GENERAL_SAMPLE_PARAGRAPHS = 12
 
 
 def general_text() -> list[str]:
-    """A bundled general-text sample (our CC0 notes in assets/text), paragraph by paragraph."""
-    from ..paths import TEXT_DIR
+    """Bundled general English prose, paragraph by paragraph (``assets/demo/general_english.txt``,
+    written for the project, CC0): text unrelated to any training data, for the forgetting check."""
+    from ..paths import DEMO_DIR
 
-    text = (TEXT_DIR / "fine_tuning_notes.txt").read_text(encoding="utf-8")
+    text = (DEMO_DIR / "general_english.txt").read_text(encoding="utf-8")
     return [p.strip() for p in text.split("\n\n") if len(p.strip()) > 40][:GENERAL_SAMPLE_PARAGRAPHS]
 
 
@@ -198,6 +200,34 @@ def what_changed(model: str, run_ids: list[str] | None, request: gr.Request = No
             "text a much higher value than the base means it forgot general ability."), rows
 
 
+def task_evaluation(model: str, run_ids: list[str] | None, data_file: str | None, limit: float | None,
+                    request: gr.Request = None):
+    """Base and the chosen adapters on held-out prompts (:mod:`workbench.evaluation`):
+    (message, table rows, bar chart)."""
+    from ..charts import eval_bars
+    from ..evaluation import MAX_CASES, Scores, evaluate_runs, table_rows
+
+    run_ids = list(run_ids or [])[:MAX_ADAPTERS]
+    if not run_ids:
+        return "Pick at least one adapter: the evaluation compares it with the base on held-out prompts.", [], None
+    try:
+        count = int(limit) if limit not in (None, "") else 20
+        if not 1 <= count <= MAX_CASES:
+            raise WorkbenchError(f"Prompts: between 1 and {MAX_CASES}, got {count}")
+        engine = engine_with(model, run_ids, user_of(request))
+        report = evaluate_runs(run_ids, data_file or None, count, user_of(request), engine=engine)
+    except WorkbenchError as exc:
+        return f"**{exc}**", [], None
+    results = [Scores(**{k: v for k, v in r.items() if k != "tokens_per_second"}) for r in report["results"]]
+    def code(text: str) -> str:  # a model's answer shown verbatim, whatever backticks it holds
+        return "`" + text[:160].replace("`", "'").replace("\n", " ") + "`"
+
+    samples = "\n".join(f"- **{r['contender']}**, row {s['row']}: {code(s['answer'])} (reference {code(s['reference'])})"
+                        for r in report["results"] for s in r["samples"][:1])
+    return (f"{report['prompts']} prompts from {report['data']}; {report['decoding']}. Saved with each run "
+            f"(`eval.json`).\n\n{samples}"), table_rows(results), eval_bars(report["results"])
+
+
 def build_chat_tab(plan_inputs: dict) -> None:
     model = plan_inputs["inputs"]["model"]
     with gr.Row():
@@ -217,6 +247,21 @@ def build_chat_tab(plan_inputs: dict) -> None:
 
     refresh.click(adapters, model, runs, api_name="adapters")
     ask.click(chat_answers, [model, runs, prompt, seed, temperature, max_tokens], outputs, api_name="chat")
+    with gr.Accordion("Task evaluation: base vs adapters on held-out prompts", open=True):
+        gr.Markdown("Greedy answers to held-out prompts, scored: exact match; for JSON or Python-literal answers "
+                    "the parse rate and per-field accuracy. Held-out prompts: the file below, else "
+                    "`<dataset>_heldout` beside the run's file (the demo has one), else the run's validation split.")
+        with gr.Row():
+            eval_file = gr.File(label="Held-out file (optional)", type="filepath",
+                                file_types=[".json", ".jsonl", ".csv", ".tsv", ".parquet", ".zip"])
+            eval_limit = gr.Number(20, label="Prompts", precision=0, minimum=1)
+            eval_btn = gr.Button("Evaluate")
+        eval_message = gr.Markdown()
+        with gr.Row():
+            eval_table = gr.Dataframe(headers=TABLE_HEADERS, label="Scores (percent of prompts)")
+            eval_chart = gr.Plot(label="Scores")
+    eval_btn.click(task_evaluation, [model, runs, eval_file, eval_limit], [eval_message, eval_table, eval_chart],
+                   api_name="evaluate")
     with gr.Accordion("What changed, what was lost (perplexity)", open=False):
         measure_btn = gr.Button("Measure perplexity")
         changed_message = gr.Markdown()

@@ -13,6 +13,7 @@ import gradio as gr
 from ..data import inspect, parse_mapping
 from ..data.formats import FORMATS
 from ..errors import WorkbenchError
+from ..paths import DEMO_DATASET
 from .views import report_view, safe_upload_name
 
 
@@ -88,6 +89,7 @@ def build_data_tab(plan_inputs: dict[str, Any]) -> dict[str, Any]:
         with gr.Column(scale=1):
             upload = gr.File(label="Dataset file", type="filepath",
                              file_types=[".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt", ".zip"])
+            demo = gr.Button("Use the demo dataset: order extraction to JSON (320 rows, 60 held out)", size="sm")
             fmt = gr.Dropdown(["auto", *[f for f in FORMATS if f != "mapped"]], value="auto", label="Format",
                               info="detected automatically; override here")
             mapping = gr.Textbox(label="Column mapping", placeholder="prompt=question,response=answer,system=persona",
@@ -111,6 +113,7 @@ def build_data_tab(plan_inputs: dict[str, Any]) -> dict[str, Any]:
         c.change(inspect_view, controls, [summary, preview, hist, dropped, report], api_visibility="private")
     gr.Button("Inspect", visible=False).click(inspect_view, controls, [summary, preview, hist, dropped, report],
                                               api_name="inspect")
+    demo.click(lambda: str(DEMO_DATASET), None, upload, api_visibility="private")
     use_suggested.click(lambda r: use_length(r, "suggested"), report, [seq, length_note], api_visibility="private")
     use_p95.click(lambda r: use_length(r, "p95"), report, [seq, length_note], api_visibility="private")
     return {"upload": upload, "format": fmt, "mapping": mapping, "val": val, "on_prompt": on_prompt, "report": report}

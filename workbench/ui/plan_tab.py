@@ -12,10 +12,11 @@ from ..compare import GPU_COUNTS, per_gpu_table
 from ..errors import WorkbenchError
 from ..devices import default_device
 from ..memory import plan
-from ..memory.settings import DTYPE_BYTES, OFFLOADS, OPTIMIZERS, QUANTS, SETTING_HELP
+from ..memory.settings import DTYPE_BYTES, OFFLOADS, OPTIMIZERS, QUANTS, SETTING_HELP, default_dtype
 from ..methods import METHODS, get_method
 from ..runspec import fingerprint, plan_run
-from ..specs import bundled_names
+from ..specs import bundled_names, default_model
+from ..smollm2 import INSTALL_HINT, SMOLLM2_LABEL, SMOLLM2_NAME
 from ..tiny import TINY_NAME
 from .views import model_spec, run_from_inputs
 
@@ -121,7 +122,8 @@ def machine_verdict(run) -> str:
 
 def _summary(p: dict[str, Any], run, mark: str) -> str:
     fits = [f"{size} GB {'✓ fits' if p['peak_bytes'] <= size * 1e9 else '✗ does not fit'}" for size in GPU_SIZES_GB]
-    demo = "\n\n> The `tiny` model is a **demo with random weights** that works offline." if p["model"] == TINY_NAME else ""
+    demo = ("\n\n> The `tiny` model is a **demo with random weights** that works offline." if p["model"] == TINY_NAME
+            else f"\n\n> {SMOLLM2_LABEL}." if p["model"] == SMOLLM2_NAME else "")
     device = p["settings"]["device"]
     measured = planner_accuracy(device)
     accuracy = (f"  \nHow far to trust it: {measured} (`bench/results/planner_accuracy.md`)." if measured else
@@ -172,9 +174,12 @@ def build_plan_tab() -> dict[str, Any]:
     """Layout; returns the input components other tabs read."""
     with gr.Row():
         with gr.Column(scale=1):
-            model = gr.Dropdown(bundled_names(), value=TINY_NAME, label="Model", allow_custom_value=True,
-                                info="a bundled config (no download), a local folder, or a hub id; tiny is an "
-                                     "offline demo model")
+            chosen = default_model()
+            model = gr.Dropdown(bundled_names(), value=chosen, label="Model", allow_custom_value=True,
+                                info="a bundled config (no download), a local folder, or a hub id. "
+                                     f"{SMOLLM2_LABEL}; tiny: an offline demo with random weights")
+            if chosen == TINY_NAME:
+                gr.Markdown(f"*{INSTALL_HINT}*")
             method = gr.Dropdown([(f"{m.title} ({n})", n) for n, m in METHODS.items()], value="lora",
                                  label="Method", info="how the model is fine-tuned; defaults for its knobs")
             method_help = gr.Markdown(method_summary("lora"))
@@ -185,7 +190,8 @@ def build_plan_tab() -> dict[str, Any]:
                     widget = _knob_widget(knob)
                     widget.visible = name in lora_knobs
                     knob_widgets.append(widget)
-            dtype = gr.Dropdown(list(DTYPE_BYTES), value="bfloat16", label="dtype", info=SETTING_HELP["dtype"])
+            dtype = gr.Dropdown(list(DTYPE_BYTES), value=default_dtype(default_device()), label="dtype",
+                                info=SETTING_HELP["dtype"])
             quant = gr.Dropdown(["auto", *QUANTS], value="auto", label="Quantization", info=SETTING_HELP["quant"])
             batch = gr.Number(4, label="Batch size", precision=0, minimum=1, info=SETTING_HELP["batch_size"])
             seq = gr.Number(512, label="Sequence length", precision=0, minimum=1, info=SETTING_HELP["seq_len"])
@@ -214,6 +220,7 @@ def build_plan_tab() -> dict[str, Any]:
     ordered = list(inputs.values()) + knob_widgets
     method.change(method_summary, method, method_help, api_visibility="private")
     method.change(knob_updates, method, knob_widgets, api_visibility="private")
+    device.input(default_dtype, device, dtype, api_visibility="private")  # the user's switch: its dtype too
     for control in ordered:
         control.change(plan_view, ordered, [summary, chart, table], api_visibility="private")
     gpu_inputs = list(inputs.values()) + [offload, gpu_size] + knob_widgets
