@@ -16,7 +16,7 @@ Start to an evaluated adapter; and the chat speed of the default model.
 
 Writes bench/results/demo.{json,md}.
 
-    python bench/demo.py [--steps 20] [--limit 60] [--chat-repeats 3]
+    python bench/demo.py [--steps 12] [--limit 30] [--chat-repeats 3]
 """
 
 from __future__ import annotations
@@ -53,9 +53,11 @@ def train_and_evaluate(steps: int, limit: int) -> dict:
 
     ensure_smollm2()  # the one-time conversion is not part of a Start (it happens once per machine)
     started = time.perf_counter()
+    from workbench.paths import DEMO_SETTINGS  # the page's demo preset
+
     job = make_job(SMOLLM2_NAME, "lora", str(DEMO_DATASET),
-                   settings={"device": "cpu", "batch_size": 8, "seq_len": 128},
-                   schedule=Schedule(max_steps=steps, learning_rate=1e-3))
+                   settings={"device": "cpu", "batch_size": DEMO_SETTINGS["batch"], "seq_len": DEMO_SETTINGS["seq"]},
+                   schedule=Schedule(max_steps=steps, learning_rate=DEMO_SETTINGS["learning_rate"]))
     sid = prepare(job)
     proc = spawn(sid)
     code = proc.wait(timeout=3600)
@@ -116,8 +118,8 @@ def chat_speed(repeats: int) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--limit", type=int, default=60, help="held-out prompts to score (60: all)")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the page's demo preset, 12)")
+    parser.add_argument("--limit", type=int, default=30, help="held-out prompts to score (60: all)")
     parser.add_argument("--chat-repeats", type=int, default=3)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
@@ -128,7 +130,9 @@ def main() -> int:
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["WORKBENCH_SESSIONS"] = str(Path(tmp) / "sessions")
-        demo = train_and_evaluate(args.steps, args.limit)
+        from workbench.paths import DEMO_SETTINGS
+
+        demo = train_and_evaluate(args.steps or DEMO_SETTINGS["max_steps"], args.limit)
     chat = chat_speed(args.chat_repeats)
     from _meta import markdown_header, run_metadata
 
@@ -144,7 +148,7 @@ def main() -> int:
         f"{demo['evaluation']['prompts']} held-out prompts); goal <= {BUDGET_S} s: "
         f"{'met' if demo['total_wall_s'] <= BUDGET_S else 'not met'}.", "",
         f"Worker: {demo['settings']['dtype']}, set-up {demo['loading_s']} s, median untracked step "
-        f"{demo['step_s_median_untracked']} s, tracked steps (step 1 and the probe) {demo['tracked_steps_s']} s; "
+        f"{demo['step_s_median_untracked']} s, tracked step (the probe) {demo['tracked_steps_s']} s; "
         f"final loss {demo['final_loss']:.4f}; probe measured {demo['probe']['measured_bytes'] / 2**30:.3f} GiB vs "
         f"predicted {demo['probe']['predicted_bytes'] / 2**30:.3f} GiB ({demo['probe']['error_percent']:+.2f}%).", "",
         "| model | exact match | JSON parse rate | field accuracy | per field | tokens/s (batched greedy) |",

@@ -32,6 +32,9 @@ def test_whole_flow_in_a_browser(app_url, tmp_path):
     data = tmp_path / "faq.jsonl"
     data.write_text("\n".join(json.dumps({"question": f"What is {i} plus {i}?", "answer": f"It is {2 * i}."})
                               for i in range(24)))
+    heldout = tmp_path / "faq_heldout.jsonl"
+    heldout.write_text("\n".join(json.dumps({"question": f"What is {i} plus {i}?", "answer": f"It is {2 * i}."})
+                                 for i in range(30, 34)))
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
@@ -46,7 +49,7 @@ def test_whole_flow_in_a_browser(app_url, tmp_path):
         page.screenshot(path=SHOTS / "2-compare.png", full_page=True)
 
         page.get_by_role("tab", name="Data").click()
-        page.locator("input[type=file][accept*=jsonl]").set_input_files(str(data))
+        page.locator("input[type=file][accept*=jsonl]").first.set_input_files(str(data))
         page.get_by_text("prompt_completion").first.wait_for(timeout=60_000)
         page.screenshot(path=SHOTS / "3-data.png", full_page=True)
 
@@ -66,7 +69,7 @@ def test_whole_flow_in_a_browser(app_url, tmp_path):
         page.wait_for_function(f"() => [...document.querySelectorAll('textarea, input')].some(e => e.value === "
                                f"'{run_id}')", timeout=60_000)
         page.get_by_text(re.compile(rf"Run {run_id}: (loading|running|saving|completed)")).first.wait_for(timeout=60_000)
-        page.get_by_text(re.compile(r"Probe step \(the longest examples first\): measured")).first.wait_for(timeout=120_000)
+        page.get_by_text(re.compile(r"Probe \(step 2, the longest examples\): measured")).first.wait_for(timeout=120_000)
         page.get_by_text(re.compile(r"Predicted peak [\d.]+ GiB; measured step peak")).first.wait_for(timeout=300_000)
         page.get_by_text(re.compile(r"Run \d{8}-\d{6}-\w+: completed")).first.wait_for(timeout=300_000)
         assert page.locator(".js-plotly-plot .scatterlayer .trace").count() > 0  # live memory lines drawn
@@ -76,15 +79,21 @@ def test_whole_flow_in_a_browser(app_url, tmp_path):
         page.get_by_role("button", name="Refresh adapters").click()
         page.get_by_role("checkbox", name=re.compile(r"\(lora, faq\.jsonl\)")).first.check(timeout=30_000)
         page.get_by_role("textbox", name="Prompt").fill("What is 2 plus 2?")
-        page.get_by_role("button", name="Ask").click()
+        page.get_by_role("button", name="Ask", exact=True).click()
         page.wait_for_function("() => document.body.innerText.includes('base') && "
                                "[...document.querySelectorAll('strong')].some(s => /^\\d{8}-/.test(s.textContent))",
                                timeout=120_000)
         page.screenshot(path=SHOTS / "5-chat.png", full_page=True)
+        # the task evaluation: base vs the adapter on held-out prompts given as a file
+        page.locator("input[type=file][accept*=jsonl]").last.set_input_files(str(heldout))
+        page.get_by_role("button", name="Evaluate", exact=True).click()
+        page.get_by_text(re.compile(r"4 prompts from faq_heldout\.jsonl")).first.wait_for(timeout=120_000)
+        page.get_by_text("exact match %").first.wait_for(timeout=10_000)
+        page.screenshot(path=SHOTS / "5b-evaluation.png", full_page=True)
 
         page.get_by_role("tab", name="Runs").click()
         page.get_by_role("button", name="Refresh").click()
         page.wait_for_function("() => document.body.innerText.includes('completed')", timeout=30_000)
         page.screenshot(path=SHOTS / "6-runs.png", full_page=True)
         browser.close()
-    assert len(list(SHOTS.glob("*.png"))) >= 6
+    assert len(list(SHOTS.glob("*.png"))) >= 7

@@ -114,3 +114,27 @@ def test_page_evaluation_table_and_chart(demo_run, tmp_path):
     bad.write_text("plain text only\n")
     message, rows, _ = task_evaluation("tiny", [sid], str(bad), 3)
     assert "no prompt and answer" in message and rows == []
+
+
+def test_the_demo_dataset_uploaded_alone_keeps_its_held_out_prompts_and_preset(tmp_path, monkeypatch):
+    """The page uploads a lone copy of the demo file: the run still gets the bundled held-out
+    prompts, and the Train tab takes the demo's schedule (another file leaves the form alone)."""
+    import shutil
+
+    from workbench.paths import DEMO_DATASET, DEMO_HELDOUT, DEMO_SETTINGS
+    from workbench.sessions import session_path
+    from workbench.training.launcher import make_job, prepare
+    from workbench.ui.train_tab import demo_schedule
+
+    monkeypatch.setenv("WORKBENCH_SESSIONS", str(tmp_path / "sessions"))
+    (tmp_path / "upload").mkdir()
+    copy = tmp_path / "upload" / "orders.jsonl"
+    shutil.copy(DEMO_DATASET, copy)
+    sid = prepare(make_job("tiny", "lora", str(copy), settings={"device": "cpu"}))
+    assert (session_path(sid) / "dataset_heldout.jsonl").read_bytes() == DEMO_HELDOUT.read_bytes()
+    assert demo_schedule(str(copy)) == (DEMO_SETTINGS["max_steps"], DEMO_SETTINGS["learning_rate"])
+    other = tmp_path / "upload" / "other.jsonl"
+    other.write_text(DEMO_DATASET.read_text()[:-2])
+    assert all(u == {"__type__": "update"} for u in demo_schedule(str(other)))
+    sid = prepare(make_job("tiny", "lora", str(other), settings={"device": "cpu"}))
+    assert not (session_path(sid) / "dataset_heldout.jsonl").exists()

@@ -12,6 +12,22 @@ BUNDLED_MODELS_DIR = ASSETS_DIR / "models"
 TEXT_DIR = ASSETS_DIR / "text"
 DEMO_DIR = ASSETS_DIR / "demo"  # the bundled demo dataset (CC0), the only files the page serves
 DEMO_DATASET = DEMO_DIR / "orders.jsonl"
+DEMO_HELDOUT = DEMO_DIR / "orders_heldout.jsonl"
+#: what the demo is tuned for (bench/demo.py measures it; the page presets it): every example
+#: fits in 128 tokens, and 12 steps of 8 at 1e-3 teach the format
+DEMO_SETTINGS = {"batch": 8, "seq": 128, "max_steps": 12, "learning_rate": 1e-3}
+
+
+def is_demo_dataset(path: str | Path | None) -> bool:
+    """Is ``path`` the bundled demo dataset, byte for byte (the page uploads a copy of it)?"""
+    if not path:
+        return False
+    try:
+        candidate = Path(path)
+        return candidate.stat().st_size == DEMO_DATASET.stat().st_size and \
+            candidate.read_bytes() == DEMO_DATASET.read_bytes()
+    except OSError:
+        return False
 
 
 def cache_dir() -> Path:

@@ -72,8 +72,8 @@ def prepare(job: TrainJob | RunSpec, owner: str | None = None, check_memory: boo
         _write(folder / OWNER_FILE, owner)
     copy = folder / f"dataset{suffix}"
     shutil.copyfile(source, copy)
-    heldout = source.with_name(f"{source.stem}_heldout{suffix}")
-    if heldout.is_file() and not heldout.is_symlink():  # the task evaluation's prompts travel with the run
+    heldout = _heldout_of(source)
+    if heldout is not None:  # the task evaluation's prompts travel with the run
         shutil.copyfile(heldout, folder / f"dataset_heldout{suffix}")
     run = replace(run, data=replace(run.data, path=str(copy), name=run.data.name or source.name))
     mark = fingerprint(shown)
@@ -86,6 +86,17 @@ def prepare(job: TrainJob | RunSpec, owner: str | None = None, check_memory: boo
     events.status("queued")
     events.close()
     return session_id
+
+
+def _heldout_of(source: Path) -> Path | None:
+    """The held-out file of a dataset: ``<stem>_heldout<suffix>`` beside it, or the bundled
+    demo's when the file is the demo dataset (the page uploads a copy of it, alone)."""
+    from ..paths import DEMO_HELDOUT, is_demo_dataset
+
+    beside = source.with_name(f"{source.stem}_heldout{source.suffix}")
+    if beside.is_file() and not beside.is_symlink():
+        return beside
+    return DEMO_HELDOUT if is_demo_dataset(source) else None
 
 
 def spawn(session_id: str, resume: bool = False) -> subprocess.Popen:

@@ -13,7 +13,7 @@ import gradio as gr
 from ..data import inspect, parse_mapping
 from ..data.formats import FORMATS
 from ..errors import WorkbenchError
-from ..paths import DEMO_DATASET
+from ..paths import DEMO_DATASET, DEMO_SETTINGS
 from .views import report_view, safe_upload_name
 
 
@@ -84,6 +84,11 @@ def tokenizer_for(model: str):
         return load_tokenizer("tiny"), f"  \n*Token counts use the tiny tokenizer: {model}'s is not available here.*"
 
 
+DEMO_NOTE = (f"Demo dataset chosen: batch size {DEMO_SETTINGS['batch']} and sequence length {DEMO_SETTINGS['seq']} set "
+             f"on the Model & method tab; on the Train tab {DEMO_SETTINGS['max_steps']} steps at learning rate "
+             f"{DEMO_SETTINGS['learning_rate']:g}. Then evaluate base vs adapter on the Chat tab.")
+
+
 def build_data_tab(plan_inputs: dict[str, Any]) -> dict[str, Any]:
     with gr.Row():
         with gr.Column(scale=1):
@@ -113,7 +118,8 @@ def build_data_tab(plan_inputs: dict[str, Any]) -> dict[str, Any]:
         c.change(inspect_view, controls, [summary, preview, hist, dropped, report], api_visibility="private")
     gr.Button("Inspect", visible=False).click(inspect_view, controls, [summary, preview, hist, dropped, report],
                                               api_name="inspect")
-    demo.click(lambda: str(DEMO_DATASET), None, upload, api_visibility="private")
+    demo.click(lambda: (str(DEMO_DATASET), DEMO_SETTINGS["batch"], DEMO_SETTINGS["seq"], DEMO_NOTE), None,
+               [upload, plan_inputs["batch"], seq, length_note], api_visibility="private")
     use_suggested.click(lambda r: use_length(r, "suggested"), report, [seq, length_note], api_visibility="private")
     use_p95.click(lambda r: use_length(r, "p95"), report, [seq, length_note], api_visibility="private")
     return {"upload": upload, "format": fmt, "mapping": mapping, "val": val, "on_prompt": on_prompt, "report": report}

@@ -124,6 +124,15 @@ def readiness(data_path: str | None, report: dict | None) -> Any:
     return gr.update(interactive=True, value="Start training")
 
 
+def demo_schedule(path: str | None):
+    """The demo dataset's schedule (12 steps at 1e-3: bench/demo.py); any other file keeps the form's."""
+    from ..paths import DEMO_SETTINGS, is_demo_dataset
+
+    if is_demo_dataset(path):
+        return DEMO_SETTINGS["max_steps"], DEMO_SETTINGS["learning_rate"]
+    return gr.update(), gr.update()
+
+
 def run_panel() -> list[Any]:
     """The components ``run_view`` fills: status, progress, live memory, training curves."""
     status = gr.Markdown()
@@ -162,6 +171,7 @@ def build_train_tab(plan_inputs: dict[str, Any], data: dict[str, Any]) -> dict[s
         control.change(run_summary, summary_inputs, summary, api_visibility="private", trigger_mode="always_last")
     cancel_btn.click(cancel_run, run_id, message, api_name="cancel_run")  # the id is also what API clients pass
     data["report"].change(readiness, [data["upload"], data["report"]], start_btn, api_visibility="private")
+    data["upload"].change(demo_schedule, data["upload"], [max_steps, lr], api_visibility="private")
     timer.tick(poll_run, session, panel, api_visibility="private")
     gr.Button(visible=False).click(poll_run, gr.Textbox(visible=False), panel,
                                    api_name="run_status")
