@@ -1,6 +1,7 @@
 """Does the worker's telemetry slow training? The same Trainer run on the tiny model with
-and without the workbench's event callbacks and 4 Hz memory sampler, interleaved, in one
-process. Target: overhead <= 2% (median time ratio). Writes bench/results/worker_overhead.*.
+and without the workbench's callbacks as the worker uses them (events, the live step peak at
+its default sampling, cancel, checkpoint publisher, heap trim) and the 4 Hz memory sampler,
+interleaved, in one process. Target: overhead <= 2% (median time ratio). Writes bench/results/worker_overhead.*.
 
     python bench/worker_overhead.py [--steps 60] [--repeat 3]
 """
@@ -37,7 +38,8 @@ def run(with_telemetry: bool, steps: int, data_path: Path, tmp: Path) -> tuple[f
     from workbench.training.callbacks import CancelCallback, CheckpointPublisher, EventCallback, TokenCounter
     from workbench.training.collate import PadCollator
     from workbench.training.events import EventWriter
-    from workbench.training.telemetry import MemorySampler, TensorAccountCallback
+    from workbench.training.allocator import TrimCallback
+    from workbench.training.telemetry import MemorySampler, StepPeakCallback
 
     torch.manual_seed(0)
     tok = load_tokenizer("tiny")
@@ -56,7 +58,7 @@ def run(with_telemetry: bool, steps: int, data_path: Path, tmp: Path) -> tuple[f
         sampler = MemorySampler(events, "cpu")
         callbacks = [EventCallback(events, counter), CancelCallback(tmp / "cancel"),
                      CheckpointPublisher(tmp / "checkpoints", 3),
-                     TensorAccountCallback(sampler, model, optimizer)]
+                     StepPeakCallback(events, model, "cpu"), TrimCallback()]
         sampler.start()
     trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=PadCollator(tok.pad_token_id, counter),
                       optimizers=(optimizer, None), callbacks=callbacks)

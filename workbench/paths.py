@@ -30,6 +30,24 @@ def is_demo_dataset(path: str | Path | None) -> bool:
         return False
 
 
+def publish_folder(target: Path, write, prefix: str) -> Path:
+    """``write(tmp)`` into a fresh temporary folder beside ``target``, then rename it to
+    ``target`` (readable like any cache entry): a crash leaves no half-written ``target``;
+    on any error the temporary folder is removed and the error raised."""
+    import shutil
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
 def cache_dir() -> Path:
     """The cache root: ``$WORKBENCH_CACHE`` or ``~/.cache/peft-workbench``."""
     root = os.environ.get("WORKBENCH_CACHE") or Path.home() / ".cache" / "peft-workbench"

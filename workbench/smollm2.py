@@ -26,13 +26,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from .errors import UnknownModelError
-from .paths import cache_dir
+from .paths import cache_dir, publish_folder
 
 SMOLLM2_NAME = "SmolLM2-135M-Instruct"
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -160,8 +158,8 @@ def _convert(source: Path, target: Path) -> None:
     plain.load_state_dict(loaded.state_dict(), assign=True)
     plain.tie_weights()
     del loaded
-    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         plain.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "README.md").write_text(
@@ -171,15 +169,12 @@ def _convert(source: Path, target: Path) -> None:
         (tmp / "workbench.json").write_text(json.dumps({"name": SMOLLM2_NAME, "version": CONVERTED_VERSION,
                                                         "source": GGUF_IN_WHEEL, "wheel": f"{WHEEL}=={WHEEL_VERSION}",
                                                         "gguf_sha256": GGUF_SHA256}))
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the copy is as readable as any cache entry
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    publish_folder(target, write, ".smollm2-")
 
 
 def ensure_smollm2() -> Path:
-    """The converted folder, converting the verified GGUF file on first use (10-30 s)."""
+    """The converted folder, converting the verified GGUF file on first use (about 40 s here)."""
     import fcntl
 
     target = converted_dir()

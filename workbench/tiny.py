@@ -14,12 +14,9 @@ behind; afterwards it loads with ``AutoModelForCausalLM.from_pretrained`` /
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from .paths import TEXT_DIR, cache_dir
+from .paths import TEXT_DIR, cache_dir, publish_folder
 
 TINY_NAME = "tiny"
 TINY_VERSION = "tiny-v2"
@@ -122,8 +119,7 @@ def _build(target: Path) -> None:
     with torch.random.fork_rng(devices=[]):  # the caller's random state is not ours to move
         torch.manual_seed(SEED)
         model = AutoModelForCausalLM.from_config(config)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
-    try:
+    def write(tmp: Path) -> None:
         tokenizer.save_pretrained(tmp)
         model.save_pretrained(tmp, safe_serialization=True)
         (tmp / "README.md").write_text(
@@ -132,10 +128,8 @@ def _build(target: Path) -> None:
             encoding="utf-8",
         )
         (tmp / "workbench.json").write_text(json.dumps({"name": TINY_NAME, "version": TINY_VERSION}))
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    publish_folder(target, write, ".tiny-")
 
 
 def ensure_tiny() -> Path:
