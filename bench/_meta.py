@@ -16,7 +16,16 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent  # bench/
+REPO = HERE.parent
+RESULTS = HERE / "results"
+
+# every benchmark imports this module first (``from _meta import ...``; a script's own folder is
+# on sys.path): the checkout's workbench is importable, and nothing reaches a model hub
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 LIBRARIES = ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "trl", "datasets", "gradio")
 
 

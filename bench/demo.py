@@ -30,13 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from _meta import HERE, RESULTS  # noqa: E402  (the repo on sys.path, offline: bench/_meta.py)
 
-RESULTS = HERE / "results"
 BUDGET_S = 300
 CHAT_PROMPTS = ("What is the capital of France?", "Give me two tips for writing a clear email.",
                 "Explain in one sentence what a rainbow is.", "Name three vegetables that grow underground.")

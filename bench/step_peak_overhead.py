@@ -24,18 +24,12 @@ import argparse
 import contextlib
 import io
 import json
-import os
 import statistics
 import sys
 import tempfile
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from _meta import RESULTS  # noqa: E402  (the repo on sys.path, offline: bench/_meta.py)
 
-RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_PCT = 3.0
 
 

@@ -33,13 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from _meta import HERE, RESULTS  # noqa: E402  (the repo on sys.path, offline: bench/_meta.py)
 
-RESULTS = HERE / "results"
 VARIANTS = ("plain", "workbench", "workbench padding_free", "workbench group_by_length")
 TARGET = 1.0
 WORDS = ("memory adapter rank gradient token batch layer weight model train learn small large quick slow "
