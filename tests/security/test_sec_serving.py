@@ -223,6 +223,7 @@ def test_only_the_documented_endpoints_are_callable_by_clients():
     from workbench.ui.app import build_app
 
     info = build_app().get_api_info()
-    assert sorted(info["named_endpoints"]) == ["/adapters", "/cancel_run", "/chat", "/compare", "/inspect", "/per_gpu",
-                                               "/plan", "/run_status", "/sessions", "/start_run", "/what_changed"]
+    assert sorted(info["named_endpoints"]) == ["/adapters", "/cancel_run", "/chat", "/compare", "/evaluate", "/inspect",
+                                               "/per_gpu", "/plan", "/run_status", "/sessions", "/start_run",
+                                               "/what_changed"]
     assert not info.get("unnamed_endpoints")
