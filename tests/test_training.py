@@ -97,7 +97,7 @@ def test_training_lowers_loss_and_saves_a_complete_adapter(qa_file):
     memory = [e for e in events if e["kind"] == "memory"]
     assert len(memory) >= 4 and all(e["source"] == "cpu" and e["rss"] > 0 for e in memory)
     steps = [e for e in events if e["kind"] == "step_memory"]  # the planned quantity, on sampled steps
-    assert steps and steps[0]["step"] == 1 and all(e["quantity"] == "live tensor bytes" for e in steps)
+    assert steps and steps[0]["step"] == 2 and all(e["quantity"] == "live tensor bytes" for e in steps)  # the probe
     assert all(e["peak_bytes"] > e["persistent_bytes"] > 0 for e in steps)
     folder = session_path(sid)
     plan = json.loads((folder / "plan.json").read_text())
