@@ -29,6 +29,7 @@ def test_scores_exact_match_parse_rate_and_fields():
 def test_python_literals_and_plain_text_references():
     assert parse_literal("{'a': 1, 'b': [True, None]}") == (True, {"a": 1, "b": [True, None]})
     assert parse_literal("__import__('os')")[0] is False  # literal_eval never runs code
+    assert parse_literal("[" * 100_000 + "]" * 100_000)[0] is False  # nested too deep: not parsed, no crash
     s = score("a", ["[1, 2]", "[1, 3]"], _cases(["[1, 2]", "[1, 2]"]))
     assert s.parse_rate == 1.0 and s.exact_match == 0.5 and s.field_accuracy == {}
     text = score("a", ["Paris", " Paris "], _cases(["Paris", "Lyon"]))

@@ -69,7 +69,7 @@ def parse_literal(text: str) -> tuple[bool, Any]:
         text = fenced.group(1).strip()
     try:
         return True, json.loads(text)
-    except (json.JSONDecodeError, ValueError):
+    except (ValueError, RecursionError):  # JSONDecodeError is a ValueError; a hostile file may nest deeply
         pass
     try:
         return True, ast.literal_eval(text)
