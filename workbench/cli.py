@@ -227,7 +227,7 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluation import TABLE_HEADERS, Scores, evaluate_runs, table_rows
+    from .evaluation import TABLE_HEADERS, evaluate_runs, table_rows
 
     if args.limit is not None and args.limit < 1:
         raise WorkbenchError(f"--limit: must be at least 1, got {args.limit}")
@@ -236,8 +236,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2, ensure_ascii=False))
         return 0
     print(f"{report['model']} on {report['prompts']} prompts of {report['data']}; {report['decoding']}")
-    results = [Scores(**{k: v for k, v in r.items() if k != "tokens_per_second"}) for r in report["results"]]
-    rows = [TABLE_HEADERS] + [["-" if x is None else str(x) for x in row] for row in table_rows(results)]
+    rows = [TABLE_HEADERS] + [["-" if x is None else str(x) for x in row] for row in table_rows(report["results"])]
     widths = [max(len(r[i]) for r in rows) for i in range(len(TABLE_HEADERS))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))

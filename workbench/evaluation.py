@@ -168,13 +168,14 @@ def as_dict(results: list[Scores], **about: Any) -> dict[str, Any]:
     return {**about, "results": [{**asdict(r), "tokens_per_second": round(r.tokens_per_second, 2)} for r in results]}
 
 
-def table_rows(results: list[Scores]) -> list[list]:
-    """One row per contender: exact match, parse rate, mean field accuracy (percent) and per field."""
+def table_rows(results: list[dict[str, Any]]) -> list[list]:
+    """One row per contender of a report's ``results``: exact match, parse rate, mean field
+    accuracy (percent) and per field."""
     def pct(x):
         return None if x is None else round(100 * x, 1)
 
-    return [[r.contender, r.cases, pct(r.exact_match), pct(r.parse_rate), pct(r.mean_field_accuracy),
-             ", ".join(f"{k} {100 * v:.0f}%" for k, v in r.field_accuracy.items()), round(r.tokens_per_second, 1)]
+    return [[r["contender"], r["cases"], pct(r["exact_match"]), pct(r["parse_rate"]), pct(r["mean_field_accuracy"]),
+             ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["field_accuracy"].items()), round(r["tokens_per_second"], 1)]
             for r in results]
 
 

@@ -106,7 +106,7 @@ def is_converted() -> bool:
 
 def available() -> bool:
     """Can this machine use the model (converted already, or the wheel is installed)?"""
-    return _complete(converted_dir()) or gguf_file() is not None
+    return is_converted() or gguf_file() is not None
 
 
 def sha256_of(path: Path) -> str:

@@ -205,7 +205,7 @@ def task_evaluation(model: str, run_ids: list[str] | None, data_file: str | None
     """Base and the chosen adapters on held-out prompts (:mod:`workbench.evaluation`):
     (message, table rows, bar chart)."""
     from ..charts import eval_bars
-    from ..evaluation import MAX_CASES, Scores, evaluate_runs, table_rows
+    from ..evaluation import MAX_CASES, evaluate_runs, table_rows
 
     run_ids = list(run_ids or [])[:MAX_ADAPTERS]
     if not run_ids:
@@ -218,14 +218,13 @@ def task_evaluation(model: str, run_ids: list[str] | None, data_file: str | None
         report = evaluate_runs(run_ids, data_file or None, count, user_of(request), engine=engine)
     except WorkbenchError as exc:
         return f"**{exc}**", [], None
-    results = [Scores(**{k: v for k, v in r.items() if k != "tokens_per_second"}) for r in report["results"]]
     def code(text: str) -> str:  # a model's answer shown verbatim, whatever backticks it holds
         return "`" + text[:160].replace("`", "'").replace("\n", " ") + "`"
 
     samples = "\n".join(f"- **{r['contender']}**, row {s['row']}: {code(s['answer'])} (reference {code(s['reference'])})"
                         for r in report["results"] for s in r["samples"][:1])
     return (f"{report['prompts']} prompts from {report['data']}; {report['decoding']}. Saved with each run "
-            f"(`eval.json`).\n\n{samples}"), table_rows(results), eval_bars(report["results"])
+            f"(`eval.json`).\n\n{samples}"), table_rows(report["results"]), eval_bars(report["results"])
 
 
 def build_chat_tab(plan_inputs: dict) -> None:
