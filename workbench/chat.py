@@ -3,16 +3,40 @@ adapters attached by name and switched in place (peft multi-adapter, ``disable_a
 
 Every answer is generated with the same prompt, seed and sampling settings, so differences
 come from the adapters. Adapters on one base share a peft type (LoRA beside LoRA, IA3
-beside IA3): peft cannot combine types in one model, and a second base copy is not an option. Generation is serialised by a lock: switching adapters changes the
-shared model. The model loads lazily on first use, on the CPU in the UI process (the
-tiny model answers in well under a second per token; larger models belong on a GPU worker).
+beside IA3): peft cannot combine types in one model, and a second base copy is not an option.
+The model loads lazily on first use, on the CPU in the UI process (the tiny model answers in
+well under a second per token; larger models belong on a GPU worker).
+
+Generation safety (issue 15, finding 7):
+
+- **One user of the model at a time.** Every use (stream, answer_batch, perplexity,
+  add_adapter, the tokenizer copy) holds the engine's lock, and the adapter choice
+  (``set_adapter`` / ``disable_adapter``) is made inside it, so no other caller can switch
+  adapters under a running answer. A streamed answer hands the lock to its generate thread,
+  which releases it only after ``model.generate`` has returned: the next answer cannot start
+  while an old one still runs.
+- **A cancel really stops.** Closing the stream (a browser cancel: gradio closes the
+  generator) or setting the caller's ``stop`` event sets a flag that a ``StoppingCriteria``
+  checks after every token, so generation ends within one token. The closing thread does
+  not wait for it (gradio closes generators on its event loop; a join there would stall the
+  server), the lock is released by the generate thread once it has finished.
+- **Bounded waits.** A caller waits for the lock at most ``wait_seconds``
+  (``WORKBENCH_MODEL_WAIT_S``, default 60 s) and then gets :class:`ModelBusyError`.
+- **Bounded prompts.** A prompt over ``max_prompt_chars`` characters
+  (``WORKBENCH_MAX_PROMPT_CHARS``, default 32,000) is refused before tokenizing; a rendered
+  prompt whose tokens plus ``max_new_tokens`` exceed the model's context (the smaller of
+  ``max_position_embeddings`` / ``n_positions`` and the tokenizer's ``model_max_length``,
+  where known) is refused naming both numbers (:class:`PromptTooLongError`).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +44,36 @@ from .data.render import apply_template
 from .errors import WorkbenchError
 
 BASE = "base"
+MAX_NEW_TOKENS = 4096
+SEED_RANGE = (-(1 << 63), (1 << 64) - 1)  # what torch.manual_seed accepts
+PROMPT_CHARS_VARIABLE, DEFAULT_MAX_PROMPT_CHARS = "WORKBENCH_MAX_PROMPT_CHARS", 32_000
+WAIT_VARIABLE, DEFAULT_WAIT_SECONDS = "WORKBENCH_MODEL_WAIT_S", 60.0
+PERPLEXITY_TOKENS = 1024  # tokens of each text scored by perplexity (fewer when the context is shorter)
+
+
+class ModelBusyError(WorkbenchError):
+    """Another answer held the model longer than a caller may wait for it."""
+
+
+class PromptTooLongError(WorkbenchError):
+    """A prompt over the character cap, or too long for the model's context with its answer."""
+
+
+def _setting(variable: str, default: float) -> float:
+    raw = os.environ.get(variable, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not math.isfinite(value) or value < 0:
+        raise WorkbenchError(f"{variable}={raw!r}: give a number >= 0 (default {default:g})")
+    return value
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 @dataclass(frozen=True)
@@ -30,16 +84,52 @@ class Sampling:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not 1 <= self.max_new_tokens <= 4096 or self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise WorkbenchError("sampling: max_new_tokens 1..4096, temperature >= 0, top_p in (0, 1]")
+        ok = (isinstance(self.max_new_tokens, int) and not isinstance(self.max_new_tokens, bool)
+              and 1 <= self.max_new_tokens <= MAX_NEW_TOKENS
+              and _is_number(self.temperature) and self.temperature >= 0
+              and _is_number(self.top_p) and 0 < self.top_p <= 1
+              and isinstance(self.seed, int) and SEED_RANGE[0] <= self.seed <= SEED_RANGE[1])
+        if not ok:
+            raise WorkbenchError(f"sampling: max_new_tokens 1..{MAX_NEW_TOKENS}, temperature >= 0, top_p in (0, 1], "
+                                 f"a whole-number seed; got max_new_tokens={self.max_new_tokens!r}, "
+                                 f"temperature={self.temperature!r}, top_p={self.top_p!r}, seed={self.seed!r}")
+
+
+def _as_messages(prompt) -> list[dict[str, str]]:
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    if not isinstance(messages, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages):
+        raise WorkbenchError("a prompt is text, or a list of messages {'role': ..., 'content': ...} with text")
+    return messages
+
+
+def _stopper(*events: threading.Event):
+    """A StoppingCriteria that ends generation (every row) once any of ``events`` is set;
+    transformers calls it after every new token."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StopWhenSet(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            stop = any(e.is_set() for e in events)
+            return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([StopWhenSet()])
 
 
 class ChatEngine:
-    def __init__(self, model: str, dtype: str = "float32") -> None:
+    def __init__(self, model: str, dtype: str = "float32", *, max_prompt_chars: int | None = None,
+                 wait_seconds: float | None = None) -> None:
         self.model_name, self.dtype = model, dtype
+        self.max_prompt_chars = int(max_prompt_chars if max_prompt_chars is not None
+                                    else _setting(PROMPT_CHARS_VARIABLE, DEFAULT_MAX_PROMPT_CHARS))
+        self.wait_seconds = float(wait_seconds if wait_seconds is not None
+                                  else _setting(WAIT_VARIABLE, DEFAULT_WAIT_SECONDS))
         self._model = self._tokenizer = None
+        self._context: int | None = None  # tokens the model attends to, where known
         self._adapters: dict[str, Path] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # a plain Lock: a stream's generate thread releases it
 
     @property
     def adapters(self) -> list[str]:
@@ -47,11 +137,37 @@ class ChatEngine:
 
     @property
     def tokenizer(self):
-        with self._lock:
+        """A copy of the model's tokenizer, the caller's own (to count or decode tokens): the
+        engine's tokenizer is used only under its lock (a fast tokenizer must not be shared
+        by threads: its padding and truncation settings are changed per call)."""
+        import copy
+
+        with self._hold():
             self._base()
-            return self._tokenizer
+            return copy.deepcopy(self._tokenizer)
+
+    @property
+    def context_tokens(self) -> int | None:
+        """Prompt + answer tokens the model can take (None when neither config nor tokenizer says)."""
+        with self._hold():
+            self._base()
+            return self._context
+
+    def _acquire(self) -> None:
+        if not self._lock.acquire(timeout=self.wait_seconds):
+            raise ModelBusyError(f"the model {self.model_name} is busy with another answer (waited "
+                                 f"{self.wait_seconds:g} s, {WAIT_VARIABLE}); try again in a moment")
+
+    @contextmanager
+    def _hold(self):
+        self._acquire()
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     def _base(self):
+        """The model, loaded on first use (called with the lock held)."""
         if self._model is None:
             import torch
             from transformers import AutoModelForCausalLM
@@ -62,14 +178,47 @@ class ChatEngine:
 
             spec = load_model_spec(self.model_name)
             folder = weights_dir(spec)
-            self._tokenizer = load_tokenizer(self.model_name if spec.source == "builtin" else str(folder))
+            tok = load_tokenizer(self.model_name if spec.source == "builtin" else str(folder))
             try:
-                self._model = AutoModelForCausalLM.from_pretrained(
+                model = AutoModelForCausalLM.from_pretrained(
                     folder, dtype=getattr(torch, self.dtype), use_safetensors=True, trust_remote_code=False)
             except (OSError, ValueError, KeyError) as exc:  # broken or foreign files: a message, not a crash
                 raise WorkbenchError(f"cannot load {self.model_name}: {type(exc).__name__}: {str(exc)[:300]}") from None
-            self._model.eval()
+            model.eval()
+            limits = [getattr(model.config, name, None) for name in ("max_position_embeddings", "n_positions")]
+            known = [int(x) for x in [*limits, getattr(tok, "model_max_length", None)]
+                     if isinstance(x, int) and 0 < x < 10**8]  # transformers says "unknown" with 1e30
+            self._context = min(known) if known else None
+            self._model, self._tokenizer = model, tok
         return self._model
+
+    def _check_who(self, who: str) -> None:
+        if who != BASE and who not in self._adapters:
+            raise WorkbenchError(f"no adapter {who!r}; attached: {', '.join(self._adapters) or 'none'}")
+
+    def _check_chars(self, messages: list[dict[str, str]], where: str = "the prompt") -> None:
+        chars = sum(len(m["content"]) for m in messages)
+        if chars > self.max_prompt_chars:
+            raise PromptTooLongError(f"{where} is {chars:,} characters, over the limit of {self.max_prompt_chars:,} "
+                                     f"characters ({PROMPT_CHARS_VARIABLE}); shorten it")
+
+    def _check_tokens(self, prompt_tokens: int, max_new_tokens: int, where: str = "the prompt") -> None:
+        if self._context is not None and prompt_tokens + max_new_tokens > self._context:
+            raise PromptTooLongError(
+                f"{where} is {prompt_tokens:,} tokens and the answer may take {max_new_tokens:,} more: "
+                f"{prompt_tokens + max_new_tokens:,} tokens, over the {self._context:,}-token context of "
+                f"{self.model_name}; shorten the prompt or lower max new tokens")
+
+    @contextmanager
+    def _weights_of(self, model, who: str):
+        """``who``'s weights active for the block (with the lock held: nobody else switches)."""
+        if who == BASE and hasattr(model, "disable_adapter"):
+            with model.disable_adapter():
+                yield
+        else:
+            if who != BASE:
+                model.set_adapter(who)
+            yield
 
     def add_adapter(self, name: str, folder: str | Path) -> None:
         """Attach a finished run's adapter (or a complete checkpoint) under ``name``."""
@@ -88,7 +237,9 @@ class ChatEngine:
         if meta_file.is_file() and read_meta(folder)["base_model"] != self.model_name:
             raise WorkbenchError(f"{folder}: trained on {read_meta(folder)['base_model']}, not {self.model_name}")
         kind = json.loads((folder / "adapter_config.json").read_text()).get("peft_type")
-        with self._lock:
+        with self._hold():
+            if name in self._adapters:  # attached by another caller while this one waited
+                return
             model = self._base()
             if isinstance(model, PeftModel):
                 have = {c.peft_type.value if hasattr(c.peft_type, "value") else str(c.peft_type)
@@ -102,103 +253,113 @@ class ChatEngine:
                 self._model.eval()
             self._adapters[name] = folder
 
-    def stream(self, prompt: str | list[dict[str, str]], who: str, sampling: Sampling) -> Iterator[str]:
+    def stream(self, prompt: str | list[dict[str, str]], who: str, sampling: Sampling,
+               stop: threading.Event | None = None) -> Iterator[str]:
         """The answer of ``who`` (``base`` or an adapter name), piece by piece as it is
         generated. ``prompt``: the user's text, or the messages of a conversation so far
-        (rendered with the chat template, as in training). Holds the model for the whole answer."""
+        (rendered with the chat template, as in training). Holds the model for the whole
+        answer; closing the generator, or setting ``stop``, ends generation at the next token
+        (see the module docstring)."""
         import torch
         from transformers import TextIteratorStreamer
 
-        if who != BASE and who not in self._adapters:
-            raise WorkbenchError(f"no adapter {who!r}; attached: {', '.join(self._adapters) or 'none'}")
-        with self._lock:
-            model = self._base()
-            tok = self._tokenizer
-            messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        self._check_who(who)
+        messages = _as_messages(prompt)
+        self._check_chars(messages)
+        closed = threading.Event()
+        errors: list[BaseException] = []
+        self._acquire()
+        handed_over = False
+        try:
+            model, tok = self._base(), self._tokenizer
             text = apply_template(tok, messages, add_generation_prompt=True)
-            ids = tok(text, return_tensors="pt", add_special_tokens=False)
+            ids = tok(text, return_tensors="pt", add_special_tokens=False, verbose=False)  # too long: our message
+            self._check_tokens(ids["input_ids"].shape[1], sampling.max_new_tokens)
             streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
             torch.manual_seed(sampling.seed)
             kwargs = dict(**ids, streamer=streamer, max_new_tokens=sampling.max_new_tokens,
-                          do_sample=sampling.temperature > 0, pad_token_id=tok.pad_token_id)
+                          do_sample=sampling.temperature > 0, pad_token_id=tok.pad_token_id,
+                          stopping_criteria=_stopper(closed, *([stop] if stop is not None else [])))
             if sampling.temperature > 0:
                 kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p)
-            errors: list[BaseException] = []
 
-            def run() -> None:
+            def run() -> None:  # owns the lock from here: releases it once generate has returned
                 try:
-                    if who == BASE and hasattr(model, "disable_adapter"):
-                        with model.disable_adapter():
-                            model.generate(**kwargs)
-                    else:
-                        if who != BASE:
-                            model.set_adapter(who)
+                    with self._weights_of(model, who):
                         model.generate(**kwargs)
                 except BaseException as exc:  # surfaced below, after the stream ends
                     errors.append(exc)
                     streamer.end()
+                finally:
+                    self._lock.release()
 
-            worker = threading.Thread(target=run, daemon=True)
+            worker = threading.Thread(target=run, name=f"generate-{self.model_name}-{who}", daemon=True)
             worker.start()
+            handed_over = True
+        finally:
+            if not handed_over:
+                self._lock.release()
+        try:
             yield from streamer
-            worker.join()
-            if errors:
-                raise WorkbenchError(f"generation failed: {type(errors[0]).__name__}: {errors[0]}")
+        finally:
+            closed.set()  # a cancelled (closed) stream stops generation at its next token
+        worker.join()
+        if errors:
+            raise WorkbenchError(f"generation failed: {type(errors[0]).__name__}: {errors[0]}")
 
     def answer(self, prompt: str | list[dict[str, str]], who: str, sampling: Sampling) -> str:
         return "".join(self.stream(prompt, who, sampling))
 
-    def answer_batch(self, conversations: list[list[dict[str, str]]], who: str, max_new_tokens: int) -> list[str]:
+    def answer_batch(self, conversations: list[list[dict[str, str]]], who: str, max_new_tokens: int,
+                     names: list[str] | None = None) -> list[str]:
         """Greedy answers of ``who`` to several conversations at once, left-padded into one
-        batch (the same answers as one at a time, up to float rounding: padding is masked)."""
+        batch (the same answers as one at a time, up to float rounding: padding is masked).
+        ``names`` (e.g. "row 12") name a conversation that is too long."""
         import torch
 
-        if who != BASE and who not in self._adapters:
-            raise WorkbenchError(f"no adapter {who!r}; attached: {', '.join(self._adapters) or 'none'}")
-        with self._lock:
+        self._check_who(who)
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
+                or not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
+            raise WorkbenchError(f"max_new_tokens: 1..{MAX_NEW_TOKENS}, got {max_new_tokens!r}")
+        if not conversations:
+            return []
+        conversations = [_as_messages(c) for c in conversations]
+        names = names or [f"prompt {i + 1} of {len(conversations)}" for i in range(len(conversations))]
+        for messages, name in zip(conversations, names):
+            self._check_chars(messages, name)
+        with self._hold():
             model = self._base()
             tok = self._tokenizer
             texts = [apply_template(tok, c, add_generation_prompt=True) for c in conversations]
-            side, tok.padding_side = tok.padding_side, "left"
-            try:
-                batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-            finally:
-                tok.padding_side = side
+            batch = tok(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False,
+                        verbose=False)
+            for length, name in zip(batch["attention_mask"].sum(dim=1).tolist(), names):
+                self._check_tokens(int(length), max_new_tokens, name)
             kwargs = dict(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-            with torch.no_grad():
-                if who == BASE and hasattr(model, "disable_adapter"):
-                    with model.disable_adapter():
-                        out = model.generate(**kwargs)
-                else:
-                    if who != BASE:
-                        model.set_adapter(who)
-                    out = model.generate(**kwargs)
+            with torch.no_grad(), self._weights_of(model, who):
+                out = model.generate(**kwargs)
             new = out[:, batch["input_ids"].shape[1]:]
             return [tok.decode(row, skip_special_tokens=True) for row in new]
 
     def perplexity(self, texts: list[str], who: str) -> float:
-        """exp(mean token loss) of ``who`` on ``texts`` (what an adapter gained or forgot)."""
-        import math
-
+        """exp(mean token loss) of ``who`` on ``texts`` (what an adapter gained or forgot).
+        Each text is scored on its first ``PERPLEXITY_TOKENS`` tokens (or the model's context,
+        when shorter), cut to the character cap before tokenizing."""
         import torch
 
+        self._check_who(who)
         if not texts:
             raise WorkbenchError("perplexity needs at least one text")
-        with self._lock:
+        with self._hold():
             model = self._base()
+            keep = min(PERPLEXITY_TOKENS, self._context or PERPLEXITY_TOKENS)
             total, count = 0.0, 0
-            for text in texts:
-                ids = self._tokenizer(text, return_tensors="pt")["input_ids"][:, :1024]
-                if ids.shape[1] < 2:
-                    continue
-                with torch.no_grad():
-                    if who == BASE and hasattr(model, "disable_adapter"):
-                        with model.disable_adapter():
-                            loss = model(input_ids=ids, labels=ids).loss
-                    else:
-                        if who != BASE:
-                            model.set_adapter(who)
-                        loss = model(input_ids=ids, labels=ids).loss
-                total += float(loss) * (ids.shape[1] - 1)
-                count += ids.shape[1] - 1
+            with torch.no_grad(), self._weights_of(model, who):
+                for text in texts:
+                    ids = self._tokenizer(text[:self.max_prompt_chars], return_tensors="pt")["input_ids"][:, :keep]
+                    if ids.shape[1] < 2:
+                        continue
+                    loss = model(input_ids=ids, labels=ids).loss
+                    total += float(loss) * (ids.shape[1] - 1)
+                    count += ids.shape[1] - 1
             return math.exp(total / max(count, 1))

@@ -144,8 +144,10 @@ def evaluate(engine, contenders: list[str], cases: list[Case], max_new_tokens: i
              samples: int = 5, batch_size: int = BATCH) -> list[Scores]:
     """Every contender answers every case greedily, ``batch_size`` prompts per generate
     call; the answer budget is 1.5x the longest reference of the batch + 16 tokens (at most
-    512) unless ``max_new_tokens`` is given. See :func:`score`."""
-    tok = engine.tokenizer
+    512) unless ``max_new_tokens`` is given. See :func:`score`. Each generate call holds the
+    engine for its batch only (another user's answer may come between batches, never inside
+    one); a prompt too long for the model is refused naming its row."""
+    tok = engine.tokenizer  # our own copy: counting here never touches the tokenizer of a running answer
     results = []
     for who in contenders:
         answers, tokens, started = [], 0, time.perf_counter()
@@ -153,7 +155,7 @@ def evaluate(engine, contenders: list[str], cases: list[Case], max_new_tokens: i
             chunk = cases[i:i + batch_size]
             longest = max(len(tok(c.reference, add_special_tokens=False)["input_ids"]) for c in chunk)
             budget = max_new_tokens or min(512, int(1.5 * longest) + 16)
-            got = engine.answer_batch([c.prompt for c in chunk], who, budget)
+            got = engine.answer_batch([c.prompt for c in chunk], who, budget, names=[f"row {c.row}" for c in chunk])
             answers += got
             tokens += sum(len(tok(a, add_special_tokens=False)["input_ids"]) for a in got)
         result = score(who, answers, cases)

@@ -4,12 +4,14 @@ base name (``workbench.chat.ChatEngine``), loaded lazily in the UI process on th
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterator
+from contextlib import closing
 
 import gradio as gr
 
-from ..chat import BASE, ChatEngine, Sampling
+from ..chat import BASE, ChatEngine, ModelBusyError, PromptTooLongError, Sampling
 from ..errors import WorkbenchError
 from ..evaluation import TABLE_HEADERS
 from ..methods import METHODS
@@ -72,17 +74,35 @@ def adapter_folder(run_id: str):
     return folder
 
 
+def sampling_from(seed, temperature, max_new_tokens) -> Sampling:
+    """The form's seed, temperature and max new tokens as :class:`Sampling`; a value that is
+    missing or not a finite number is a message naming the field (API callers send anything)."""
+    values = {}
+    for field, value in (("Seed", seed), ("Temperature", temperature), ("Max new tokens", max_new_tokens)):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not math.isfinite(number) or (field != "Temperature" and number != int(number)):
+            raise WorkbenchError(f"{field}: give a {'number' if field == 'Temperature' else 'whole number'}, "
+                                 f"got {value!r}")
+        values[field] = number
+    return Sampling(max_new_tokens=int(values["Max new tokens"]), temperature=values["Temperature"],
+                    seed=int(values["Seed"]))
+
+
 def chat_answers(model: str, run_ids: list[str] | None, prompt: str, seed: float, temperature: float,
                  max_new_tokens: float, request: gr.Request = None) -> Iterator[tuple[str, ...]]:
-    """Yields the texts of every column as they grow: base first, then each adapter."""
+    """Yields the texts of every column as they grow: base first, then each adapter. A
+    cancel closes this generator, which closes the engine's stream and so stops generation."""
     run_ids = list(run_ids or [])[:MAX_ADAPTERS]
     columns = ["" for _ in range(1 + MAX_ADAPTERS)]
-    if not prompt or not prompt.strip():
+    if not isinstance(prompt, str) or not prompt.strip():
         columns[0] = "Type a prompt."
         yield tuple(columns)
         return
     try:
-        sampling = Sampling(max_new_tokens=int(max_new_tokens), temperature=float(temperature), seed=int(seed))
+        sampling = sampling_from(seed, temperature, max_new_tokens)
         engine = engine_with(model, run_ids, user_of(request))
     except WorkbenchError as exc:
         columns[0] = f"**Cannot chat:** {exc}"
@@ -91,9 +111,14 @@ def chat_answers(model: str, run_ids: list[str] | None, prompt: str, seed: float
     for column, who in enumerate([BASE, *run_ids]):
         columns[column] = f"**{who}**\n\n"
         try:
-            for piece in engine.stream(prompt, who, sampling):
-                columns[column] += piece
-                yield tuple(columns)
+            with closing(engine.stream(prompt, who, sampling)) as pieces:
+                for piece in pieces:
+                    columns[column] += piece
+                    yield tuple(columns)
+        except (PromptTooLongError, ModelBusyError) as exc:  # the same for the columns left: said once
+            columns[column] += f"**Cannot answer:** {exc}"
+            yield tuple(columns)
+            return
         except WorkbenchError as exc:
             columns[column] += f"**{exc}**"
             yield tuple(columns)
@@ -107,9 +132,11 @@ def arena_next(model: str, run_ids: list[str] | None, prompts: str, seed: float,
 
     try:
         contenders = [BASE, *list(run_ids or [])[:MAX_ADAPTERS]]
-        r = next_round((prompts or "").splitlines(), contenders, int(index or 0), int(seed))
+        sampling = sampling_from(seed, temperature, max_new_tokens)
+        if not isinstance(prompts, (str, type(None))):
+            raise WorkbenchError("arena: the prompt set is text, one prompt per line")
+        r = next_round((prompts or "").splitlines(), contenders, int(index or 0), sampling.seed)
         engine = engine_with(model, contenders[1:], user_of(request))
-        sampling = Sampling(max_new_tokens=int(max_new_tokens), temperature=float(temperature), seed=int(seed))
         a, b = engine.answer(r.prompt, r.left, sampling), engine.answer(r.prompt, r.right, sampling)
     except WorkbenchError as exc:
         return None, "", "", f"**{exc}**", index
