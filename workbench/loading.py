@@ -15,7 +15,7 @@ from .memory.planner import resolve_quant
 from .memory.settings import TrainingSettings
 from .methods.base import Method
 from .smollm2 import SMOLLM2_NAME, ensure_smollm2
-from .specs import ModelSpec
+from .specs import ModelSpec, shown_path
 from .tiny import TINY_NAME, ensure_tiny
 
 
@@ -32,9 +32,9 @@ def weights_dir(spec: ModelSpec) -> Path:
         folder = Path(spec.name)
         if not any(folder.glob("*.safetensors")):
             pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
-            raise UnknownModelError(
-                f"{folder}: no .safetensors weights" + (f" (found {', '.join(pickles[:3])}: pickle files are never "
-                                                        "loaded, convert them to safetensors)" if pickles else ""))
+            found = (f" (found {', '.join(pickles[:3])}: pickle files are never loaded, convert them to "
+                     "safetensors)") if pickles else ""
+            raise UnknownModelError(f"{shown_path(folder)}: no .safetensors weights{found}")
         return folder
     raise UnknownModelError(
         f"{spec.name}: no local weights; measuring and training need {SMOLLM2_NAME}, 'tiny' or a local folder "

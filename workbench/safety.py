@@ -6,12 +6,21 @@ local folder *inside the configured model roots* -- never a URL, a ``file://`` p
 folder elsewhere on the machine. Roots: ``$WORKBENCH_MODEL_ROOTS`` (``os.pathsep``
 separated; ``python app.py --model-root DIR`` sets it), else the working directory and
 the workbench cache.
+
+Some folders are never models, whatever the roots (:func:`private_folders`): the sessions
+store (every user's runs: a run's adapter is reached by its run id through the owner check
+of :func:`workbench.sessions.check_access`, never by its folder) and gradio's upload folder.
+A name that resolves inside one -- typed relative or absolute, through a symlink, for a
+session that exists or not, of any owner -- is refused before the file system is asked
+whether it exists, with the one message used for every folder outside the roots. No
+message names a server path: not the roots, not the working directory.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import tempfile
 from pathlib import Path
 
 from .errors import UnknownModelError
@@ -22,12 +31,50 @@ from .tiny import TINY_NAME
 
 MAX_NAME_LENGTH = 512
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+#: the refusal of every folder a browser may not name (outside the roots, or private): one text,
+#: so that it tells nothing about what is there
+OUTSIDE_ROOTS = ("that folder is outside the model folders this server allows; the operator adds folders with "
+                 "--model-root (a finished run's adapter is picked by its run id on the Chat tab)")
 
 
 def model_roots() -> list[Path]:
     configured = os.environ.get("WORKBENCH_MODEL_ROOTS")
     roots = [Path(p) for p in configured.split(os.pathsep) if p] if configured else [Path.cwd(), cache_dir()]
     return [r.expanduser().resolve() for r in roots]
+
+
+def private_folders() -> list[Path]:
+    """Folders no model name from the browser may point into, whatever the roots: the
+    sessions store (``$WORKBENCH_SESSIONS`` or ``sessions/``) and gradio's upload folder
+    (``$GRADIO_TEMP_DIR``, else gradio's default under the temp folder). The workbench
+    cache holds only model folders (``models/<version>``), so none of it is private."""
+    from .sessions import sessions_dir
+
+    folders = [sessions_dir(), Path(tempfile.gettempdir()) / "gradio"]
+    if os.environ.get("GRADIO_TEMP_DIR"):
+        folders.append(Path(os.environ["GRADIO_TEMP_DIR"]))
+    out = []
+    for folder in folders:
+        absolute = Path(os.path.abspath(folder.expanduser()))
+        out += [absolute, absolute.resolve()]
+    return out
+
+
+def _inside(path: Path, folders: list[Path]) -> bool:
+    return any(path == f or f in path.parents for f in folders)
+
+
+def _is_private(name: str) -> bool:
+    """Does ``name``, read as a path, land in a private folder -- as written (``..``
+    folded) or with symlinks followed? Answers the same for a folder that exists and one
+    that does not: nothing here depends on what is inside the store."""
+    try:
+        written = Path(os.path.abspath(Path(name).expanduser()))
+        resolved = written.resolve()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, an unknown ~user: not a model either
+        return True
+    private = private_folders()
+    return _inside(written, private) or _inside(resolved, private)
 
 
 def check_model_name(name: str | None) -> str:
@@ -42,20 +89,20 @@ def check_model_name(name: str | None) -> str:
         return SMOLLM2_NAME
     if _SCHEME.match(name) or name.startswith("//"):
         raise UnknownModelError(f"{name!r}: URLs are not accepted; use a hub id like 'org/name' or a local folder "
-                                f"inside the model roots")
+                                f"inside the model folders this server allows")
     if HUB_ID.match(name) and ".." not in name and (BUNDLED_MODELS_DIR / name.replace("/", "__")).is_dir():
         return name
+    if _is_private(name):  # before any question about existence: a session's folder is no model, even a missing one
+        raise UnknownModelError(OUTSIDE_ROOTS)
     looks_local = name.startswith(("/", "~", ".")) or "\\" in name or Path(name).expanduser().is_dir()
     if looks_local:
         path = Path(name).expanduser().resolve()
-        roots = model_roots()
-        if not any(path == r or r in path.parents for r in roots):
-            raise UnknownModelError(f"{name!r} is outside the model folders this server allows "
-                                    f"({', '.join(map(str, roots))}); the operator adds folders with --model-root")
+        if not _inside(path, model_roots()):
+            raise UnknownModelError(OUTSIDE_ROOTS)
         if not path.is_dir():
             raise UnknownModelError(f"{name!r}: no such folder")
         return str(path)
     if HUB_ID.match(name) and ".." not in name:
         return name
     raise UnknownModelError(f"{name!r} is not a model name: use a hub id like 'org/name', a bundled name, or a local "
-                            f"folder inside the model roots")
+                            f"folder inside the model folders this server allows")

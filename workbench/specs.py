@@ -7,7 +7,10 @@ A spec comes from one of five places (:func:`load_model_spec`):
 - ``tiny``: the built-in offline demo model (random weights, see :mod:`workbench.tiny`);
 - a bundled snapshot name such as ``meta-llama/Llama-2-7b-hf`` (``assets/models/``);
 - a local folder holding a ``config.json``;
-- a hub id, fetched with ``AutoConfig`` (never with remote code) when online.
+- a hub id, fetched with ``AutoConfig`` (never with remote code) when online, else from the
+  local hub cache (:mod:`workbench.hub`: offline it fails within seconds, and remembers that).
+
+Messages name a folder as :func:`shown_path` does: never the server's absolute layout.
 
 Parameter counts and module shapes come from the real transformers class instantiated on
 the ``meta`` device (no memory, no weights), so any causal LM that transformers knows works.
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,11 +231,23 @@ def _validate(config: dict[str, Any], where: str) -> dict[str, Any]:
     return config
 
 
+def shown_path(path: str | Path) -> str:
+    """A file or folder as a message shows it: relative to the working directory when inside
+    it, else ``.../<parent>/<name>`` -- never the server's absolute layout (the message may
+    reach a browser)."""
+    absolute = Path(os.path.abspath(Path(path).expanduser()))
+    try:
+        return str(absolute.relative_to(Path.cwd())) or "."
+    except ValueError:
+        return str(Path("...", *absolute.parts[-2:]))
+
+
 def _read_config(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read config.json ({exc})") from None
+        reason = exc.strerror if isinstance(exc, OSError) else exc  # an OSError's text repeats the path
+        raise ConfigError(f"{shown_path(path)}: cannot read config.json ({reason})") from None
 
 
 def load_model_spec(name: str) -> ModelSpec:
@@ -243,14 +259,15 @@ def load_model_spec(name: str) -> ModelSpec:
         return ModelSpec(SMOLLM2_NAME, "builtin", dict(SMOLLM2_CONFIG), SMOLLM2_LABEL)
     bundled = BUNDLED_MODELS_DIR / name.replace("/", "__") / "config.json"
     if HUB_ID.match(name) and bundled.is_file():
-        path = str(bundled)
-        return ModelSpec(name, "bundled", _validate(_read_config(bundled), path), f"{name} (bundled config)")
+        return ModelSpec(name, "bundled", _validate(_read_config(bundled), shown_path(bundled)),
+                         f"{name} (bundled config)")
     local = Path(name).expanduser()
     if name and local.is_dir():
         cfg_path = local / "config.json"
         if not cfg_path.is_file():
-            raise UnknownModelError(f"{local}: folder has no config.json")
-        return ModelSpec(str(local.resolve()), "local", _validate(_read_config(cfg_path), str(cfg_path)), str(local))
+            raise UnknownModelError(f"{shown_path(local)}: folder has no config.json")
+        return ModelSpec(str(local.resolve()), "local", _validate(_read_config(cfg_path), shown_path(cfg_path)),
+                         shown_path(local))
     if HUB_ID.match(name) and ".." not in name:
         return ModelSpec(name, "hub", _validate(_hub_config(name), name), name)
     raise UnknownModelError(
@@ -260,12 +277,7 @@ def load_model_spec(name: str) -> ModelSpec:
 
 
 def _hub_config(name: str) -> dict[str, Any]:
-    from transformers import AutoConfig
+    """The config of hub model ``name`` (:mod:`workbench.hub`: fails fast offline, remembers answers)."""
+    from .hub import hub_config
 
-    try:
-        return AutoConfig.from_pretrained(name, trust_remote_code=False).to_dict()
-    except Exception as exc:  # offline, 404, gated, unknown architecture: all user-facing
-        raise UnknownModelError(
-            f"cannot fetch config for {name!r} from the hub ({type(exc).__name__}). Offline, use a local folder "
-            f"or a bundled name: {', '.join(bundled_names())}"
-        ) from None
+    return hub_config(name)

@@ -1,6 +1,14 @@
-"""The workbench page: one builder per tab; only layout here (views.py has the logic)."""
+"""The workbench page: one builder per tab; only layout here (views.py has the logic).
+
+Which events may run at once is decided here, in one place (:func:`limit_slow_events`):
+events that load weights, generate, read a whole dataset or start a worker share small
+concurrency groups, so that however many of them are asked for, the queue's workers stay
+free for the fast events -- plan, run status, the sessions list -- and those always answer.
+"""
 
 from __future__ import annotations
+
+import re
 
 import gradio as gr
 
@@ -12,18 +20,31 @@ from .plan_tab import build_plan_tab, plan_view
 from .runs_tab import build_runs_tab
 from .train_tab import build_train_tab, reattach, run_summary
 
-__all__ = ["build_app", "plan_view", "warm_up"]
+__all__ = ["SLOW_EVENTS", "build_app", "limit_slow_events", "plan_view", "warm_up"]
+
+#: concurrency group -> (events of it running at once, the api names of its events). An api name
+#: counts with gradio's numbered copies (``inspect_view_3``). Everything else keeps the queue's
+#: default (``default_concurrency_limit`` per function).
+SLOW_EVENTS: dict[str, tuple[int, frozenset[str]]] = {
+    # a base model in this process: load, generate, score
+    "generation": (2, frozenset({"chat", "arena_next", "evaluate", "what_changed"})),
+    # a whole dataset tokenized, every method planned, a worker started, an export written
+    "heavy": (2, frozenset({"inspect", "inspect_view", "compare", "start_run", "run_action"})),
+}
 
 
 def warm_up() -> None:
-    """Before the first visitor arrives: the default model's inventory, and SmolLM2's one-time
-    conversion from its GGUF file (so that no page waits ~40 s for it); a model that cannot
-    be prepared leaves the page on its message, never stops the server."""
+    """Before the first visitor arrives: whether the hub is reachable (:mod:`workbench.hub`),
+    the default model's inventory, and SmolLM2's one-time conversion from its GGUF file (so
+    that no page waits ~40 s for it); a model that cannot be prepared leaves the page on its
+    message, never stops the server."""
     import sys
 
     from ..errors import WorkbenchError
+    from ..hub import hub_online
     from ..smollm2 import SMOLLM2_NAME, converted_dir, ensure_smollm2, is_converted
 
+    hub_online()  # decided once now: offline, every hub lookup of a visitor answers at once
     model = default_model()
     load_model_spec(model).inventory
     if model == SMOLLM2_NAME and not is_converted():
@@ -54,4 +75,19 @@ def build_app() -> gr.Blocks:
         app.load(runs["reload"], None, runs["outputs"], api_visibility="private")
         app.load(reattach, None, [train["session"], train["run_id"]], api_visibility="private")
         app.load(run_summary, train["summary_inputs"], train["summary"], api_visibility="private")
+    limit_slow_events(app)
     return app
+
+
+def limit_slow_events(app: gr.Blocks) -> dict[str, list[str]]:
+    """Put every event named in :data:`SLOW_EVENTS` into its concurrency group (gradio
+    reads ``concurrency_id`` / ``concurrency_limit`` of each function when the first event of
+    it is queued, so this must run before the server starts). Returns group -> api names."""
+    placed: dict[str, list[str]] = {group: [] for group in SLOW_EVENTS}
+    for fn in app.fns.values():
+        base = re.sub(r"_\d+$", "", fn.api_name or "")
+        for group, (limit, names) in SLOW_EVENTS.items():
+            if fn.api_name in names or base in names:
+                fn.concurrency_id, fn.concurrency_limit = f"workbench-{group}", limit
+                placed[group].append(fn.api_name)
+    return placed
