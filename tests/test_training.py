@@ -151,14 +151,16 @@ def test_out_of_memory_fails_cleanly_with_suggestions(tmp_path, monkeypatch):
     assert any("gradient checkpointing" in s or "batch 16 →" in s for s in final["suggestions"])
 
 
-def test_crash_at_setup_reports_the_log_tail(tmp_path):
+def test_crash_at_setup_reports_one_sentence_and_logs_the_traceback(tmp_path):
     path = tmp_path / "odd.jsonl"
     path.write_text('{"foo": 1, "bar": 2}\n')
     sid, proc = start(make_job("tiny", "lora", str(path)))
     assert proc.wait(timeout=300) == 1
     final = [e for e in _events(sid) if e["kind"] == "status"][-1]
-    assert final["status"] == "failed" and final["reason"] == "error"
-    assert "cannot tell the format" in final["error"] and any("DataFileError" in line for line in final["log_tail"])
+    assert final["status"] == "failed" and final["reason"] == "error" and "log_tail" not in final
+    assert final["error"].startswith("DataFileError: ") and "cannot tell the format" in final["error"]
+    log = (session_path(sid) / "worker.log").read_text()
+    assert "Traceback" in log and "DataFileError" in log  # the details stay in the log
 
 
 def test_only_complete_checkpoints_are_offered(tmp_path):
@@ -263,9 +265,16 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(qa_file, monkeypat
 
 
 def test_two_runs_take_turns(qa_file):
+    """The second run waits as a record (no process) and the first worker, as it ends,
+    starts it: no server or dispatcher thread is running here."""
     jobs = [make_job("tiny", "lora", str(qa_file), schedule=Schedule(max_steps=6)) for _ in range(2)]
     (first, p1), (second, p2) = start(jobs[0]), start(jobs[1])
-    assert p1.wait(timeout=600) == 0 and p2.wait(timeout=600) == 0
+    assert p2 is None and not (session_path(second) / "worker.pid").exists()
+    assert p1.wait(timeout=600) == 0
+    deadline = time.time() + 600
+    while refresh(second) not in ("completed", "failed", "interrupted", "cancelled") and time.time() < deadline:
+        time.sleep(0.5)
+    assert refresh(second) == "completed", (session_path(second) / "worker.log").read_text()[-3000:]
     first_done = _status_events(first)[-1]["time"]
     second_loading = next(e["time"] for e in _status_events(second) if e["status"] == "loading")
     assert second_loading >= first_done

@@ -58,6 +58,22 @@ def visible_gpus() -> list[GpuInfo]:
     return found
 
 
+def gpu_count() -> int:
+    """How many GPUs runs may use here: the visible ones (NVML and ``CUDA_VISIBLE_DEVICES``,
+    never CUDA), at most ``$WORKBENCH_GPUS`` when an operator sets that cap."""
+    count = len(visible_gpus())
+    configured = os.environ.get("WORKBENCH_GPUS", "").strip()
+    return min(count, int(configured)) if configured.isdigit() else count
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def default_device() -> str:
     """``cuda`` when a GPU is visible, else ``cpu``: the one default of the UI, the API and the CLI."""
     return "cuda" if visible_gpus() else "cpu"

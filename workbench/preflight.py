@@ -49,17 +49,26 @@ class Budget:
 
 
 def check_device(settings: TrainingSettings) -> None:
-    """Refuse, before anything starts, a run this machine cannot give its device."""
-    from .devices import visible_gpus
+    """Refuse, before anything starts, a run this machine cannot give its device: a GPU run
+    needs at most the visible GPUs (counted without initialising CUDA); a multi-process CPU
+    run (``gpus`` processes, gloo) at most one process per core."""
+    from .devices import cpu_cores, gpu_count
 
     if settings.device == "cuda":
-        gpus = visible_gpus()
-        if not gpus:
+        visible = gpu_count()
+        if not visible:
             raise SettingsError("Device: the run is planned for cuda, but this machine has no visible GPU; nothing was "
                                 "started. Plan it for cpu ('Device' in the Model & method tab, --device cpu), or start "
                                 "it on a machine with a GPU")
-        if settings.gpus > len(gpus):
-            raise SettingsError(f"GPUs: the run needs {settings.gpus}; this machine has {len(gpus)} visible")
+        if settings.gpus > visible:
+            raise SettingsError(f"GPUs (--gpus): the run asks for {settings.gpus}; this machine has {visible} visible "
+                                f"GPU{'s' if visible != 1 else ''}: choose 1 to {visible}")
+    elif settings.gpus > 1:
+        cores = cpu_cores()
+        if settings.gpus > cores:
+            raise SettingsError(f"GPUs (--gpus): on cpu this is the number of training processes; {settings.gpus} is "
+                                f"more than this machine's {cores} CPU core{'s' if cores != 1 else ''}: choose 1 to "
+                                f"{cores}")
 
 
 def device_budget(device: str) -> Budget:

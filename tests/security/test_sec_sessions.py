@@ -87,6 +87,8 @@ def test_page_load_reattaches_to_the_running_run(store):
 
     older, newer, other = _prepared(store, "alice"), _prepared(store, "alice"), _prepared(store, "bob")
     workers = [_pretend_worker(session_path(sid)) for sid in (older, other)]
+    (session_path(newer) / "worker.pid").write_text("999999999")  # started once; its worker is gone (a queued
+    # run without a worker.pid is waiting for its turn, unfinished: the page would reattach to it)
     try:
         assert reattach(_as("alice")) == (older, older)
         assert reattach(_as("bob")) == (other, other)

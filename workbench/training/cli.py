@@ -1,4 +1,9 @@
-"""``python -m workbench train ...`` and ``python -m workbench sessions ...``."""
+"""``python -m workbench train ...`` and ``python -m workbench sessions ...``.
+
+``train`` queues the run like the page does (:func:`workbench.training.launcher.start`) and,
+unless ``--detach``, follows it; while it follows it dispatches the queue itself, so a run
+queued behind another starts when that one ends even with no server running.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +29,9 @@ def add_commands(sub, add_run_flags, run_from_args) -> None:
     p.add_argument("--save-steps", type=int, default=0)
     p.add_argument("--keep-checkpoints", type=int, default=3)
     p.add_argument("--sessions-dir", default=None, help="where runs are kept (default: ./sessions)")
-    p.add_argument("--detach", action="store_true", help="start the worker and return at once")
+    p.add_argument("--detach", action="store_true",
+                   help="queue the run and return at once (it starts when its device is free and a server, a worker "
+                        "that ends or a `sessions follow` dispatches the queue)")
     p.add_argument("--no-probe", action="store_true",
                    help="do not lead with the longest examples (the probe step that checks the plan first)")
     p.set_defaults(func=lambda args: cmd_train(args, run_from_args))
@@ -55,22 +62,34 @@ def cmd_train(args: argparse.Namespace, run_from_args) -> int:
                                   "probe": not args.no_probe})
     session_id, proc = start(run)
     if not args.json:
-        print(f"session {session_id} started (pid {proc.pid})")
+        print(f"session {session_id} " + (f"started (pid {proc.pid})" if proc else _queue_line(session_id)))
     state = "queued" if args.detach else follow(session_id, proc, quiet=args.json)
     if args.json:
         print(json.dumps({"id": session_id, "state": state}))
     return 0 if state in ("queued", "completed") else 1
 
 
+def _queue_line(session_id: str) -> str:
+    from ..sessions import session_path, waiting
+    from .queue import describe
+
+    return describe(session_id) or ("queued" if waiting(session_path(session_id)) else "started")
+
+
 def follow(session_id: str, proc=None, quiet: bool = False) -> str:
     """Print the run's progress until it ends; returns the final state. Without ``proc``
-    (reattaching to a run started elsewhere) liveness comes from the session's pid."""
-    from ..sessions import refresh, session_path
+    (reattaching to a run started elsewhere) liveness comes from the session's pid. While
+    the run waits for its turn, this dispatches the queue (it may be the only dispatcher)."""
+    from ..sessions import refresh, session_path, waiting
     from .events import FINAL, read_events
+    from .queue import dispatch
 
+    folder = session_path(session_id)
     offset, state = 0, "queued"
     while True:
-        events, offset = read_events(session_path(session_id) / "events.jsonl", offset)
+        if proc is None and waiting(folder):
+            proc = dispatch(block=False).get(session_id)
+        events, offset = read_events(folder / "events.jsonl", offset)
         for e in events:
             if e["kind"] == "status":
                 state = e["status"]
@@ -117,6 +136,8 @@ def cmd_sessions(args: argparse.Namespace) -> int:
         print(json.dumps({"id": sid, "state": state}) if args.json else state)
     elif args.action == "resume":
         proc = resume(sid)
+        if not args.json and proc is None:
+            print(f"session {sid} {_queue_line(sid)}")
         state = follow(sid, proc, quiet=args.json)
         print(json.dumps({"id": sid, "state": state}) if args.json else state)
     elif args.action == "delete":

@@ -1,8 +1,14 @@
-"""Start, follow and cancel training workers.
+"""Queue, start, resume and cancel training runs.
 
-The worker is a fresh interpreter started by argument list (never a shell string, never a
-fork of a process that may hold CUDA state), in its own process group so that cancelling
-can end the whole tree.
+:func:`start` writes the run's record (:func:`prepare`) and asks the queue to start what
+may start (:func:`workbench.training.queue.dispatch`): the run's worker exists only once
+its device is free. The worker is a fresh interpreter started by argument list (never a
+shell string, never a fork of a process that may hold CUDA state), in its own process
+group so that cancelling ends the whole tree.
+
+Start, resume, cancel and delete of one run are serialised by its control lock
+(:func:`workbench.sessions.control_lock`); a run has at most one worker tree, and once
+:func:`cancel` has returned, nothing of the run is left to write another status.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ from ..data.archive import DATA_SUFFIXES
 from ..errors import DataFileError, WorkbenchError
 from ..paths import REPO_DIR
 from ..runspec import RunSpec, Schedule, build_run, fingerprint, plan_run
-from ..sessions import OWNER_FILE, last_status, refresh, session_path, sessions_dir, worker_alive
+from ..sessions import (OWNER_FILE, control_lock, last_status, owner_of, queue_lock, recorded_pid, refresh,
+                        session_path, sessions_dir, waiting, worker_alive, worker_processes)
 from .distributed import is_distributed, write_launch_files
 from .events import FINAL, EventWriter
 from .job import TrainJob, new_session_id
@@ -37,20 +44,26 @@ class PreflightRefused(WorkbenchError):
         super().__init__(result.message())
 
 
-def start(job: TrainJob | RunSpec, owner: str | None = None, check_memory: bool = True) -> tuple[str, subprocess.Popen]:
-    """Write the session folder (job, plan, a copy of the data) and start the worker.
-    ``job.session_id`` is replaced by a fresh id; the data file is copied in."""
+def start(job: TrainJob | RunSpec, owner: str | None = None,
+          check_memory: bool = True) -> tuple[str, subprocess.Popen | None]:
+    """Queue the run (:func:`prepare`) and start what may start now. Returns the new session
+    id and its worker when it started here at once, or None when it waits for its device
+    (it starts by itself: :mod:`workbench.training.queue`)."""
+    from .queue import dispatch
+
     session_id = prepare(job, owner, check_memory)
-    return session_id, spawn(session_id)
+    return session_id, dispatch().get(session_id)
 
 
 def prepare(job: TrainJob | RunSpec, owner: str | None = None, check_memory: bool = True) -> str:
-    """Check the run can start here (its device exists; with ``check_memory``, its plan fits
-    what the device has free: :mod:`workbench.preflight`), then create ``sessions/<new id>/``
-    with job.json (the run and its plan's fingerprint), plan.json, the data copy, the owner
-    (a signed-in user name, or none) and a ``queued`` event; returns the id. The worker is
-    not started. A refused run leaves nothing behind."""
+    """Check the run can start here (its device exists with enough GPUs or cores; with
+    ``check_memory``, its plan fits what the device has free: :mod:`workbench.preflight`)
+    and that the queue has room for it (:func:`workbench.training.queue.check_room`), then
+    create ``sessions/<new id>/`` with job.json (the run and its plan's fingerprint),
+    plan.json, the data copy, the owner (a signed-in user name, or none) and a ``queued``
+    event; returns the id. The worker is not started. A refused run leaves nothing behind."""
     from ..preflight import check_device, preflight
+    from .queue import check_room
 
     run = job.run if isinstance(job, TrainJob) else job
     if run.data is None:
@@ -65,9 +78,22 @@ def prepare(job: TrainJob | RunSpec, owner: str | None = None, check_memory: boo
         result = preflight(run, shown.peak_bytes)
         if not result.fits:
             raise PreflightRefused(result)
-    session_id = new_session_id()
-    folder = sessions_dir() / session_id
-    folder.mkdir(parents=True)
+    mark = fingerprint(shown)
+    with queue_lock():  # counting the waiting runs and adding one is one step
+        check_room(owner)
+        session_id = new_session_id()
+        folder = sessions_dir() / session_id
+        folder.mkdir(parents=True)
+        try:
+            _write_record(folder, run, source, suffix, owner, shown, mark, session_id)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)  # a half-written record is no record
+            raise
+    return session_id
+
+
+def _write_record(folder: Path, run: RunSpec, source: Path, suffix: str, owner: str | None, shown, mark: str,
+                  session_id: str) -> None:
     if owner is not None:
         _write(folder / OWNER_FILE, owner)
     copy = folder / f"dataset{suffix}"
@@ -76,16 +102,14 @@ def prepare(job: TrainJob | RunSpec, owner: str | None = None, check_memory: boo
     if heldout is not None:  # the task evaluation's prompts travel with the run
         shutil.copyfile(heldout, folder / f"dataset_heldout{suffix}")
     run = replace(run, data=replace(run.data, path=str(copy), name=run.data.name or source.name))
-    mark = fingerprint(shown)
     job = TrainJob(session_id=session_id, run=run, plan_fingerprint=mark)
     _write(folder / "job.json", job.to_json())
     _write(folder / "plan.json", json.dumps({**shown.as_dict(), "fingerprint": mark}, indent=2))
     if is_distributed(run.settings):  # visible at once; the run rewrites them when it starts
         write_launch_files(folder, run.settings)
     events = EventWriter(folder / "events.jsonl")
-    events.status("queued")
+    events.status("queued")  # the last thing: only now is it a waiting record
     events.close()
-    return session_id
 
 
 def _heldout_of(source: Path) -> Path | None:
@@ -99,33 +123,50 @@ def _heldout_of(source: Path) -> Path | None:
     return DEMO_HELDOUT if is_demo_dataset(source) else None
 
 
-def spawn(session_id: str, resume: bool = False) -> subprocess.Popen:
-    """Start the worker of a prepared session (``resume``: from its newest complete checkpoint)."""
+def spawn(session_id: str, resume: bool = False, env: dict | None = None) -> subprocess.Popen:
+    """Start the worker of a prepared session now (``resume``: from its newest complete
+    checkpoint). The queue calls this when the run's turn has come; anything else that
+    calls it directly (a benchmark that runs one worker) bypasses the queue."""
     folder = session_path(session_id)
     log = open(folder / "worker.log", "ab")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_DIR), os.environ.get("PYTHONPATH")]))}
+    base = os.environ if env is None else env
+    env = {**base, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_DIR), base.get("PYTHONPATH")]))}
     proc = subprocess.Popen(
         [sys.executable, "-m", "workbench.training.worker", str(folder / "job.json")] + (["--resume"] if resume else []),
         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO_DIR), env=env,
         start_new_session=True, close_fds=True,
     )
     log.close()
-    (folder / "worker.pid").write_text(str(proc.pid))
+    (folder / "worker.pid").write_text(str(proc.pid))  # the leader of the run's process group
     return proc
 
 
-def resume(session_id: str) -> subprocess.Popen:
-    """Start a stopped run again from its newest complete checkpoint."""
+def resume(session_id: str) -> subprocess.Popen | None:
+    """Queue a stopped run again, to continue from its newest complete checkpoint; returns
+    its worker when it started at once. Refused while the run has a live worker or is
+    already queued: a run has at most one worker tree."""
+    from ..preflight import check_device
+    from .queue import check_room, dispatch
+
     folder = session_path(session_id)
-    status = refresh(session_id)
-    if status not in ("interrupted", "failed", "cancelled"):
-        raise WorkbenchError(f"session {session_id} is {status}; only interrupted, failed or cancelled runs resume")
-    (folder / "cancel").unlink(missing_ok=True)
-    events = EventWriter(folder / "events.jsonl")
-    events.status("queued", resume=True)
-    events.close()
-    return spawn(session_id, resume=True)
+    with control_lock(session_id):
+        if worker_alive(folder):
+            raise WorkbenchError(f"session {session_id} is already running; cancel it first or wait for it to end")
+        status = refresh(session_id)
+        if status == "queued":
+            raise WorkbenchError(f"session {session_id} is already queued; it starts by itself when its device is free")
+        if status not in ("interrupted", "failed", "cancelled"):
+            raise WorkbenchError(f"session {session_id} is {status}; only interrupted, failed or cancelled runs resume")
+        check_device(TrainJob.load(folder / "job.json").training_settings)
+        with queue_lock():
+            check_room(owner_of(folder))
+            (folder / "worker.pid").unlink(missing_ok=True)  # first: a queued run with a dead pid reads as vanished
+            (folder / "cancel").unlink(missing_ok=True)
+            events = EventWriter(folder / "events.jsonl")
+            events.status("queued", resume=True)
+            events.close()
+    return dispatch().get(session_id)
 
 
 def _write(path: Path, text: str) -> None:
@@ -135,29 +176,56 @@ def _write(path: Path, text: str) -> None:
 
 
 def cancel(session_id: str, grace: float = CANCEL_GRACE_SECONDS) -> str:
-    """Ask the worker to stop (it saves at the next step); after ``grace`` seconds end the
-    whole process group. Returns the final status."""
+    """Stop the run and return its final status. A run still waiting for its turn is
+    cancelled as a record (it never starts). A running one is asked to stop (it saves at the
+    next step and exits); after ``grace`` seconds the whole process group it was started in
+    is killed. When this returns, no process of the run is left."""
+    from .queue import dispatch
+
     folder = session_path(session_id)
-    (folder / "cancel").touch()
-    deadline = time.time() + grace
-    while time.time() < deadline:
+    with control_lock(session_id):
         status = refresh(session_id)
-        if status in FINAL:
-            return status
-        time.sleep(0.2)
-    try:
-        os.killpg(int((folder / "worker.pid").read_text()), signal.SIGKILL)
-    except (OSError, ValueError):
-        pass
-    for _ in range(50):
+        if waiting(folder, status):
+            _final(folder, "cancelled while queued; it never started")
+            return "cancelled"
         if not worker_alive(folder):
-            break
-        time.sleep(0.1)
-    if last_status(folder) not in FINAL:
-        events = EventWriter(folder / "events.jsonl")
-        events.status("cancelled", reason=f"did not stop within {grace:.0f} s; the process tree was killed")
-        events.close()
-    return refresh(session_id)
+            return status if status in FINAL else refresh(session_id)
+        (folder / "cancel").touch()
+        deadline = time.time() + grace
+        while time.time() < deadline and worker_alive(folder):  # it writes its status, then exits
+            time.sleep(0.2)
+        if _kill_tree(folder) and last_status(folder) not in FINAL:
+            _final(folder, f"did not stop within {grace:.0f} s; the process tree was killed")
+        status = refresh(session_id)  # a worker that ended without a word reads as interrupted (or oom)
+    dispatch()  # its device is free: the next queued run starts
+    return status
+
+
+def _kill_tree(folder: Path, wait: float = 10.0) -> bool:
+    """SIGKILL the run's process group while any of its processes lives; True if it had to."""
+    pgid = recorded_pid(folder)
+    alive = worker_processes(folder)
+    if pgid is None or not alive:
+        return False
+    try:
+        os.killpg(pgid, signal.SIGKILL)  # the worker leads its group: its ranks and launcher go with it
+    except OSError:
+        pass
+    for pid in alive:  # and whatever of the run is left outside it
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    deadline = time.time() + wait
+    while time.time() < deadline and worker_alive(folder):
+        time.sleep(0.05)
+    return True
+
+
+def _final(folder: Path, reason: str) -> None:
+    events = EventWriter(folder / "events.jsonl")
+    events.status("cancelled", reason=reason)
+    events.close()
 
 
 def make_job(model: str, method: str, data_path: str, knobs: dict | None = None, settings: dict | None = None,

@@ -10,15 +10,29 @@
   over the limit it stops the run (:class:`ProbeExceeded`, a ``MemoryError``: the run
   fails as ``oom`` with suggestions).
 - :class:`Setup` -- what set-up made, and the finished run's prediction error.
+- The CPU worker's memory cap (``RLIMIT_AS``), in force from the worker's first line:
+  :func:`cap_before_imports` allows what the libraries will map plus what the run may use
+  (:func:`memory_allowed`: the RAM available less the preflight's margin, or
+  ``WORKBENCH_WORKER_MAX_MEMORY`` when lower); :func:`cap_memory` narrows it to what they
+  did map plus that, before the data, tokenizer and model are loaded.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from .events import EventWriter
+
+
+#: address space torch, transformers, datasets and peft may map when imported: 5.0 GB measured
+#: with CPU torch 2 and transformers 5 (0.9 GB of it resident), more with a CUDA build's
+#: libraries. The cap set on the worker's first line, before those imports, allows this much
+#: for them; the cap before set-up replaces it with what they did map.
+LIBRARY_ADDRESS_SPACE = 16 * 2**30
+MEMORY_VARIABLE = "WORKBENCH_WORKER_MAX_MEMORY"
 
 
 class ProbeExceeded(MemoryError):
@@ -111,3 +125,115 @@ def gpu_limit() -> int:
 
     free, _ = torch.cuda.mem_get_info()
     return int(free - CUDA_MARGIN_FRACTION * free)
+
+
+def memory_setting() -> int | None:
+    """``WORKBENCH_WORKER_MAX_MEMORY`` in bytes (``4000000000``, ``4e9``, ``4.5e9``), or None
+    when unset; anything else is refused by name."""
+    raw = os.environ.get(MEMORY_VARIABLE, "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        from ..errors import SettingsError
+
+        raise SettingsError(f"{MEMORY_VARIABLE}={raw!r}: give the bytes a worker may use, e.g. 4e9")
+    return int(value)
+
+
+def memory_allowed() -> int:
+    """Bytes a CPU worker may use beyond its libraries: the CPU budget when it starts
+    (available RAM less the margin, :func:`workbench.preflight.worker_memory_cap`), or
+    ``WORKBENCH_WORKER_MAX_MEMORY`` when an operator sets less; shared by the processes of
+    a multi-process run on this machine."""
+    from ..preflight import worker_memory_cap
+
+    allowed, _ = worker_memory_cap()
+    configured = memory_setting()
+    if configured is not None:
+        allowed = min(allowed, configured)
+    return allowed // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+
+
+def set_address_space(wanted: int) -> None:
+    """Lower the soft ``RLIMIT_AS`` to ``wanted`` (never raise a lower limit already set)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    for limit in (soft, hard):
+        if limit != resource.RLIM_INFINITY:
+            wanted = min(wanted, limit)
+    resource.setrlimit(resource.RLIMIT_AS, (wanted, hard))
+
+
+def cap_before_imports(job_path: Path) -> Exception | None:
+    """The cap from the worker's first line, before torch or the data are imported: what
+    is mapped now, plus :data:`LIBRARY_ADDRESS_SPACE` for the libraries, plus what the run
+    may use (:func:`memory_allowed`). :func:`cap_memory` narrows it before set-up. Returns
+    the error to report (a bad setting) instead of raising before the events exist."""
+    try:
+        job = json.loads(job_path.read_text(encoding="utf-8"))
+        device = ((job.get("run") or job).get("settings") or {}).get("device")
+    except (OSError, ValueError, AttributeError):
+        return None  # the job is read again below, and that reports what is wrong with it
+    if device != "cpu":
+        return None
+    try:
+        import psutil
+
+        set_address_space(psutil.Process().memory_info().vms + LIBRARY_ADDRESS_SPACE + memory_allowed())
+    except Exception as exc:
+        return exc
+    return None
+
+
+def cap_memory(device: str, quantized: bool = False) -> int | None:
+    """A CPU worker's cap before set-up (the data, the tokenizer and the model are loaded
+    under it): the address space its libraries map once imported, plus what the run may use
+    (:func:`memory_allowed`), narrowing the first line's cap. A run that outgrows it fails
+    as ``oom`` with suggestions, instead of summoning the kernel's OOM killer (which may take
+    other processes, the web server included). Returns the bytes allowed beyond the
+    libraries (the limit the probe step is held to). GPU workers are not capped this way
+    (CUDA reserves large virtual address ranges)."""
+    if device != "cpu":
+        return None
+    import psutil
+
+    # every library set-up needs is mapped before the cap: mapped libraries are address
+    # space, not memory in use (a library loaded after it could fail to map, seen with pyarrow)
+    import datasets  # noqa: F401
+    import peft  # noqa: F401
+    import torch  # noqa: F401
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer  # noqa: F401
+
+    if quantized:
+        import bitsandbytes  # noqa: F401
+
+    extra = memory_allowed()
+    set_address_space(psutil.Process().memory_info().vms + extra)
+    return extra
+
+
+def address_space_limit() -> tuple[int, int]:
+    import resource
+
+    return resource.getrlimit(resource.RLIMIT_AS)
+
+
+def restore_address_space(limit: tuple[int, int]) -> None:
+    """Put back the address-space limit found at the start: a worker run in-process (tests,
+    ``python -m workbench train``) must not leave its cap on the caller, whose later children
+    (a browser, another worker) would inherit it."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, limit)
+
+
+def uncap_memory() -> None:
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (hard, hard))

@@ -1,15 +1,18 @@
 """The training worker: ``python -m workbench.training.worker sessions/<id>/job.json [--resume]``.
 
-A recipe, top to bottom: wait for the device -> set-up (tokenizer, model with the method's
-quantization and peft wrap, dataset) -> train with ``transformers.Trainer`` -> save ->
-clean up. Everything it does goes to ``events.jsonl``; the web server only reads that file.
-It never imports gradio.
+A recipe, top to bottom: cap its memory (first line) -> take the device -> set-up
+(tokenizer, model with the method's quantization and peft wrap, dataset) -> train with
+``transformers.Trainer`` -> save -> clean up -> start the next queued run
+(:mod:`workbench.training.queue`). Everything it does goes to ``events.jsonl``; the web
+server only reads that file. It never imports gradio. A failure is one sentence in its
+status event, without paths; the traceback stays in ``worker.log``.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import re
 import signal
 import sys
 import traceback
@@ -17,11 +20,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .events import EventWriter
+from .probe import address_space_limit, cap_before_imports, restore_address_space, uncap_memory
+from .probe import cap_memory as _cap_memory  # a module name tests replace
 
 if TYPE_CHECKING:
     from .probe import Setup
-
-LOG_TAIL_LINES = 20
 
 
 def main(argv: list[str]) -> int:
@@ -31,13 +34,19 @@ def main(argv: list[str]) -> int:
     launched = "LOCAL_RANK" in os.environ  # a rank started by accelerate launch
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     main_rank = rank == 0
+    address_space = address_space_limit()  # restored on the way out (main may run in-process)
+    early = cap_before_imports(job_path)  # the first thing: nothing below runs uncapped
     events = EventWriter(session / "events.jsonl")
-    address_space = _address_space_limit()  # restored on the way out (main may run in-process)
     if not launched:
         (session / "worker.pid").write_text(str(os.getpid()))  # the process group cancel ends
-    sampler = turn = run = None
+    sampler = turn = run = cap = None
     previous_sigterm = signal.getsignal(signal.SIGTERM)
     try:
+        if isinstance(early, Exception):
+            raise early
+        if not launched and (session / "cancel").exists():  # cancelled between its start and now
+            events.status("cancelled", reason="cancelled by the user before it started")
+            return 0
         from ..methods import get_method
         from .checkpoints import complete_checkpoints
         from .distributed import is_distributed
@@ -52,7 +61,7 @@ def main(argv: list[str]) -> int:
         cap = _cap_memory(settings.device, quantized=job.training_settings.quant not in (None, "none")
                           or bool(get_method(job.method).quantization))  # before set-up: loading counts too
         if not launched:
-            turn = wait_for_turn(session, settings.device)  # stays "queued" until then
+            turn = wait_for_turn(session, settings.device)  # the queue started it when the device was free
             if turn.gpus:
                 os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, turn.gpus))
             threads = _cpu_threads() if settings.device == "cpu" else None
@@ -82,7 +91,7 @@ def main(argv: list[str]) -> int:
         return 0
     except BaseException as exc:  # every failure ends as an event; the UI never sees a traceback
         if main_rank:
-            _fail(exc, events, session, run, job_path)
+            _fail(exc, events, session, run, job_path, cap)
         else:
             traceback.print_exc()  # the supervisor reports a run whose rank died
         return 1
@@ -93,7 +102,7 @@ def main(argv: list[str]) -> int:
         events.close()
         if turn is not None:
             turn.close()
-        _restore_address_space(address_space)
+        restore_address_space(address_space)
 
 
 def _cpu_threads() -> int:
@@ -124,7 +133,7 @@ def _supervise(job, session: Path, events: EventWriter, resume: bool) -> int:
     settings = job.training_settings
     if settings.nodes > 1:
         raise SettingsError(f"a {settings.nodes}-node run is started by hand on every node with the generated config "
-                            f"({session / 'launch_command.txt'}); the workbench starts runs on this machine only")
+                            "(launch_command.txt in the run's folder); the workbench starts runs on this machine only")
     turn = wait_for_turn(session, settings.device, count=settings.gpus if settings.device == "cuda" else 1)
     try:
         env = {**os.environ}
@@ -138,8 +147,8 @@ def _supervise(job, session: Path, events: EventWriter, resume: bool) -> int:
     finally:
         turn.close()
     if last_status(session) not in FINAL:
-        events.status("failed", reason="error", error=f"a training process exited with code {code}",
-                      log_tail=_log_tail(session, []))
+        events.status("failed", reason="error", error=f"a training process exited with code {code}; "
+                                                      "worker.log has the details")
     return code
 
 
@@ -251,75 +260,20 @@ def _save(trainer, job, folder: Path) -> None:
     save_artifacts(trainer, job, folder)
 
 
-def _cap_memory(device: str, quantized: bool = False) -> int | None:
-    """A CPU worker caps its own address space from its first line (set-up included): what
-    it has mapped once torch and transformers are imported, plus the CPU budget when it
-    starts (available RAM less the margin, :func:`workbench.preflight.worker_memory_cap`),
-    or ``WORKBENCH_WORKER_MAX_MEMORY`` bytes when an operator sets less. A run that outgrows
-    its plan then fails as ``oom`` with suggestions, instead of summoning the kernel's OOM
-    killer (which may take other processes, the web server included). Returns the bytes
-    allowed beyond the libraries (the limit the probe step is held to). GPU workers are not
-    capped this way (CUDA reserves large virtual address ranges)."""
-    if device != "cpu":
-        return None
-    import resource
-
-    import psutil
-
-    # every library set-up needs is mapped before the cap: mapped libraries are address
-    # space, not memory in use (a library loaded after it could fail to map, seen with pyarrow)
-    import datasets  # noqa: F401
-    import peft  # noqa: F401
-    import torch  # noqa: F401
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer  # noqa: F401
-
-    if quantized:
-        import bitsandbytes  # noqa: F401
-
-    from ..preflight import worker_memory_cap
-
-    extra, _ = worker_memory_cap()
-    configured = os.environ.get("WORKBENCH_WORKER_MAX_MEMORY", "")
-    if configured.isdigit():
-        extra = min(extra, int(configured))
-    _, hard = resource.getrlimit(resource.RLIMIT_AS)
-    wanted = psutil.Process().memory_info().vms + extra
-    resource.setrlimit(resource.RLIMIT_AS, (wanted if hard == resource.RLIM_INFINITY else min(wanted, hard), hard))
-    return extra
-
-
-def _address_space_limit() -> tuple[int, int]:
-    import resource
-
-    return resource.getrlimit(resource.RLIMIT_AS)
-
-
-def _restore_address_space(limit: tuple[int, int]) -> None:
-    """Put back the address-space limit found at the start: a worker run in-process (tests,
-    ``python -m workbench train``) must not leave its cap on the caller, whose later children
-    (a browser, another worker) would inherit it."""
-    import resource
-
-    resource.setrlimit(resource.RLIMIT_AS, limit)
-
-
-def _uncap_memory() -> None:
-    import resource
-
-    _, hard = resource.getrlimit(resource.RLIMIT_AS)
-    resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
-
-
-def _is_oom(exc: BaseException) -> bool:
-    import torch
-
+def _is_oom(exc: BaseException, chained: bool = True) -> bool:
+    """Out of memory, also when a reader turned the MemoryError into its own error (the
+    data loader reports a failed allocation as a bad column, with the MemoryError chained)."""
+    if chained:
+        return any(_is_oom(e, chained=False) for e in _chain(exc))
     text = str(exc).lower()
-    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "out of memory" in text or \
-        "can't allocate memory" in text
+    oom_types = (MemoryError,)
+    if "torch" in sys.modules:
+        oom_types += (sys.modules["torch"].OutOfMemoryError,)
+    return isinstance(exc, oom_types) or "out of memory" in text or "can't allocate memory" in text
 
 
-def _fail(exc: BaseException, events: EventWriter, session: Path, run, job_path: Path) -> None:
-    _uncap_memory()  # reporting must not fail for the same reason as training
+def _fail(exc: BaseException, events: EventWriter, session: Path, run, job_path: Path, cap: int | None) -> None:
+    uncap_memory()  # reporting must not fail for the same reason as training
     traceback.print_exc()
     sys.stderr.flush()
     if isinstance(exc, KeyboardInterrupt):
@@ -335,18 +289,37 @@ def _fail(exc: BaseException, events: EventWriter, session: Path, run, job_path:
                               + (f" (the complete checkpoint {kept.name} is still usable)" if kept else ""))
         return
     if _is_oom(exc):
-        events.status("failed", reason="oom", peak_bytes=peak, message=str(exc)[:500],
-                      suggestions=_suggestions(job_path, run.limit if run is not None else None))
+        during = "" if run is not None else " during set-up (loading the data, tokenizer or model)"
+        limit = f" under the worker's memory cap of {cap / 2**30:.2f} GiB" if cap is not None else ""
+        events.status("failed", reason="oom", peak_bytes=peak,
+                      message=f"out of memory{during}{limit}: {public_message(_oom_cause(exc))}",
+                      suggestions=_suggestions(job_path, run.limit if run is not None else cap))
         return
-    events.status("failed", reason="error", error=f"{type(exc).__name__}: {str(exc)[:500]}",
-                  log_tail=_log_tail(session, [repr(exc)]),
-                  peak_bytes=peak)
+    events.status("failed", reason="error", error=public_message(exc), peak_bytes=peak)
 
 
-def _log_tail(session: Path, missing: list[str]) -> list[str]:
-    """The last lines of the run's ``worker.log``, or ``missing`` when there is no log."""
-    log = session / "worker.log"
-    return log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:] if log.exists() else missing
+_PATH = re.compile(r"""(?<![\w.:/])(?:/[^\s'"(),:;\]\[]+)+""")
+
+
+def public_message(exc: BaseException) -> str:
+    """What the user is told of a failure: one line, the exception's kind and first line,
+    absolute paths cut to their last part, no traceback (that stays in ``worker.log``)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = _PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1] or "/", lines[0] if lines else "")
+    text = text[:300] + ("..." if len(text) > 300 else "")
+    return f"{type(exc).__name__}: {text}" if text else f"{type(exc).__name__} (worker.log has the details)"
+
+
+def _chain(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _oom_cause(exc: BaseException) -> BaseException:
+    return next((e for e in _chain(exc) if _is_oom(e, chained=False)), exc)
 
 
 def _suggestions(job_path: Path, limit: int | None) -> list[str]:
@@ -364,5 +337,20 @@ def _suggestions(job_path: Path, limit: int | None) -> list[str]:
         return [f"(no suggestions: {type(exc).__name__})"]
 
 
+def _hand_off(job_path: str, environ: dict) -> None:
+    """This worker is done: start the next queued run now (with the environment this
+    worker was started with), rather than waiting for the server's next dispatch round."""
+    try:
+        from .queue import dispatch
+
+        dispatch(finishing=Path(job_path).resolve().parent.name, env=environ)
+    except Exception:  # the server's dispatcher starts it a moment later anyway
+        traceback.print_exc()
+
+
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    started_with = dict(os.environ)  # before the run narrows CUDA_VISIBLE_DEVICES
+    code = main(sys.argv[1:])
+    if "LOCAL_RANK" not in started_with and sys.argv[1:]:  # the run's own process, not a rank
+        _hand_off(sys.argv[1], started_with)
+    raise SystemExit(code)

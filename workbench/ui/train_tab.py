@@ -1,5 +1,6 @@
-"""Tab 4, Train: start a run in a background worker, watch predicted vs live memory, loss,
-learning rate and tokens/s, cancel. Polls the run's files with ``gr.Timer``; never blocks."""
+"""Tab 4, Train: queue a run (its worker starts when the device is free), watch its place in
+the queue, predicted vs live memory, loss, learning rate and tokens/s, cancel. Polls the
+run's files with ``gr.Timer``; never blocks."""
 
 from __future__ import annotations
 
@@ -35,22 +36,27 @@ def start_run(request: gr.Request, model: str, method: str, dtype: str, quant: s
               accum: float, ckpt: bool, optim: str, device: str, data_path: str | None, fmt: str, mapping: str,
               val: float, on_prompt: bool, max_steps: float, lr: float, gpus: float, strategy: str, offload: str,
               *knob_values):
-    """(session id for the page, session id for API clients, message). Trains exactly the
-    run the page shows (its plan's fingerprint is recorded); refused, with the reason and
-    what would fit, when the device is missing or the plan does not fit its free memory.
-    The run belongs to the signed-in user, if any. ``knob_values`` follow
+    """(session id for the page, session id for API clients, message). Queues exactly the
+    run the page shows (its plan's fingerprint is recorded); it starts at once when its
+    device is free, else when its turn comes. Refused, with the reason and what would fit,
+    when the device is missing, the plan does not fit its free memory or too many runs are
+    waiting. The run belongs to the signed-in user, if any. ``knob_values`` follow
     ``workbench.ui.plan_tab.KNOB_NAMES`` (None: the method's default)."""
     from ..training.launcher import start
+    from ..training.queue import describe
 
     if not data_path:
         return None, "", "**Cannot start:** upload a dataset in the Data tab first."
     try:
         run = _run(model, method, dtype, quant, batch, seq, accum, ckpt, optim, device, data_path, fmt, mapping, val,
                    on_prompt, max_steps, lr, gpus, strategy, offload, knob_values)
-        session_id, _ = start(run, owner=user_of(request))
+        session_id, proc = start(run, owner=user_of(request))
     except (WorkbenchError, ValueError) as exc:
         return None, "", "**Cannot start:** " + str(exc).replace("\n", "  \n")
-    return session_id, session_id, f"Started run `{session_id}`."
+    line = None if proc is not None else describe(session_id)  # another start may have started it
+    if line is None:
+        return session_id, session_id, f"Started run `{session_id}`."
+    return session_id, session_id, f"Run `{session_id}` {line}."
 
 
 def run_summary(model, method, dtype, quant, batch, seq, accum, ckpt, optim, device, data_path, fmt, mapping, val,
@@ -104,8 +110,19 @@ def cancel_run(session_id: str | None, request: gr.Request = None) -> str:
 
 
 def poll_run(session_id: str | None, request: gr.Request = None):
-    """The run panel of one of the signed-in user's runs (the timer and ``/run_status``)."""
-    return run_view(session_id, user_of(request))
+    """The run panel of one of the signed-in user's runs (the timer and ``/run_status``); a
+    run waiting for its turn says how many are ahead (and the poll dispatches the queue)."""
+    from ..training.queue import describe, dispatch_soon
+
+    view = run_view(session_id, user_of(request))
+    if not session_id or "**queued**" not in str(view[0]):
+        return view
+    try:
+        dispatch_soon()
+        line = describe(session_id)
+    except WorkbenchError:
+        return view
+    return ((view[0] + f"  \n{line[0].upper()}{line[1:]}", *view[1:]) if line else view)
 
 
 def reattach(request: gr.Request = None):
