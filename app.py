@@ -1,17 +1,28 @@
-"""Start the PEFT Workbench in the browser: ``python app.py [--host H] [--port P]``."""
+"""Start the PEFT Workbench in the browser: ``python app.py [--host H] [--port P]``.
+
+Arguments are checked here (exit code 2 with a message); the page is built by
+``workbench.ui.app.build_app`` and served by ``workbench.ui.serving.serve`` (the Host, Origin
+and body-size guard, the private export route, a private gradio temp folder)."""
 
 import argparse
-import ipaddress
 import os
 import sys
 
-from workbench.ui.app import build_app, warm_up
+from workbench.ui.serving import is_loopback, split_host
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="PEFT Workbench web UI")
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="interface to bind (default: loopback only). On loopback the server answers only to "
+                             "the Host names 127.0.0.1, localhost and [::1]; any other address requires --auth and "
+                             "answers to that address, the loopback names and each --allowed-host (0.0.0.0 or :: "
+                             "to any IP address). Requests naming another host are refused")
     parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                        help="a further Host name the server answers to, e.g. the name a reverse proxy forwards "
+                             "(repeatable; a name that is not loopback requires --auth). Requests naming any other "
+                             "host are refused, which defeats DNS rebinding")
     parser.add_argument("--auth", action="append", default=[], metavar="USER:PASSWORD",
                         help="a sign-in (repeatable, one per user); required to bind a non-loopback host. Each "
                              "user sees only their own runs")
@@ -21,45 +32,77 @@ def main(argv: list[str] | None = None) -> int:
                         help="a folder whose model folders the browser may name (repeatable; default: the working "
                              "directory and the workbench cache)")
     parser.add_argument("--max-upload-mb", type=float, default=1024,
-                        help="largest file an upload may be, enforced by the server (default 1024)")
+                        help="largest file an upload may be, enforced by the server before the body is read "
+                             "(default 1024); any other request body is limited to 4 MiB")
     parser.add_argument("--max-queue", type=int, default=64,
                         help="requests waiting at once; beyond it a request is answered 'queue is full' (default 64)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--export-max-age-hours", type=float, default=24,
+                        help="how long an adapter or merged-model export is kept for download (default 24); "
+                             "exports live in the run's folder and are served only to the run's owner")
+    return parser
+
+
+def _check(args) -> tuple[list[tuple[str, str]], str | None]:
+    """(the sign-ins, an error message or None)."""
+    loopback = is_loopback(args.host)
+    if (not loopback or args.share) and not args.auth:
+        where = "a public share link" if args.share else args.host
+        return [], f"refusing to serve on {where} without --auth user:password"
+    if any(":" not in a or not all(a.split(":", 1)) for a in args.auth):
+        return [], "--auth must be user:password"
+    auth = [tuple(a.split(":", 1)) for a in args.auth]
+    for user, password in auth:
+        if user != user.strip() or password != password.strip():
+            return [], (f"--auth {user.strip()!r}: a user name or password must not begin or end with a space "
+                        "(the sign-in form strips the name, so that user could never sign in)")
+    users = [user for user, _ in auth]
+    if len(set(users)) != len(users):
+        twice = sorted({u for u in users if users.count(u) > 1})
+        return [], f"--auth user {', '.join(map(repr, twice))} is given more than once; give each user once"
+    for name in args.allowed_host:
+        parts = split_host(name)
+        if parts is None or parts[1] is not None:
+            return [], f"--allowed-host {name!r} is not a host name (a name or an address, without a port)"
+        if not is_loopback(parts[0]) and not args.auth:
+            return [], f"refusing to answer to --allowed-host {name} without --auth user:password"
+    if args.max_upload_mb <= 0 or args.max_queue <= 0 or args.export_max_age_hours <= 0:
+        return [], "--max-upload-mb, --max-queue and --export-max-age-hours must be positive"
+    return auth, None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    auth, error = _check(args)
+    if error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if args.sessions_dir:
         os.environ["WORKBENCH_SESSIONS"] = os.path.abspath(args.sessions_dir)  # read by the store and the workers
     if args.model_root:
         os.environ["WORKBENCH_MODEL_ROOTS"] = os.pathsep.join(os.path.abspath(r) for r in args.model_root)
-    loopback = args.host == "localhost" or _is_loopback(args.host)
-    if (not loopback or args.share) and not args.auth:
-        where = "a public share link" if args.share else args.host
-        print(f"error: refusing to serve on {where} without --auth user:password", file=sys.stderr)
-        return 2
-    if any(":" not in a or not all(a.split(":", 1)) for a in args.auth):
-        print("error: --auth must be user:password", file=sys.stderr)
-        return 2
-    auth = [tuple(a.split(":", 1)) for a in args.auth] or None
-    if args.max_upload_mb <= 0 or args.max_queue <= 0:
-        print("error: --max-upload-mb and --max-queue must be positive", file=sys.stderr)
-        return 2
-    warm_up()
+    os.environ["WORKBENCH_EXPORT_MAX_AGE_HOURS"] = str(args.export_max_age_hours)
+    from workbench.ui.serving import ServeOptions, serve, use_private_gradio_temp
+
+    use_private_gradio_temp()  # before gradio is imported: it reads GRADIO_TEMP_DIR then
     from workbench.paths import DEMO_DIR, cache_dir
     from workbench.sessions import sessions_dir
+    from workbench.training.queue import start_dispatcher
 
+    start_dispatcher()  # queued runs start when their device is free, those from before a restart too
+    from workbench.ui.app import build_app, warm_up
+
+    warm_up()
     # generation and training starts are serialised anyway; a bounded queue keeps the page responsive.
-    # Nothing of ours is served as a file but the bundled CC0 demo dataset: the sessions store and the
-    # cache are blocked outright.
-    build_app().queue(default_concurrency_limit=4, max_size=args.max_queue).launch(
-        server_name=args.host, server_port=args.port, auth=auth, share=args.share,
-        max_file_size=int(args.max_upload_mb * 2**20), blocked_paths=[str(sessions_dir()), str(cache_dir())],
-        allowed_paths=[str(DEMO_DIR)])
+    # Nothing of ours is served as a file but the bundled CC0 demo dataset: the sessions store (and
+    # the exports in it) and the cache are blocked outright.
+    serve(build_app().queue(default_concurrency_limit=4, max_size=args.max_queue), ServeOptions(
+        host=args.host, port=args.port, auth=tuple(auth), share=args.share,
+        max_upload_bytes=int(args.max_upload_mb * 2**20), allowed_hosts=tuple(args.allowed_host),
+        blocked_paths=(str(sessions_dir()), str(cache_dir())), allowed_paths=(str(DEMO_DIR),)))
     return 0
 
 
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+_is_loopback = is_loopback  # the name tests/security/test_sec_serving.py checks
 
 
 if __name__ == "__main__":

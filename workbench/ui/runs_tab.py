@@ -1,10 +1,10 @@
 """Tab 6, Runs: the sessions store -- list, open (plan vs measured, charts), cancel,
-resume, delete, download the adapter zip. Reloading the page reattaches: it is all files."""
+resume, delete, export the adapter or merged model (a private download link, served only to the
+run's owner by the export route of serving.py). Reloading the page reattaches: it is all files."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
+import html
 from pathlib import Path
 
 import gradio as gr
@@ -18,10 +18,10 @@ HEADERS = ["id", "state", "method", "model", "dataset", "step", "last loss", "pr
 
 
 def act(action: str, session_id: str | None, user: str | None = None):
-    """(message, download file) for cancel/resume/delete/zip on one of ``user``'s runs."""
+    """(message, export file or None) for cancel/resume/delete/zip/merged on one of ``user``'s runs;
+    an export lies in the run's private folder (see :mod:`workbench.exports`), not gradio's cache."""
     from ..sessions import check_access, delete_session
-    from ..training.artifacts import export_merged, export_zip
-    from ..training.checkpoints import final_adapter
+    from ..exports import export_run
     from ..training.launcher import cancel, resume
 
     if not session_id:
@@ -31,22 +31,34 @@ def act(action: str, session_id: str | None, user: str | None = None):
         if action == "cancel":
             return f"{session_id}: {cancel(session_id, grace=30)}", None
         if action == "resume":
-            resume(session_id)
-            return f"{session_id}: resumed from its newest complete checkpoint", None
+            started = resume(session_id) is not None
+            return (f"{session_id}: resumed from its newest complete checkpoint" if started else
+                    f"{session_id}: queued to resume from its newest complete checkpoint when its device is free"), None
         if action == "delete":
             delete_session(session_id, user)
             return f"{session_id}: deleted", None
-        final = final_adapter(folder)
-        if final is None:
-            return f"{session_id} has no finished result yet.", None
-        folder = Path(tempfile.mkdtemp(prefix="wb-export-"))
+        path = export_run(session_id, action, user)
         if action == "merged":
-            merged = export_merged(final, folder / f"{session_id}-merged")
-            archive = shutil.make_archive(str(folder / f"{session_id}-merged"), "zip", merged)
-            return f"{session_id}: merged model ready (safetensors + tokenizer)", archive
-        return f"{session_id}: adapter zip ready", str(export_zip(final, folder / f"{session_id}-adapter.zip"))
+            return f"{session_id}: merged model ready (safetensors + tokenizer)", path
+        return f"{session_id}: adapter zip ready", path
     except WorkbenchError as exc:
         return f"**{exc}**", None
+
+
+def export_link(message: str, path: Path | None) -> tuple[str, str]:
+    """(message, the download link of an export or ""): a link to the export route, which hands
+    the file to the run's owner only -- the file is never copied into gradio's cache."""
+    from ..exports import max_age_seconds
+    from .serving import export_url
+
+    if path is None:
+        return message, ""
+    path = Path(path)
+    url = export_url(path.parent.parent.name, path.name)
+    size = path.stat().st_size
+    size_text = f"{size / 2**20:,.1f} MiB" if size >= 2**20 else f"{size / 2**10:,.1f} KiB"
+    return message, (f'<a href="{html.escape(url)}" download="{html.escape(path.name)}">Download '
+                     f'{html.escape(path.name)}</a> ({size_text}; kept {max_age_seconds() / 3600:g} h, for you only)')
 
 
 def job_settings(session_id: str | None, user: str | None = None) -> dict:
@@ -73,7 +85,7 @@ def build_runs_tab() -> dict:
                                                         ("delete", "Delete"), ("zip", "Adapter zip"),
                                                         ("merged", "Merged model (zip)"))}
     message = gr.Markdown()
-    download = gr.File(label="Download", interactive=False)
+    download = gr.HTML()  # the export's link (export_link)
     panel = run_panel()
     job = gr.JSON(label="Job settings")
 
@@ -97,7 +109,7 @@ def build_runs_tab() -> dict:
     timer.tick(follow, pick, panel, api_visibility="private")
     for action in ("cancel", "resume", "delete", "zip", "merged"):
         def run_action(sid: str | None, request: gr.Request, a: str = action):
-            return act(a, sid, user_of(request))
+            return export_link(*act(a, sid, user_of(request)))
 
         buttons[action].click(run_action, pick, [message, download], api_visibility="private")
     return {"reload": reload, "outputs": [table, pick]}  # the page fills the table on load
