@@ -162,6 +162,8 @@ def _dataset(rows: list[dict], display: str, note: str, file_type: str) -> RawTa
 
     try:
         return RawTable(datasets.Dataset.from_list(rows), file_type, display, note)
+    except MemoryError:
+        raise  # out of memory (the worker's cap): not a property of the file
     except Exception as exc:  # pyarrow type clashes between rows
         column, row, scalar_only = _first_type_clash(rows)
         if column is None or not scalar_only:
