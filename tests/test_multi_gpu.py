@@ -3,7 +3,6 @@ queue that understands GPU counts, and a real 2-process DDP run on CPU (gloo) wh
 matches a single-process run with the same global batch."""
 
 import json
-import threading
 import time
 
 import pytest
@@ -100,35 +99,6 @@ def _session(root, name):
     folder = root / name
     folder.mkdir(parents=True)
     return folder
-
-
-def test_gpu_queue_counts_gpus(tmp_path, monkeypatch):
-    """Two single-GPU runs share a 2-GPU machine side by side; a 2-GPU run waits until both
-    are free; a run wanting more GPUs than exist is refused."""
-    from workbench.training.turns import wait_for_turn
-
-    monkeypatch.setenv("WORKBENCH_GPUS", "2")
-    a = wait_for_turn(_session(tmp_path, "20260101-000000-aaaaaaaa"), "cuda", 1, poll=0.05)
-    b = wait_for_turn(_session(tmp_path, "20260101-000001-bbbbbbbb"), "cuda", 1, poll=0.05)
-    assert sorted(a.gpus + b.gpus) == [0, 1]
-    got = {}
-
-    def wait_two():
-        got["turn"] = wait_for_turn(_session(tmp_path, "20260101-000002-cccccccc"), "cuda", 2, poll=0.05)
-
-    waiter = threading.Thread(target=wait_two, daemon=True)
-    waiter.start()
-    time.sleep(0.5)
-    assert "turn" not in got  # one GPU free is not enough
-    a.close()
-    time.sleep(0.5)
-    assert "turn" not in got
-    b.close()
-    waiter.join(timeout=10)
-    assert got["turn"].gpus == [0, 1]
-    got["turn"].close()
-    with pytest.raises(SettingsError, match="needs 3 GPUs; this machine has 2"):
-        wait_for_turn(_session(tmp_path, "20260101-000003-dddddddd"), "cuda", 3)
 
 
 ROWS = [{"prompt": "What is the capital of France?", "completion": "Paris is the capital of France."}] * 48

@@ -30,23 +30,18 @@ from transformers import TrainerCallback
 from .events import EventWriter
 
 
-def _physical_gpu(local: int) -> int:
-    """NVML counts physical GPUs; torch counts those in ``CUDA_VISIBLE_DEVICES``."""
-    import os
-
-    visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
-    return int(visible[local]) if local < len(visible) and visible[local].strip().isdigit() else local
-
-
 def _nvml_used(local: int = 0) -> Callable[[], int | None]:
-    try:
-        import pynvml
+    """Device memory used, as NVML (and ``nvidia-smi``) reports it, of this process's
+    ``cuda:<local>``: the device its ``CUDA_VISIBLE_DEVICES`` names (an index, a GPU or MIG
+    UUID), found by :func:`workbench.devices.nvml_handle`, not NVML's index ``local``."""
+    from ..devices import nvml_handle
 
-        pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(_physical_gpu(local))
-        return lambda: int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
-    except Exception:  # no NVML (CPU machine, or the package is missing)
+    handle = nvml_handle(local)
+    if handle is None:  # no NVML (CPU machine, or the package is missing)
         return lambda: None
+    import pynvml
+
+    return lambda: int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
 
 
 class MemorySampler:

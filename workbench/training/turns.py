@@ -1,10 +1,13 @@
 """Runs take turns on the machine's devices; the others wait as ``queued`` and start in order.
 
 CPU: one run at a time, holding an exclusive ``flock`` on ``sessions/.device-cpu.lock``.
-GPUs: one lock file per GPU (``sessions/.gpu-<i>.lock``). A run needing k GPUs waits until
-it holds k of them at once -- a 2-GPU run waits for two free GPUs, while single-GPU runs on
-a multi-GPU machine run side by side on different GPUs. The granted GPU indices become the
-run's ``CUDA_VISIBLE_DEVICES``.
+GPUs: one lock file per GPU, named by its UUID (``sessions/.gpu-GPU-<uuid>.lock``), so that
+servers with different ``CUDA_VISIBLE_DEVICES`` on one machine still share a GPU's lock. The
+GPUs are those the operator's ``CUDA_VISIBLE_DEVICES`` shows (:func:`workbench.devices.usable_gpus`,
+NVML, never CUDA). A run needing k GPUs waits until it holds k of them at once -- a 2-GPU run
+waits for two free GPUs, while single-GPU runs on a multi-GPU machine run side by side on
+different GPUs. The granted GPUs' UUIDs become the run's ``CUDA_VISIBLE_DEVICES``
+(:func:`workbench.devices.worker_gpu_env`).
 
 The kernel releases a lock when its process dies, even by SIGKILL. A run takes its turn only
 when no older queued session is still waiting (session ids sort by creation time), so
@@ -28,27 +31,12 @@ class Turn:
     """The locks a run holds (keep the object alive) and the GPU indices it was given."""
 
     locks: list[IO] = field(default_factory=list)
-    gpus: list[int] = field(default_factory=list)
+    gpus: list[str] = field(default_factory=list)  # CUDA_VISIBLE_DEVICES entries (UUIDs)
 
     def close(self) -> None:
         for lock in self.locks:
             lock.close()
         self.locks = []
-
-
-def gpu_count() -> int:
-    """GPUs this machine offers to runs: ``$WORKBENCH_GPUS`` (an operator's cap), else NVML's
-    count (the web server never initialises CUDA), else 0."""
-    configured = os.environ.get("WORKBENCH_GPUS")
-    if configured is not None:
-        return int(configured)
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        return int(pynvml.nvmlDeviceGetCount())
-    except Exception:  # no driver, no GPU, no pynvml
-        return 0
 
 
 def _older_waiting(folder: Path) -> bool:
@@ -73,7 +61,10 @@ def _try(path: Path) -> IO | None:
 
 def wait_for_turn(folder: Path, device: str, count: int = 1, poll: float = 0.5) -> Turn:
     """Block until this session may run: the CPU lock, or ``count`` free GPUs."""
-    total = gpu_count() if device == "cuda" else 0
+    from ..devices import usable_gpus
+
+    gpus = usable_gpus() if device == "cuda" else []
+    total = len(gpus)
     if device == "cuda" and count > total > 0:
         raise SettingsError(f"the run needs {count} GPUs; this machine has {total}")
     while True:
@@ -84,11 +75,11 @@ def wait_for_turn(folder: Path, device: str, count: int = 1, poll: float = 0.5) 
                     return Turn([lock], [])
             else:
                 turn = Turn()
-                for index in range(total):
-                    lock = _try(folder.parent / f".gpu-{index}.lock")
+                for gpu in gpus:
+                    lock = _try(folder.parent / f".gpu-{gpu.lock_name}.lock")
                     if lock is not None:
                         turn.locks.append(lock)
-                        turn.gpus.append(index)
+                        turn.gpus.append(gpu.cuda_id)
                         if len(turn.gpus) == count:
                             return turn
                 turn.close()  # not enough free at once: hold none while waiting

@@ -47,6 +47,7 @@ def main(argv: list[str]) -> int:
         if not launched and (session / "cancel").exists():  # cancelled between its start and now
             events.status("cancelled", reason="cancelled by the user before it started")
             return 0
+        from ..devices import worker_gpu_env
         from ..methods import get_method
         from .checkpoints import complete_checkpoints
         from .distributed import is_distributed
@@ -62,8 +63,8 @@ def main(argv: list[str]) -> int:
                           or bool(get_method(job.method).quantization))  # before set-up: loading counts too
         if not launched:
             turn = wait_for_turn(session, settings.device)  # the queue started it when the device was free
-            if turn.gpus:
-                os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, turn.gpus))
+            if turn.gpus:  # before anything touches CUDA: cuda:0 is the GPU granted
+                os.environ.update(worker_gpu_env(turn.gpus))
             threads = _cpu_threads() if settings.device == "cpu" else None
             events.status("loading", pid=os.getpid(), resume=resume, cpu_threads=threads)
         elif settings.device == "cuda":
@@ -124,6 +125,7 @@ def _supervise(job, session: Path, events: EventWriter, resume: bool) -> int:
     run whose ranks died without saying why. SIGTERM becomes a cooperative cancel."""
     import subprocess
 
+    from ..devices import worker_gpu_env
     from ..errors import SettingsError
     from ..sessions import last_status
     from .distributed import launch_command, write_launch_files
@@ -136,9 +138,7 @@ def _supervise(job, session: Path, events: EventWriter, resume: bool) -> int:
                             "(launch_command.txt in the run's folder); the workbench starts runs on this machine only")
     turn = wait_for_turn(session, settings.device, count=settings.gpus if settings.device == "cuda" else 1)
     try:
-        env = {**os.environ}
-        if turn.gpus:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, turn.gpus))
+        env = {**os.environ, **(worker_gpu_env(turn.gpus) if turn.gpus else {})}
         write_launch_files(session, settings, _layer_class(job.model))  # a fresh rendezvous port
         events.status("loading", pid=os.getpid(), resume=resume, world_size=settings.world_size, gpus=turn.gpus)
         child = subprocess.Popen(launch_command(session, resume), env=env, stdin=subprocess.DEVNULL)
