@@ -2,11 +2,22 @@
 
 Arguments are checked here (exit code 2 with a message); the page is built by
 ``workbench.ui.app.build_app`` and served by ``workbench.ui.serving.serve`` (the Host, Origin
-and body-size guard, the private export route, a private gradio temp folder)."""
+and body-size guard, the private export route, a private gradio temp folder).
+
+What it prints: one line with the URL once the page answers, the default model's one-time
+conversion notice on a first start, and real errors. Library output meant for developers
+(gradio's "set `share=True` in `launch()`", progress bars, deprecation notices of one library
+about another) is left out: it names APIs, not our flags."""
 
 import argparse
 import os
+import socket
 import sys
+import warnings
+
+# gradio reports usage to its servers unless told not to: the workbench is offline by default
+# and sends nothing anywhere (an operator may still set the variable to True)
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from workbench.ui.serving import is_loopback, split_host
 
@@ -70,12 +81,39 @@ def _check(args) -> tuple[list[tuple[str, str]], str | None]:
     return auth, None
 
 
+def _port_taken(host: str, port: int) -> bool:
+    """Is something listening on ``host:port`` already? Asked before the slow start, so that
+    the answer is one line at once, not a traceback after the model is prepared."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except OSError:
+        return False  # an unknown host: the server says so itself
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is free
+        try:
+            probe.bind(address)
+        except OSError:
+            return True
+    return False
+
+
+def _quiet_libraries() -> None:
+    """Silence, by name, library output that is not for the person starting the app; real
+    warnings and errors still print."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # "Loading weights: 100%|###|" per chat model load
+    # peft calls a transformers property that transformers deprecates: nothing for our user to do
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     auth, error = _check(args)
+    if not error and _port_taken(args.host, args.port):
+        error = f"port {args.port} on {args.host} is in use (another workbench?): stop it or pick another with --port"
     if error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    _quiet_libraries()
     if args.sessions_dir:
         os.environ["WORKBENCH_SESSIONS"] = os.path.abspath(args.sessions_dir)  # read by the store and the workers
     if args.model_root:
@@ -106,4 +144,8 @@ _is_loopback = is_loopback  # the name tests/security/test_sec_serving.py checks
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt:  # Ctrl+C while the model is prepared, before the server runs
+        print("PEFT Workbench stopped before it was ready.", file=sys.stderr)
+        raise SystemExit(130)

@@ -13,7 +13,7 @@ from workbench.ui.app import plan_view
 def test_plan_view_for_tiny():
     summary, figure, rows = plan_view("tiny", "lora", "bfloat16", "auto", 4, 512, 1, False, "adamw", "cuda")
     assert "demo with random weights" in summary and "Predicted peak" in summary
-    assert "80 GB ✓ fits" in summary and "no visible GPU" in summary  # planning for a GPU not here is fine
+    assert "H100 80 GB (79.6 GiB) ✓ fits" in summary and "no visible GPU" in summary  # planning for a GPU not here is fine
     cpu_summary, _, _ = plan_view("tiny", "lora", "bfloat16", "auto", 4, 512, 1, False, "adamw", "cpu")
     assert "✓ Fits here" in cpu_summary and "RAM available now" in cpu_summary
     assert [r[0] for r in rows][:7] == ["weights", "trainable_weights", "gradients", "optimizer", "activations",
@@ -71,14 +71,14 @@ def test_api_inspect_start_and_poll_a_run(client, tmp_path):
         if "completed" in status or "failed" in status:
             break
         time.sleep(1)
-    assert "completed" in status and progress == 1.0 and "Predicted peak" in status and "prediction error" in status
+    assert "completed" in status and "Predicted peak" in status and "prediction error" in status
+    assert progress.startswith("done in ") and progress.endswith("· 12 / 12 steps")  # a line, not a slider
     assert client.predict(run_id, api_name="/cancel_run") == f"Run `{run_id}`: completed"
     choices = client.predict("tiny", api_name="/adapters")
     assert run_id in [c[1] for c in choices["choices"]]
     answers = client.predict("tiny", [run_id], "What is 3?", 0, 0.0, 8, api_name="/chat")
-    base, adapter = (a.split("\n\n", 1) for a in answers[:2])
-    assert base[0] == "**base**" and adapter[0] == f"**{run_id}**"
-    assert base[1] and adapter[1] and base[1] != adapter[1]  # same prompt and seed, different weights
+    base, adapter = answers[:2]  # plain text per column; the page labels each column with who answered
+    assert base and adapter and base != adapter  # same prompt and seed, different weights
     table, _choices = client.predict(api_name="/sessions")
     assert table["data"][0][0] == run_id and table["data"][0][1] == "completed"
     _, message = client.predict("tiny", "lora", "float32", "auto", 2, 128, 1, False, "adamw", "cpu", None, "auto", "",

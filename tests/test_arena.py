@@ -45,7 +45,7 @@ def test_votes_are_saved_with_the_sessions(runs):
 def test_arena_views_hide_then_reveal(runs):
     from workbench.ui.chat_tab import arena_next, arena_vote
 
-    state, a, b, message, index = arena_next("tiny", [], "Hello?", 0, 0.0, 4, 0)
+    state, prompt, a, b, message, index = arena_next("tiny", [], "Hello?", 0, 0.0, 4, 0)
     assert state is None and "two contenders" in message
     message, table, cleared = arena_vote("A", {"left": runs[0], "right": BASE, "contenders": [BASE, runs[0]]})
     assert f"A was **{runs[0]}**" in message and cleared is None

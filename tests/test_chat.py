@@ -86,8 +86,9 @@ def test_arena_round_with_real_adapters(adapters):
     from workbench.ui.chat_tab import arena_next, arena_vote
 
     run = adapters[0][1].parent.name
-    state, a, b, message, index = arena_next("tiny", [run], "Say the colour of the sky.", 0, 0.0, 8, 0)
+    state, prompt, a, b, message, index = arena_next("tiny", [run], "Say the colour of the sky.", 0, 0.0, 8, 0)
     assert state and {state["left"], state["right"]} == {BASE, run} and index == 1
+    assert prompt == "Say the colour of the sky." and prompt not in message  # the prompt is shown as plain text
     assert a and b and a != b and "which answer is better" in message
     arena_vote("A", state)
     winner_is_adapter = state["left"] == run
@@ -105,15 +106,21 @@ def test_what_changed_and_what_was_lost(adapters):
     assert table[run][3] > 0 and table[BASE][3] > 0  # and both are scored on general text
 
 
-def test_runs_tab_exports_and_chat_lists_runs(adapters):
+def test_runs_tab_exports_and_chat_lists_runs(adapters, monkeypatch):
     import zipfile
 
+    from workbench.training import artifacts
     from workbench.ui.chat_tab import adapter_folder, finished_adapters
     from workbench.ui.runs_tab import act
 
     run = adapters[0][1].parent.name
     assert run in [value for _, value in finished_adapters("tiny")]
     assert adapter_folder(run).name == "final"
+
+    def not_here(*_):
+        raise AssertionError("the merge loaded weights in the web server's process")
+
+    monkeypatch.setattr(artifacts, "export_merged", not_here)  # the merge runs in a child process
     message, archive = act("merged", run)
     assert "merged model ready" in message
     names = zipfile.ZipFile(archive).namelist()
@@ -136,3 +143,36 @@ def test_prompt_set_upload_and_job_settings(adapters, tmp_path):
     job = job_settings(run)
     assert job["method"] == "lora" and job["model"] == "tiny" and "schedule" in job
     assert "error" in job_settings("../../etc")
+
+
+def test_a_failed_or_killed_merge_is_a_message_and_leaves_no_export(adapters, monkeypatch):
+    """The merge process's own message comes back (here: a method that cannot merge), and a
+    merge killed by a signal (OOM) reads as such; neither leaves an export or a partial folder."""
+    import subprocess
+
+    from workbench.sessions import session_path
+    from workbench.training import merge
+    from workbench.ui.runs_tab import act
+
+    run = adapters[0][1].parent.name
+    exports = session_path(run) / "exports"
+    before = sorted(p.name for p in exports.iterdir()) if exports.exists() else []
+    real_run = subprocess.run
+
+    def child(argv, **kwargs):  # the real child, made to fail the way each case fails
+        code = "import json, sys; print(json.dumps({'error': \"method 'x' cannot be merged\"})); sys.exit(1)"
+        return real_run([argv[0], "-c", code], **kwargs)
+
+    monkeypatch.setattr(merge.subprocess, "run", child)
+    message, archive = act("merged", run)
+    assert message == f"**method 'x' cannot be merged**" and archive is None
+
+    def killed(argv, **kwargs):
+        return real_run([argv[0], "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"], **kwargs)
+
+    monkeypatch.setattr(merge.subprocess, "run", killed)
+    message, archive = act("merged", run)
+    assert "merge process was killed by signal 9 (out of memory?)" in message and archive is None
+    after = sorted(p.name for p in exports.iterdir()) if exports.exists() else []
+    assert [n for n in after if n not in before and n.endswith("-merged.zip")] == []
+    assert not [n for n in after if n.startswith(".partial-")]

@@ -45,7 +45,7 @@ def test_plan_human_table():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--model", "no-such-model", "--method", "lora"], "unknown model"),
+    (["--model", "no such model", "--method", "lora"], "unknown model"),  # no-such-model is a valid hub id
     (["--model", "tiny", "--method", "lorax"], "unknown method 'lorax'; choose from"),
     (["--model", "tiny", "--method", "lora", "--rank", "0"], "below the minimum"),
     (["--model", "tiny", "--method", "lora", "--batch-size", "-2"], "--batch-size: must be at least 1"),
@@ -77,3 +77,60 @@ def test_measure_json_same_component_names(tmp_path):
     names = [c["name"] for c in d["components"]]
     assert names == list(d["planned"])
     assert d["planned"]["gradients"] == next(c["bytes"] for c in d["components"] if c["name"] == "gradients")
+
+
+def test_training_output_is_for_people(tmp_path):
+    """`train`, `sessions list` and `sessions show` without --json: every loss with 4 decimals,
+    memory in GiB, ISO 8601 times, and no field printed as None (issue 18)."""
+    import re
+
+    rows = [{"instruction": f"Say the number {i}.", "input": "", "output": f"The number is {i}."} for i in range(40)]
+    data = tmp_path / "numbers.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    root = str(tmp_path / "runs")
+    out = run("train", "--model", "tiny", "--method", "lora", "--data", str(data), "--batch-size", "4",
+              "--seq-len", "128", "--max-steps", "2", "--val-fraction", "0.2", "--sessions-dir", root)
+    assert out.returncode == 0, out.stderr[-2000:]
+    text = out.stdout
+    assert "None" not in text and "{" not in text, text  # no Python/JSON reprs for people
+    steps = [line for line in text.splitlines() if line.startswith("step ")]
+    assert re.fullmatch(r"step 1/2  loss \d+\.\d{4}  [\d,]+ tokens/s  ETA \d+\.\d s", steps[0]), steps
+    assert any(re.search(r"eval loss \d+\.\d{4}\b", line) for line in steps), steps
+    assert re.search(r"\[completed\] adapter .*measured peak \d+\.\d{3} GiB, predicted peak \d+\.\d{3} GiB, "
+                     r"prediction error [+-]\d+\.\d%, measured as live tensor bytes", text), text
+    listed = run("sessions", "list", "--sessions-dir", root)
+    assert listed.returncode == 0 and "None" not in listed.stdout
+    assert re.search(r"completed .* \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ  step 2/2 +loss \d+\.\d{4}$", listed.stdout.strip())
+    session_id = listed.stdout.split()[0]
+    shown = run("sessions", "show", session_id, "--sessions-dir", root)
+    assert shown.returncode == 0 and "None" not in shown.stdout, shown.stdout
+    fields = dict(line.split(": ", 1) for line in shown.stdout.strip().splitlines())
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", fields["created"])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", fields["finished"])
+    assert re.fullmatch(r"\d+\.\d{4}", fields["last_loss"])
+    assert re.fullmatch(r"\d+\.\d{3} GiB \([\d,]+ B\)", fields["measured_peak_bytes"])
+    assert "pid" not in fields and "reason" not in fields  # not set for a finished run: left out
+
+
+def test_status_and_step_lines_leave_out_what_was_not_measured():
+    from workbench.training.cli import loss_text, status_line, step_line
+
+    assert step_line({"step": 3, "max_steps": 9, "loss": None, "eval_loss": 1.234567, "tokens_per_second": None,
+                      "eta_seconds": None}) == "step 3/9  eval loss 1.2346"
+    assert loss_text(float("nan")).startswith("nan (") and loss_text(0.5) == "0.5000"
+    line = status_line({"kind": "status", "time": 1.0, "status": "failed", "reason": "out_of_memory",
+                        "measured_peak_bytes": 3 * 2**30, "error_percent": -0.01, "suggestions": ["a", "b"],
+                        "message": None, "log_tail": ["x"]})
+    assert line == "[failed] reason out_of_memory, measured peak 3.000 GiB, error +0.0%, suggestions a; b"
+
+
+def test_measure_human_output_rounds_losses_and_names_units():
+    import re
+
+    out = run("measure", "--model", "tiny", "--method", "lora", "--batch-size", "1", "--seq-len", "32",
+              "--dtype", "float32", "--steps", "2")
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert re.search(r"losses \d+\.\d{4}(, \d+\.\d{4})+$", lines[0]), lines[0]
+    assert "planned bytes" in lines[1] and "measured bytes" in lines[1]
+    assert re.search(r"peak_tensor_bytes +[\d,]+ B  \(\d+\.\d{3} GiB\)", out.stdout), out.stdout

@@ -107,13 +107,14 @@ def test_page_evaluation_table_and_chart(demo_run, tmp_path):
     from workbench.ui.chat_tab import task_evaluation
 
     sid, _ = demo_run
-    message, rows, chart = task_evaluation("tiny", [sid], None, 3)
+    message, rows, chart, samples = task_evaluation("tiny", [sid], None, 3)
     assert "3 prompts" in message and [r[0] for r in rows] == ["base", sid] and len(chart.data) == 3
-    message, rows, chart = task_evaluation("tiny", [], None, 3)
-    assert "Pick at least one adapter" in message and rows == [] and chart is None
+    assert [s[0] for s in samples] == ["base", sid]  # answers in table cells, not in the Markdown message
+    message, rows, chart, samples = task_evaluation("tiny", [], None, 3)
+    assert "Pick at least one adapter" in message and rows == [] and chart is None and samples == []
     bad = tmp_path / "bad.txt"
     bad.write_text("plain text only\n")
-    message, rows, _ = task_evaluation("tiny", [sid], str(bad), 3)
+    message, rows, *_ = task_evaluation("tiny", [sid], str(bad), 3)
     assert "no prompt and answer" in message and rows == []
 
 

@@ -1,4 +1,9 @@
-"""Plotly figures from plain plan data (no gradio here)."""
+"""Plotly figures from plain plan data (no gradio here).
+
+Every figure has a title and axis titles that name the quantity and its unit (memory in
+binary GiB, ``GIB`` below). Nothing is told by colour alone: each memory component has its
+own fill pattern and, where it is wide enough, its name written on the bar; lines differ in
+dash or marker too; a state (fits / over the limit) is a word and a marker symbol."""
 
 from __future__ import annotations
 
@@ -11,6 +16,11 @@ COLORS = {
     "activations": "#54A24B", "logits": "#EECA3B", "overhead": "#9D755D",
 }
 GIB = 1024**3
+PATTERNS = {  # a second, colour-free cue per component (legend and bars)
+    "weights": "", "trainable_weights": "/", "gradients": "\\", "optimizer": "x", "activations": ".",
+    "logits": "-", "overhead": "|",
+}
+MEMORY_AXIS = "predicted memory (GiB)"
 
 
 def plan_bar(plan: dict[str, Any]) -> go.Figure:
@@ -19,7 +29,9 @@ def plan_bar(plan: dict[str, Any]) -> go.Figure:
     fig = go.Figure()
     for c in plan["components"]:
         fig.add_bar(
-            name=c["name"], x=["training step"], y=[c["bytes"] / GIB], marker_color=COLORS.get(c["name"]),
+            name=c["name"], x=[plan["method"]], y=[c["bytes"] / GIB], marker_color=COLORS.get(c["name"]),
+            marker_pattern_shape=PATTERNS.get(c["name"], ""), text=[f"{c['name']} {c['bytes'] / GIB:.2f} GiB"],
+            textposition="inside", insidetextanchor="middle",
             customdata=[[f"{c['bytes']:,}", c["formula"]]],
             hovertemplate="<b>%{fullData.name}</b><br>%{y:.3f} GiB (%{customdata[0]} B)<br>%{customdata[1]}<extra></extra>",
         )
@@ -27,23 +39,41 @@ def plan_bar(plan: dict[str, Any]) -> go.Figure:
                   annotation_text=f"predicted peak {plan['peak_bytes'] / GIB:.2f} GiB")
     fig.add_hline(y=plan["inference_bytes"] / GIB, line_dash="dot", line_color="gray",
                   annotation_text=f"inference {plan['inference_bytes'] / GIB:.2f} GiB", annotation_position="bottom right")
-    fig.update_layout(barmode="stack", yaxis_title="GiB", height=420, margin=dict(l=40, r=20, t=40, b=40),
+    fig.update_layout(barmode="stack", yaxis_title=MEMORY_AXIS,
+                      xaxis_title="method (what one training step holds, stacked)", legend_title_text="component", uniformtext=dict(minsize=10, mode="hide"),
+                      height=420, margin=dict(l=50, r=20, t=40, b=40),
                       title=f"{plan['method']} on {plan['model_label']}: peak / inference = {plan['peak_over_inference']:.2f}x")
     return fig
 
 
-def compare_bar(rows: list[dict[str, Any]], title: str) -> go.Figure:
-    """Stacked components per method (peak as a marker): the teaching chart."""
+def compare_bar(rows: list[dict[str, Any]], title: str, limit_bytes: int | None = None) -> go.Figure:
+    """Stacked components per method (peak as a marker): the teaching chart. With
+    ``limit_bytes`` (a device's memory) the limit is a line and each peak says in words and
+    symbol whether it fits: "✓ fits" (circle) or "✗ over" (cross)."""
     rows = [r for r in rows if "error" not in r]
     methods = [r["method"] for r in rows]
     fig = go.Figure()
     for name, color in COLORS.items():
         fig.add_bar(name=name, x=methods, y=[r["components"].get(name, 0) / GIB for r in rows], marker_color=color,
+                    marker_pattern_shape=PATTERNS.get(name, ""),
                     hovertemplate="%{x}: %{y:.2f} GiB<extra>" + name + "</extra>")
-    fig.add_scatter(name="predicted peak", x=methods, y=[r["peak_bytes"] / GIB for r in rows], mode="markers",
-                    marker=dict(symbol="line-ew-open", size=24, color="black"),
-                    hovertemplate="%{x}: peak %{y:.2f} GiB<extra></extra>")
-    fig.update_layout(barmode="stack", yaxis_title="GiB", title=title, height=460, margin=dict(l=40, r=20, t=50, b=60))
+    if limit_bytes is None:
+        fig.add_scatter(name="predicted peak", x=methods, y=[r["peak_bytes"] / GIB for r in rows], mode="markers",
+                        marker=dict(symbol="line-ew-open", size=24, color="black"),
+                        hovertemplate="%{x}: peak %{y:.2f} GiB<extra></extra>")
+    else:
+        for fits, label, symbol in ((True, "✓ fits", "circle"), (False, "✗ over", "x")):
+            mine = [r for r in rows if (r["peak_bytes"] <= limit_bytes) == fits]
+            if mine:
+                fig.add_scatter(name=f"predicted peak: {label}", x=[r["method"] for r in mine],
+                                y=[r["peak_bytes"] / GIB for r in mine], mode="markers+text", text=[label] * len(mine),
+                                textposition="top center", textfont_size=10,
+                                marker=dict(symbol=symbol, size=12, color="black"),
+                                hovertemplate="%{x}: peak %{y:.2f} GiB, " + label + "<extra></extra>")
+        fig.add_hline(y=limit_bytes / GIB, line_dash="dash", line_color="black",
+                      annotation_text=f"device memory {limit_bytes / GIB:.2f} GiB")
+    fig.update_layout(barmode="stack", yaxis_title=MEMORY_AXIS, xaxis_title="method", legend_title_text="component",
+                      title=title, height=460, margin=dict(l=50, r=20, t=50, b=60))
     return fig
 
 
@@ -83,7 +113,7 @@ def live_memory(samples: list[dict[str, Any]], plan: dict[str, Any] | None,
         if persistent:
             fig.add_hline(y=persistent / GIB, line_dash="dot", line_color="gray",
                           annotation_text="predicted weights + optimizer", annotation_position="bottom right")
-    fig.update_layout(xaxis_title="seconds since the run started", yaxis_title="GiB", height=380,
+    fig.update_layout(xaxis_title="seconds since the run started", yaxis_title="memory (GiB)", height=380,
                       title="Predicted vs measured memory", legend=dict(orientation="h", y=-0.25),
                       margin=dict(l=40, r=20, t=50, b=40))
     return fig
@@ -94,46 +124,58 @@ def training_curves(logs: list[dict[str, Any]]) -> go.Figure:
     fig = go.Figure()
     train = [e for e in logs if e.get("loss") is not None]
     evals = [e for e in logs if e.get("eval_loss") is not None]
-    fig.add_scatter(x=[e["step"] for e in train], y=[e["loss"] for e in train], name="loss", mode="lines+markers")
+    fig.add_scatter(x=[e["step"] for e in train], y=[e["loss"] for e in train], name="training loss",
+                    mode="lines+markers", marker_symbol="circle")
     if evals:
-        fig.add_scatter(x=[e["step"] for e in evals], y=[e["eval_loss"] for e in evals], name="eval loss",
-                        mode="lines+markers")
+        fig.add_scatter(x=[e["step"] for e in evals], y=[e["eval_loss"] for e in evals], name="validation loss",
+                        mode="lines+markers", marker=dict(symbol="diamond", size=9), line=dict(dash="longdash"))
     fig.add_scatter(x=[e["step"] for e in train], y=[e.get("learning_rate") for e in train], name="learning rate",
                     yaxis="y2", mode="lines", line=dict(dash="dot"))
-    fig.add_scatter(x=[e["step"] for e in train], y=[e.get("tokens_per_second") for e in train], name="tokens/s",
+    fig.add_scatter(x=[e["step"] for e in train], y=[e.get("tokens_per_second") for e in train],
+                    name="throughput (tokens/s)",
                     yaxis="y3", mode="lines", line=dict(dash="dash"))
-    fig.update_layout(height=360, title="Training", xaxis_title="step", yaxis_title="loss",
+    fig.update_layout(height=360, title="Training loss, learning rate and throughput", xaxis_title="optimizer step",
+                      yaxis_title="loss (mean cross-entropy per token)",
                       yaxis2=dict(overlaying="y", side="right", title="learning rate", showgrid=False),
-                      yaxis3=dict(overlaying="y", side="right", anchor="free", autoshift=True, title="tokens/s",
+                      yaxis3=dict(overlaying="y", side="right", anchor="free", autoshift=True,
+                                  title="throughput (tokens/s)",
                                   showgrid=False),
                       margin=dict(l=40, r=60, t=50, b=40))
     return fig
 
 
-def length_histogram(report: dict[str, Any]) -> go.Figure:
-    """Token lengths with the cutoff line and the truncated share."""
+def length_histogram(report: dict[str, Any], cutoff_name: str = "sequence length") -> go.Figure:
+    """Token lengths with the cutoff in force (the run's sequence length) and the truncated
+    share; the suggested cutoff as a second, dotted line where it differs."""
     hist = report["token_lengths"]["histogram"]
     edges, counts = hist["edges"], hist["counts"]
     centers = [(a + b) / 2 for a, b in zip(edges, edges[1:])]
     widths = [b - a for a, b in zip(edges, edges[1:])]
-    fig = go.Figure(go.Bar(x=centers, y=counts, width=widths, name="examples"))
+    fig = go.Figure(go.Bar(x=centers, y=counts, width=widths, name="examples",
+                           hovertemplate="%{y} examples around %{x:.0f} tokens<extra></extra>"))
     fig.add_vline(x=report["cutoff"], line_dash="dash", line_color="red",
-                  annotation_text=f"cutoff {report['cutoff']}: {report['truncated_fraction']:.1%} truncated")
-    fig.update_layout(height=300, xaxis_title="tokens per example", yaxis_title="examples",
-                      title="Token lengths", margin=dict(l=40, r=20, t=50, b=40))
+                  annotation_text=f"{cutoff_name} {report['cutoff']}: {report['truncated_fraction']:.1%} truncated")
+    if report.get("suggested_cutoff") and report["suggested_cutoff"] != report["cutoff"]:
+        fig.add_vline(x=report["suggested_cutoff"], line_dash="dot", line_color="gray",
+                      annotation_text=f"suggested {report['suggested_cutoff']}", annotation_position="bottom right")
+    fig.update_layout(height=300, xaxis_title="tokens per example", yaxis_title="number of examples",
+                      title="Token lengths per example", showlegend=False, margin=dict(l=50, r=20, t=50, b=40))
     return fig
 
 
 def eval_bars(results: list[dict[str, Any]]) -> go.Figure:
     """Task evaluation: exact match, parse rate and mean field accuracy (percent) per model."""
     fig = go.Figure()
-    metrics = [("exact_match", "exact match"), ("parse_rate", "parse rate"), ("mean_field_accuracy", "field accuracy")]
+    metrics = [("exact_match", "exact match", ""), ("parse_rate", "parse rate", "/"),
+               ("mean_field_accuracy", "field accuracy", ".")]
     names = [r["contender"] for r in results]
-    for key, label in metrics:
+    for key, label, pattern in metrics:
         values = [None if r.get(key) is None else 100 * r[key] for r in results]
         if all(v is None for v in values):
             continue
-        fig.add_bar(name=label, x=names, y=values, text=[f"{v:.0f}%" if v is not None else "" for v in values])
+        fig.add_bar(name=label, x=names, y=values, marker_pattern_shape=pattern,
+                    text=[f"{v:.0f}%" if v is not None else "" for v in values])
     fig.update_layout(barmode="group", title="Held-out prompts, greedy: higher is better", yaxis_title="% of prompts",
+                      xaxis_title="model (base or adapter)", legend_title_text="metric",
                       yaxis_range=[0, 100], height=320, margin=dict(t=40, b=30, l=50, r=10))
     return fig

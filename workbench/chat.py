@@ -20,6 +20,10 @@ Generation safety (issue 15, finding 7):
   checks after every token, so generation ends within one token. The closing thread does
   not wait for it (gradio closes generators on its event loop; a join there would stall the
   server), the lock is released by the generate thread once it has finished.
+- **Long work can be cancelled.** ``answer``, ``answer_batch`` and ``perplexity`` take the
+  caller's ``stop`` event too: generation ends at the next token, perplexity before the next
+  text, and the call raises :class:`OperationCancelled` with the lock released, so the next
+  request is served at once. ``progress(done, total)`` is called after each text scored.
 - **Bounded waits.** A caller waits for the lock at most ``wait_seconds``
   (``WORKBENCH_MODEL_WAIT_S``, default 60 s) and then gets :class:`ModelBusyError`.
 - **Bounded prompts.** A prompt over ``max_prompt_chars`` characters
@@ -35,7 +39,7 @@ import json
 import math
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +61,16 @@ class ModelBusyError(WorkbenchError):
 
 class PromptTooLongError(WorkbenchError):
     """A prompt over the character cap, or too long for the model's context with its answer."""
+
+
+class OperationCancelled(WorkbenchError):
+    """The caller's ``stop`` event was set: the work ended early, its result is incomplete."""
+
+
+def check_stop(stop: threading.Event | None, what: str) -> None:
+    """Raise :class:`OperationCancelled` naming ``what`` once ``stop`` is set."""
+    if stop is not None and stop.is_set():
+        raise OperationCancelled(f"{what}: cancelled")
 
 
 def _setting(variable: str, default: float) -> float:
@@ -307,14 +321,20 @@ class ChatEngine:
         if errors:
             raise WorkbenchError(f"generation failed: {type(errors[0]).__name__}: {errors[0]}")
 
-    def answer(self, prompt: str | list[dict[str, str]], who: str, sampling: Sampling) -> str:
-        return "".join(self.stream(prompt, who, sampling))
+    def answer(self, prompt: str | list[dict[str, str]], who: str, sampling: Sampling,
+               stop: threading.Event | None = None) -> str:
+        """The whole answer of ``who``; :class:`OperationCancelled` when ``stop`` was set."""
+        check_stop(stop, f"the answer of {who}")
+        text = "".join(self.stream(prompt, who, sampling, stop=stop))
+        check_stop(stop, f"the answer of {who}")
+        return text
 
     def answer_batch(self, conversations: list[list[dict[str, str]]], who: str, max_new_tokens: int,
-                     names: list[str] | None = None) -> list[str]:
+                     names: list[str] | None = None, stop: threading.Event | None = None) -> list[str]:
         """Greedy answers of ``who`` to several conversations at once, left-padded into one
         batch (the same answers as one at a time, up to float rounding: padding is masked).
-        ``names`` (e.g. "row 12") name a conversation that is too long."""
+        ``names`` (e.g. "row 12") name a conversation that is too long; ``stop`` ends
+        generation at the next token (:class:`OperationCancelled`)."""
         import torch
 
         self._check_who(who)
@@ -336,15 +356,21 @@ class ChatEngine:
             for length, name in zip(batch["attention_mask"].sum(dim=1).tolist(), names):
                 self._check_tokens(int(length), max_new_tokens, name)
             kwargs = dict(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+            if stop is not None:
+                kwargs["stopping_criteria"] = _stopper(stop)
+            check_stop(stop, f"the answers of {who}")
             with torch.no_grad(), self._weights_of(model, who):
                 out = model.generate(**kwargs)
+            check_stop(stop, f"the answers of {who}")
             new = out[:, batch["input_ids"].shape[1]:]
             return [tok.decode(row, skip_special_tokens=True) for row in new]
 
-    def perplexity(self, texts: list[str], who: str) -> float:
+    def perplexity(self, texts: list[str], who: str, stop: threading.Event | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> float:
         """exp(mean token loss) of ``who`` on ``texts`` (what an adapter gained or forgot).
         Each text is scored on its first ``PERPLEXITY_TOKENS`` tokens (or the model's context,
-        when shorter), cut to the character cap before tokenizing."""
+        when shorter), cut to the character cap before tokenizing. ``stop`` is checked before
+        each text (:class:`OperationCancelled`); ``progress(done, total)`` after each."""
         import torch
 
         self._check_who(who)
@@ -355,11 +381,13 @@ class ChatEngine:
             keep = min(PERPLEXITY_TOKENS, self._context or PERPLEXITY_TOKENS)
             total, count = 0.0, 0
             with torch.no_grad(), self._weights_of(model, who):
-                for text in texts:
+                for done, text in enumerate(texts, 1):
+                    check_stop(stop, f"perplexity of {who}")
                     ids = self._tokenizer(text[:self.max_prompt_chars], return_tensors="pt")["input_ids"][:, :keep]
-                    if ids.shape[1] < 2:
-                        continue
-                    loss = model(input_ids=ids, labels=ids).loss
-                    total += float(loss) * (ids.shape[1] - 1)
-                    count += ids.shape[1] - 1
+                    if ids.shape[1] >= 2:
+                        loss = model(input_ids=ids, labels=ids).loss
+                        total += float(loss) * (ids.shape[1] - 1)
+                        count += ids.shape[1] - 1
+                    if progress is not None:
+                        progress(done, len(texts))
             return math.exp(total / max(count, 1))

@@ -177,8 +177,10 @@ def cmd_measure(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"model {spec.label}  method {method.name}  losses {[round(x, 4) for x in measured.losses]}")
-    print(f"  {'component':<18} {'planned':>14} {'measured':>14}  diff")
+    from .training.cli import loss_text
+
+    print(f"model {spec.label}  method {method.name}  losses {', '.join(loss_text(x) for x in measured.losses)}")
+    print(f"  {'component':<18} {'planned bytes':>14} {'measured bytes':>14}  diff")
     for name, value in measured.components.items():
         p = result["planned"][name]
         diff = "exact" if p == value else f"{(p - value) / max(value, 1) * 100:+.2f}%"
@@ -190,7 +192,10 @@ def cmd_measure(args: argparse.Namespace) -> int:
               f"(the worker's Trainer, step {measured.device_peak.get('peak_step')}, planned at its widest "
               f"micro-batch: {width} tokens)")
     for k, v in measured.device_peak.items():
-        print(f"  {k:<18} {v:>14,}" if isinstance(v, int) else f"  {k:<18} {v}")
+        if k.endswith("_bytes") and isinstance(v, int):
+            print(f"  {k:<18} {v:>14,} B  ({v / 2**30:.3f} GiB)")
+        else:
+            print(f"  {k:<18} {v:>14,}" if isinstance(v, int) else f"  {k:<18} {v}")
     return 0
 
 

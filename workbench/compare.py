@@ -65,7 +65,11 @@ def relative_speed(total_params: int, trainable_params: int, trains_base: bool, 
 
 
 def what_fits(spec: ModelSpec, budget_bytes: int, settings: TrainingSettings, limit: int = 12) -> list[dict[str, Any]]:
-    """The fastest fitting configuration of each method, fastest first, each with a reason."""
+    """The fastest fitting configuration of each method, fastest first, each with a reason.
+    ``budget_bytes``: the GPU's memory (:attr:`workbench.gpus.GpuCard.total_bytes`); a plan
+    fits when its peak bytes are at most that, and the reason gives both in GiB."""
+    from .gpus import GIB, gib_down
+
     best: dict[str, dict[str, Any]] = {}
     for name, method in METHODS.items():
         quants = [method.quantization] if method.quantization else ["none"]
@@ -85,7 +89,7 @@ def what_fits(spec: ModelSpec, budget_bytes: int, settings: TrainingSettings, li
                                            gc, p.quant, batch)
                     row = {"method": name, "quant": p.quant, "batch_size": batch, "gradient_checkpointing": gc,
                            "peak_bytes": p.peak_bytes, "relative_speed": round(speed, 3),
-                           "reason": f"peak {p.peak_bytes / 1e9:.1f} GB of {budget_bytes / 1e9:.0f} GB; "
+                           "reason": f"peak {p.peak_bytes / GIB:.2f} GiB of {gib_down(budget_bytes, 2)}; "
                                      f"batch {batch}{', checkpointing' if gc else ''}"
                                      f"{', ' + p.quant + ' base' if p.quant != 'none' else ''}; "
                                      f"{p.trainable_percent:.2f}% of weights trained"}

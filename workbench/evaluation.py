@@ -141,21 +141,26 @@ def heldout_source(job, data: str | None = None) -> tuple[str, list[int] | None,
 
 
 def evaluate(engine, contenders: list[str], cases: list[Case], max_new_tokens: int | None = None,
-             samples: int = 5, batch_size: int = BATCH) -> list[Scores]:
+             samples: int = 5, batch_size: int = BATCH, stop=None, progress=None) -> list[Scores]:
     """Every contender answers every case greedily, ``batch_size`` prompts per generate
     call; the answer budget is 1.5x the longest reference of the batch + 16 tokens (at most
     512) unless ``max_new_tokens`` is given. See :func:`score`. Each generate call holds the
     engine for its batch only (another user's answer may come between batches, never inside
-    one); a prompt too long for the model is refused naming its row."""
+    one); a prompt too long for the model is refused naming its row. ``stop`` (an event)
+    cancels: generation ends at the next token and :class:`workbench.chat.OperationCancelled`
+    is raised; ``progress(done, total, contender)`` is called before each batch, in prompts."""
     tok = engine.tokenizer  # our own copy: counting here never touches the tokenizer of a running answer
     results = []
     for who in contenders:
         answers, tokens, started = [], 0, time.perf_counter()
         for i in range(0, len(cases), batch_size):
             chunk = cases[i:i + batch_size]
+            if progress is not None:
+                progress(len(results) * len(cases) + len(answers), len(contenders) * len(cases), who)
             longest = max(len(tok(c.reference, add_special_tokens=False)["input_ids"]) for c in chunk)
             budget = max_new_tokens or min(512, int(1.5 * longest) + 16)
-            got = engine.answer_batch([c.prompt for c in chunk], who, budget, names=[f"row {c.row}" for c in chunk])
+            got = engine.answer_batch([c.prompt for c in chunk], who, budget, names=[f"row {c.row}" for c in chunk],
+                                      stop=stop)
             answers += got
             tokens += sum(len(tok(a, add_special_tokens=False)["input_ids"]) for a in got)
         result = score(who, answers, cases)
@@ -185,9 +190,10 @@ TABLE_HEADERS = ["model", "prompts", "exact match %", "parse rate %", "field acc
 
 
 def evaluate_runs(run_ids: list[str], data: str | None = None, limit: int | None = None,
-                  user: str | None = None, engine=None) -> dict[str, Any]:
+                  user: str | None = None, engine=None, stop=None, progress=None) -> dict[str, Any]:
     """Base + the adapter of each run (all trained on one base model) on the first run's
-    held-out prompts; the result is also written to each run's ``eval.json``."""
+    held-out prompts; the result is also written to each run's ``eval.json`` (not when
+    cancelled: ``stop`` and ``progress`` as in :func:`evaluate`)."""
     from .chat import BASE, ChatEngine
     from .sessions import check_access
     from .training.checkpoints import newest_complete
@@ -211,7 +217,7 @@ def evaluate_runs(run_ids: list[str], data: str | None = None, limit: int | None
             if adapter is None:
                 raise WorkbenchError(f"run {run_id} has no complete adapter or checkpoint yet")
             engine.add_adapter(run_id, adapter)
-    results = evaluate(engine, [BASE, *run_ids], cases)
+    results = evaluate(engine, [BASE, *run_ids], cases, stop=stop, progress=progress)
     report = as_dict(results, model=model, runs=run_ids, data=what, prompts=len(cases),
                      decoding="greedy, the same for every contender", time=time.time())
     for folder in folders:  # written beside, then renamed: a reader never sees half a file

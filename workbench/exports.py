@@ -52,8 +52,9 @@ def export_run(session_id: str, action: str, user: str | None = None) -> Path:
     """Write the export (``action``: "zip" or "merged") of one of ``user``'s finished runs into
     the run's private export folder; returns its path (for the export route, never for gradio)."""
     from .sessions import check_access
-    from .training.artifacts import export_merged, export_zip
+    from .training.artifacts import export_zip
     from .training.checkpoints import final_adapter
+    from .training.merge import merge_in_worker
 
     folder = check_access(session_id, user)
     name = export_name(session_id, action)
@@ -67,7 +68,7 @@ def export_run(session_id: str, action: str, user: str | None = None) -> Path:
     work = Path(tempfile.mkdtemp(prefix=PARTIAL, dir=out))  # a crash leaves no half-written export behind
     try:
         if action == "merged":
-            merged = export_merged(final, work / f"{session_id}-merged")
+            merged = merge_in_worker(final, work / f"{session_id}-merged")  # weights never load in the server
             archive = Path(shutil.make_archive(str(work / f"{session_id}-merged"), "zip", merged))
         else:
             archive = export_zip(final, work / name)

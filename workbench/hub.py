@@ -39,8 +39,26 @@ _LOCK = threading.Lock()  # the remembered answers (never held across a probe or
 _STATE: dict[str, Any] = {"until": 0.0, "online": None, "ours": False}  # ours: we switched offline mode on
 _ANSWERS: dict[str, tuple[float, Any]] = {}  # name -> (valid until, config dict or error message)
 _DOWNLOAD_SLOTS = threading.BoundedSemaphore(DOWNLOADS)
-USE_INSTEAD = ("Use a bundled name (listed in the model menu), or a local folder with the model's config.json "
-               "inside the model folders this server allows (the operator adds folders with --model-root)")
+USE_INSTEAD = ("Use a bundled name (listed in the model menu), or a local folder: copy the model's folder "
+               "(config.json; to train, its tokenizer and *.safetensors weights too) inside the model folders this "
+               "server allows (the operator adds folders with --model-root) and type that folder's path as the model")
+
+
+def is_hub_id(name: str) -> bool:
+    """Is ``name`` a valid Hugging Face hub repo id -- ``name`` (``gpt2``) or ``org/name`` --
+    by huggingface_hub's own rule (:func:`huggingface_hub.utils.validate_repo_id`: letters,
+    digits, ``-``, ``_``, ``.``, at most 96 characters each side, no ``--`` or ``..``, not
+    starting or ending with ``-`` or ``.``, no ``.git`` at the end), in ASCII as the hub
+    allows? Says nothing of whether the repo exists."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not isinstance(name, str) or not name or not name.isascii():
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
 
 
 def _hub_address() -> tuple[str, int] | None:

@@ -1,6 +1,8 @@
 """Preflight: before a run starts, its predicted peak is set against what its device has
 free, with the margin stated. A run that cannot fit is refused with suggestions, and every
-suggestion is itself re-planned and under the limit (or it is not offered).
+suggestion is itself re-planned and under the limit (or it is not offered). A run whose
+model has no weights on this machine (a bundled config, a hub id without cached weights)
+cannot start either, and the verdict says so first (:func:`missing_weights`).
 
 The budget of a device:
 
@@ -115,15 +117,30 @@ class Suggestion:
 
 @dataclass(frozen=True)
 class Preflight:
+    """Can the run start here? ``fits``: yes -- its weights are here and its predicted peak
+    is within the limit. ``missing_weights``: why its model cannot be loaded here (None when
+    it can; planning needs no weights, training does); ``memory_fits``: the peak alone."""
+
     fits: bool
     peak_bytes: int
     budget: Budget
     suggestions: tuple[Suggestion, ...]
+    missing_weights: str | None = None
+
+    @property
+    def memory_fits(self) -> bool:
+        return self.peak_bytes <= self.budget.limit_bytes
 
     def message(self) -> str:
+        """The verdict: its first line is the one-line answer."""
+        if self.missing_weights:
+            return f"Cannot start: {self.missing_weights}\n" + self._memory_message()
+        return self._memory_message()
+
+    def _memory_message(self) -> str:
         head = (f"predicted peak {gib(self.peak_bytes)} vs a limit of {gib(self.budget.limit_bytes)} on "
                 f"{self.budget.device}: {self.budget.explanation}")
-        if self.fits:
+        if self.memory_fits:
             return "Fits: " + head
         lines = ["Does not fit: " + head]
         if self.suggestions:
@@ -135,14 +152,25 @@ class Preflight:
         return "\n".join(lines)
 
 
+def missing_weights(run: RunSpec) -> str | None:
+    """Why the run's model cannot be loaded here, or None (a cheap check: nothing is loaded;
+    :func:`workbench.loading.weights_problem`)."""
+    from .loading import weights_problem
+    from .specs import load_model_spec
+
+    return weights_problem(load_model_spec(run.model))
+
+
 def preflight(run: RunSpec, peak_bytes: int | None = None, budget: Budget | None = None) -> Preflight:
-    """Does the run fit its device here? (The device must exist: :func:`check_device`.)"""
+    """Can the run start here: are its weights here, and does it fit its device? (The device
+    must exist: :func:`check_device`.)"""
     check_device(run.settings)
     budget = budget or device_budget(run.settings.device)
     peak = plan_run(run).peak_bytes if peak_bytes is None else peak_bytes
+    weights = missing_weights(run)
     if peak <= budget.limit_bytes:
-        return Preflight(True, peak, budget, ())
-    return Preflight(False, peak, budget, tuple(suggestions_under(run, budget.limit_bytes)))
+        return Preflight(weights is None, peak, budget, (), weights)
+    return Preflight(False, peak, budget, tuple(suggestions_under(run, budget.limit_bytes)), weights)
 
 
 def _peak(run: RunSpec) -> int | None:

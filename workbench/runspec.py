@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import SettingsError, WorkbenchError, check_fields
 from .memory import Plan, TrainingSettings, plan
-from .memory.settings import default_dtype
+from .memory.settings import SETTING_RANGES, default_dtype
 from .methods import get_method
 
 BATCHING = ("pad", "group_by_length", "padding_free")
@@ -126,20 +126,80 @@ def label(name: str, style: str = "ui") -> str:
     return "--" + name.replace("_", "-") if style == "cli" else SETTING_LABELS.get(name, name.replace("_", " "))
 
 
-def whole_number(name: str, value: Any, minimum: int = 1, style: str = "ui") -> int:
-    """A whole number typed into a form or a flag, or a message that names the field."""
-    label_ = label(name, style)
+def _field(name: str, style: str) -> str:
+    """The field at the start of a message: bold in the browser (markdown), ``--flag:`` on the command line."""
+    return f"{label(name, style)}:" if style == "cli" else f"**{label(name, style)}**"
+
+
+def _bound(kind: type, x: float) -> str:
+    return f"{int(x):,}" if kind is int or float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+
+def allowed_range(kind: type, low: float | None, high: float | None) -> str:
+    """``a whole number from 1 to 1,000,000``: how a message or a form's help gives a range."""
+    what = "a whole number" if kind is int else "a number"
+    if low is not None and high is not None:
+        return f"{what} from {_bound(kind, low)} to {_bound(kind, high)}"
+    if low is not None:
+        return f"{what} of at least {_bound(kind, low)}"
+    return what if high is None else f"{what} of at most {_bound(kind, high)}"
+
+
+def _shown(value: Any) -> str:
+    """A value as the user typed it (text that is not a number is quoted)."""
+    if isinstance(value, str):
+        try:
+            float(value)
+            return value.strip()
+        except ValueError:
+            return repr(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return repr(value)
+    return _bound(int if isinstance(value, int) else float, value)
+
+
+def form_number(name: str, value: Any, kind: type = int, low: float | None = 1, high: float | None = None,
+                style: str = "ui") -> int | float:
+    """A number typed into a form or a flag (a number, or its text), checked against its
+    allowed range, or one message naming the field by its label and giving the range:
+    ``**Batch size** must be a whole number from 1 to 1,000,000; got 2.5``. Never rounded,
+    floored or replaced by a default."""
+    field_, allowed = _field(name, style), allowed_range(kind, low, high)
     if value is None or (isinstance(value, str) and not value.strip()):
-        raise SettingsError(f"{label_}: empty; enter a whole number of at least {minimum}")
-    try:
-        number = float(value) if not isinstance(value, bool) else None
-    except (TypeError, ValueError):
-        number = None
-    if number is None or number != number or not number.is_integer():
-        raise SettingsError(f"{label_}: must be a whole number of at least {minimum}, got {value!r}")
-    if number < minimum:
-        raise SettingsError(f"{label_}: must be at least {minimum}, got {int(number)}")
-    return int(number)
+        raise SettingsError(f"{field_} empty; enter {allowed}" if style == "cli" else
+                            f"{field_} is empty: enter {allowed}")
+    number = None
+    if not isinstance(value, bool):
+        try:
+            number = float(value.strip() if isinstance(value, str) else value)
+        except (TypeError, ValueError):
+            number = None
+    if number is None or number != number or number in (float("inf"), float("-inf")) or \
+            (kind is int and not number.is_integer()):
+        raise SettingsError(f"{field_} must be {allowed}; got {_shown(value)}")
+    number = int(number) if kind is int else number
+    if low is not None and number < low:
+        raise SettingsError(f"{field_} must be at least {_bound(kind, low)} ({allowed}); got {_shown(value)}")
+    if high is not None and number > high:
+        raise SettingsError(f"{field_} must be at most {_bound(kind, high)} ({allowed}); got {_shown(value)}")
+    return number
+
+
+def whole_number(name: str, value: Any, minimum: int = 1, style: str = "ui") -> int:
+    """A whole-number setting (its range: :data:`workbench.memory.settings.SETTING_RANGES`)."""
+    low, high = SETTING_RANGES.get(name, (minimum, None))
+    return form_number(name, value, int, low, high, style)
+
+
+def _knob_values(method, given: dict[str, Any]) -> dict[str, Any]:
+    """The form's numeric knob values, each checked like a setting (named by its label, with
+    its range); an empty field is an error, not the default. (``None`` is "not given": the
+    method's default, for API callers that leave a knob out.)"""
+    out = dict(given)
+    for knob in method.knobs:
+        if knob.name in out and knob.kind in (int, float) and knob.choices is None:
+            out[knob.name] = form_number(knob.name, out[knob.name], knob.kind, knob.minimum, knob.maximum)
+    return out
 
 
 def _number(name: str, value: Any, style: str = "ui") -> float:
@@ -152,7 +212,8 @@ def _number(name: str, value: Any, style: str = "ui") -> float:
     return number
 
 
-INT_SETTINGS = ("batch_size", "seq_len", "grad_accum", "gpus", "nodes")
+INT_SETTINGS = tuple(SETTING_RANGES)
+MAX_STEPS = 10**9
 
 
 def build_run(model: str, method: str, knobs: dict[str, Any] | None = None, settings: dict[str, Any] | None = None,
@@ -178,6 +239,8 @@ def build_run(model: str, method: str, knobs: dict[str, Any] | None = None, sett
     raw = dict(settings or {})
     if raw.get("quant") in ("auto", ""):
         raw["quant"] = None
+    if style != "cli":  # the command line keeps the methods' own knob messages (they name the flag's knob)
+        given = _knob_values(chosen, given)
     for name in INT_SETTINGS:
         if name in raw:
             raw[name] = whole_number(name, raw[name], style=style)
@@ -192,8 +255,8 @@ def build_run(model: str, method: str, knobs: dict[str, Any] | None = None, sett
     training = TrainingSettings.from_dict(raw)
     sched = dict(schedule or {})
     if "max_steps" in sched:
-        sched["max_steps"] = -1 if sched["max_steps"] in (None, "", -1) else whole_number("max_steps", sched["max_steps"],
-                                                                                         style=style)
+        sched["max_steps"] = -1 if sched["max_steps"] in (None, "", -1) else form_number(
+            "max_steps", sched["max_steps"], int, 1, MAX_STEPS, style)
     for name in ("learning_rate", "epochs", "warmup_ratio"):
         if name in sched:
             sched[name] = _number(name, sched[name], style)

@@ -1,11 +1,12 @@
 """What the web UI accepts as a model name: checked before anything is loaded.
 
 The command line is the operator's and may name any folder; the browser is not trusted.
-From the UI a model is ``tiny``, a bundled name, a hub id (``org/name``), or an existing
-local folder *inside the configured model roots* -- never a URL, a ``file://`` path or a
-folder elsewhere on the machine. Roots: ``$WORKBENCH_MODEL_ROOTS`` (``os.pathsep``
-separated; ``python app.py --model-root DIR`` sets it), else the working directory and
-the workbench cache.
+From the UI a model is ``tiny``, a bundled name, a hub id (``gpt2`` or ``org/name``, by
+huggingface_hub's own rule: :func:`workbench.hub.is_hub_id`), or an existing local folder
+*inside the configured model roots* -- never a URL, a ``file://`` path or a folder elsewhere
+on the machine. A bundled name or a local folder wins over a hub id of the same spelling.
+Roots: ``$WORKBENCH_MODEL_ROOTS`` (``os.pathsep`` separated; ``python app.py --model-root
+DIR`` sets it), else the working directory and the workbench cache.
 
 Some folders are never models, whatever the roots (:func:`private_folders`): the sessions
 store (every user's runs: a run's adapter is reached by its run id through the owner check
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from .errors import UnknownModelError
 from .paths import BUNDLED_MODELS_DIR, cache_dir
-from .specs import HUB_ID
+from .hub import is_hub_id
 from .smollm2 import SMOLLM2_NAME, is_smollm2
 from .tiny import TINY_NAME
 
@@ -88,9 +89,9 @@ def check_model_name(name: str | None) -> str:
     if is_smollm2(name):
         return SMOLLM2_NAME
     if _SCHEME.match(name) or name.startswith("//"):
-        raise UnknownModelError(f"{name!r}: URLs are not accepted; use a hub id like 'org/name' or a local folder "
-                                f"inside the model folders this server allows")
-    if HUB_ID.match(name) and ".." not in name and (BUNDLED_MODELS_DIR / name.replace("/", "__")).is_dir():
+        raise UnknownModelError(f"{name!r}: URLs are not accepted; use a hub id like 'gpt2' or 'org/name', or a "
+                                f"local folder inside the model folders this server allows")
+    if is_hub_id(name) and (BUNDLED_MODELS_DIR / name.replace("/", "__")).is_dir():
         return name
     if _is_private(name):  # before any question about existence: a session's folder is no model, even a missing one
         raise UnknownModelError(OUTSIDE_ROOTS)
@@ -102,7 +103,8 @@ def check_model_name(name: str | None) -> str:
         if not path.is_dir():
             raise UnknownModelError(f"{name!r}: no such folder")
         return str(path)
-    if HUB_ID.match(name) and ".." not in name:
+    if is_hub_id(name):  # a bundled name or a local folder of the same spelling was taken above
         return name
-    raise UnknownModelError(f"{name!r} is not a model name: use a hub id like 'org/name', a bundled name, or a local "
-                            f"folder inside the model folders this server allows")
+    raise UnknownModelError(f"{name!r} is not a model name: use a hub id like 'gpt2' or 'org/name' (letters, digits, "
+                            f"'-', '_', '.'), a bundled name, or a local folder inside the model folders this server "
+                            f"allows")

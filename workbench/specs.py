@@ -268,7 +268,9 @@ def load_model_spec(name: str) -> ModelSpec:
             raise UnknownModelError(f"{shown_path(local)}: folder has no config.json")
         return ModelSpec(str(local.resolve()), "local", _validate(_read_config(cfg_path), shown_path(cfg_path)),
                          shown_path(local))
-    if HUB_ID.match(name) and ".." not in name:
+    from .hub import is_hub_id  # gpt2 as well as org/name: huggingface_hub's own rule
+
+    if is_hub_id(name):
         return ModelSpec(name, "hub", _validate(_hub_config(name), name), name)
     raise UnknownModelError(
         f"unknown model {name!r}: use a hub id like 'org/name', a local folder with a config.json, "

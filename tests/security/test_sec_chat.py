@@ -232,7 +232,7 @@ def test_the_chat_page_cancels_and_shows_limits_as_messages(monkeypatch):
     e.tokenizer  # loads the model
     calls = _record_generate(e)
     page = chat_answers("tiny", [], PROMPT, 0, 0.0, LONG)
-    assert next(page)[0].startswith("**base**")
+    assert next(page)[0]  # the base's first piece, plain text
     page.close()  # the browser's cancel
     assert e._lock.acquire(timeout=5), "the model stayed taken after the cancel"
     e._lock.release()
@@ -245,4 +245,4 @@ def test_the_chat_page_cancels_and_shows_limits_as_messages(monkeypatch):
     assert "Seed: give a whole number" in last[0]
     *_, last = chat_answers("tiny", [], PROMPT, 0, 0.0, None)
     assert "Max new tokens: give a whole number" in last[0]
-    assert "Temperature: give a number" in arena_next("tiny", [], "hi", 0, "hot", 8, 0)[3]
+    assert "Temperature: give a number" in arena_next("tiny", [], "hi", 0, "hot", 8, 0)[4]

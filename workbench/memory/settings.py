@@ -16,6 +16,13 @@ ATTENTIONS = ("sdpa", "eager")
 STRATEGIES = ("single", "ddp", "fsdp", "fsdp-grad-op", "deepspeed-zero1", "deepspeed-zero2", "deepspeed-zero3")
 OFFLOADS = ("none", "optimizer", "params", "both")
 
+#: the whole-number settings and their allowed range (inclusive): what a form, a flag or a
+#: job.json may give. The upper ends only catch typos (a batch of 10**12); the planner plans
+#: anything in range, and the preflight says when it fits nowhere.
+SETTING_RANGES = {"batch_size": (1, 1_000_000), "seq_len": (1, 10_000_000), "grad_accum": (1, 1_000_000),
+                  "gpus": (1, 1024), "nodes": (1, 1024)}
+
+
 def default_dtype(device: str) -> str:
     """The dtype a run gets when none is chosen: float32 on the CPU (most CPUs have no fast
     bfloat16 kernels: a SmolLM2 LoRA step took 213 s in bfloat16 against 19 s in float32 on
@@ -66,10 +73,10 @@ class TrainingSettings:
                 raise SettingsError(f"setting {name}={getattr(self, name)!r}: choose from {', '.join(valid)}")
         if self.quant is not None and self.quant not in QUANTS:
             raise SettingsError(f"setting quant={self.quant!r}: choose from {', '.join(QUANTS)}")
-        for name in ("batch_size", "seq_len", "grad_accum", "gpus", "nodes"):
+        for name, (low, high) in SETTING_RANGES.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise SettingsError(f"setting {name}={value!r}: must be a whole number of at least 1")
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise SettingsError(f"setting {name}={value!r}: must be a whole number from {low:,} to {high:,}")
         if self.strategy == "single" and self.world_size > 1:
             raise SettingsError(f"{self.world_size} processes need a strategy: ddp, fsdp, fsdp-grad-op or "
                                 "deepspeed-zero1/2/3 (single is one process)")

@@ -3,12 +3,17 @@
 ``train`` queues the run like the page does (:func:`workbench.training.launcher.start`) and,
 unless ``--detach``, follows it; while it follows it dispatches the queue itself, so a run
 queued behind another starts when that one ends even with no server running.
+
+Output for people (``--json`` prints the records as they are): losses with 4 decimals,
+memory in GiB (binary), times in ISO 8601 UTC, and a value that was not measured left out
+rather than printed as ``None``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -93,17 +98,98 @@ def follow(session_id: str, proc=None, quiet: bool = False) -> str:
         for e in events:
             if e["kind"] == "status":
                 state = e["status"]
-                detail = {k: v for k, v in e.items() if k not in ("kind", "time", "status", "log_tail")}
                 if not quiet:
-                    print(f"[{state}] {json.dumps(detail)}")
+                    print(status_line(e))
             elif e["kind"] == "log" and not quiet:
-                print(f"step {e['step']}/{e['max_steps']} loss {e['loss']} eval {e['eval_loss']} "
-                      f"tok/s {e['tokens_per_second']} eta {e['eta_seconds']}s")
+                print(step_line(e))
         if (proc is None or proc.poll() is not None) and not events:
             state = refresh(session_id)
             if state in FINAL:
                 return state
         time.sleep(0.5)
+
+
+GIB = 2**30
+
+
+def loss_text(value: float | None) -> str:
+    """A loss for people: 4 decimals (``8.3902``); ``nan`` says what it means."""
+    if value is None:
+        return "not measured"
+    if math.isnan(value):
+        return "nan (no token carried loss, or training diverged)"
+    return f"{value:.4f}"
+
+
+def gib_text(n_bytes: float) -> str:
+    return f"{n_bytes / GIB:.3f} GiB"
+
+
+def percent_text(value: float) -> str:
+    return f"{round(value, 1) + 0.0:+.1f}%"  # + 0.0: never "-0.0%"
+
+
+def iso_time(seconds: float) -> str:
+    """Seconds since the epoch as ISO 8601 UTC: ``2026-12-01T19:53:08Z``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def step_line(e: dict) -> str:
+    """One training log event: step, loss, eval loss, throughput, ETA -- each only when measured."""
+    parts = [f"step {e['step']}/{e['max_steps']}"]
+    if e.get("loss") is not None:
+        parts.append(f"loss {loss_text(e['loss'])}")
+    if e.get("eval_loss") is not None:
+        parts.append(f"eval loss {loss_text(e['eval_loss'])}")
+    if e.get("tokens_per_second") is not None:
+        parts.append(f"{e['tokens_per_second']:,.0f} tokens/s")
+    if e.get("eta_seconds") is not None:
+        parts.append(f"ETA {e['eta_seconds']:.1f} s")
+    return "  ".join(parts)
+
+
+def _field(key: str, value) -> str:
+    if key.endswith("_bytes"):
+        return f"{key[:-6].replace('_', ' ')} {gib_text(value)}"
+    if key.endswith("_percent"):
+        return f"{key[:-8].replace('_', ' ')} {percent_text(value)}"
+    if key.endswith("quantity"):
+        return f"measured as {value}"
+    if isinstance(value, bool):
+        value = "yes" if value else "no"
+    elif isinstance(value, (list, tuple)):
+        value = "; ".join(map(str, value))
+    elif isinstance(value, float):
+        value = f"{value:g}"
+    return f"{key.replace('_', ' ')} {value}"
+
+
+def status_line(e: dict) -> str:
+    """``[state] detail, detail``: a status event with memory in GiB and nothing unmeasured."""
+    detail = [_field(k, v) for k, v in e.items()
+              if k not in ("kind", "time", "status", "log_tail") and v is not None and v != [] and v != ""]
+    return f"[{e['status']}] " + ", ".join(detail) if detail else f"[{e['status']}]"
+
+
+def session_lines(data: dict) -> list[str]:
+    """``sessions show`` for people: ISO times, GiB with the exact bytes, 4-decimal loss;
+    a field with no value yet is left out."""
+    lines = []
+    for key, value in data.items():
+        if value is None:
+            continue
+        if key in ("created", "finished"):
+            value = iso_time(value)
+        elif key.endswith("_bytes"):
+            value = f"{gib_text(value)} ({value:,} B)"
+        elif key.endswith("_percent"):
+            value = percent_text(value)
+        elif key == "last_loss":
+            value = loss_text(value)
+        elif isinstance(value, list):
+            value = ", ".join(value) if value else "none"
+        lines.append(f"{key}: {value}")
+    return lines
 
 
 def cmd_sessions(args: argparse.Namespace) -> int:
@@ -119,15 +205,17 @@ def cmd_sessions(args: argparse.Namespace) -> int:
             print(json.dumps(rows, indent=2))
             return 0
         for r in rows:
+            step = "" if r["step"] is None else f"step {r['step']}" + (f"/{r['max_steps']}" if r["max_steps"] else "")
+            loss = "" if r["last_loss"] is None else f"loss {loss_text(r['last_loss'])}"
             print(f"{r['id']}  {r['state']:<11} {r['method']:<9} {r['model']:<28} {r['dataset']:<20} "
-                  f"step {r['step']}  loss {r['last_loss']}")
+                  f"{iso_time(r['created'])}  {step:<12} {loss}".rstrip())
         return 0
     if not args.session_id:
         raise WorkbenchError(f"sessions {args.action}: give a session id")
     sid = args.session_id
     if args.action == "show":
         data = info(sid).as_dict()
-        print(json.dumps(data, indent=2) if args.json else "\n".join(f"{k}: {v}" for k, v in data.items()))
+        print(json.dumps(data, indent=2) if args.json else "\n".join(session_lines(data)))
     elif args.action == "follow":
         state = follow(sid, quiet=args.json)
         print(json.dumps({"id": sid, "state": state}) if args.json else state)

@@ -56,7 +56,8 @@ def start(job: TrainJob | RunSpec, owner: str | None = None,
 
 
 def prepare(job: TrainJob | RunSpec, owner: str | None = None, check_memory: bool = True) -> str:
-    """Check the run can start here (its device exists with enough GPUs or cores; with
+    """Check the run can start here (its device exists with enough GPUs or cores; its model's
+    weights are on this machine: :func:`workbench.loading.check_weights`; with
     ``check_memory``, its plan fits what the device has free: :mod:`workbench.preflight`)
     and that the queue has room for it (:func:`workbench.training.queue.check_room`), then
     create ``sessions/<new id>/`` with job.json (the run and its plan's fingerprint),
@@ -73,6 +74,10 @@ def prepare(job: TrainJob | RunSpec, owner: str | None = None, check_memory: boo
     if suffix not in DATA_SUFFIXES + (".zip",):
         raise DataFileError(source.name, f"unsupported file type {suffix!r}")
     check_device(run.settings)
+    from ..loading import check_weights
+    from ..specs import load_model_spec
+
+    check_weights(load_model_spec(run.model))  # refused here, not after queueing, loading and a traceback
     shown = plan_run(run)
     if check_memory:
         result = preflight(run, shown.peak_bytes)

@@ -18,7 +18,8 @@ from .compare_tab import build_compare_tab
 from .data_tab import build_data_tab
 from .plan_tab import build_plan_tab, plan_view
 from .runs_tab import build_runs_tab
-from .train_tab import build_train_tab, reattach, run_summary
+from .state import TABS, wire as wire_state
+from .train_tab import build_train_tab, run_summary
 
 __all__ = ["SLOW_EVENTS", "build_app", "limit_slow_events", "plan_view", "warm_up"]
 
@@ -56,27 +57,50 @@ def warm_up() -> None:
 
 
 def build_app() -> gr.Blocks:
+    """The page. On load the saved form (or the attached run's settings) is put back first
+    (:mod:`.state`), then the plan and the Train tab's summary are drawn from that form."""
     with gr.Blocks(title="PEFT Workbench") as app:
         gr.Markdown("# PEFT Workbench\nHow much memory will fine-tuning take, and why? Every number has a formula.")
-        with gr.Tab("Model & method"):
-            plan_tab = build_plan_tab()
-        with gr.Tab("Compare"):
-            build_compare_tab(plan_tab["inputs"])
-        with gr.Tab("Data"):
-            data = build_data_tab(plan_tab["inputs"])
-        with gr.Tab("Train"):
-            train = build_train_tab(plan_tab, data)
-        with gr.Tab("Chat"):
-            build_chat_tab(plan_tab)
-        with gr.Tab("Runs"):
-            runs = build_runs_tab()
-        app.load(plan_view, list(plan_tab["inputs"].values()) + plan_tab["knobs"], plan_tab["outputs"],
-                 api_name="plan")
+        notice = gr.Markdown()  # "showing the settings of run X", a dataset that is gone
+        blocks = {}
+        with gr.Tabs() as tabs:
+            with gr.Tab(TABS["plan"], id="plan") as blocks["plan"]:
+                plan_tab = build_plan_tab()
+            with gr.Tab(TABS["compare"], id="compare") as blocks["compare"]:
+                build_compare_tab(plan_tab["inputs"])
+            with gr.Tab(TABS["data"], id="data") as blocks["data"]:
+                data = build_data_tab(plan_tab["inputs"])
+            with gr.Tab(TABS["train"], id="train") as blocks["train"]:
+                train = build_train_tab(plan_tab, data)
+            with gr.Tab(TABS["chat"], id="chat") as blocks["chat"]:
+                build_chat_tab(plan_tab)
+            with gr.Tab(TABS["runs"], id="runs") as blocks["runs"]:
+                runs = build_runs_tab()
+        restored = wire_state(app, tabs, plan_tab, data, train, notice, blocks)
+        restored.then(plan_view, list(plan_tab["inputs"].values()) + plan_tab["knobs"], plan_tab["outputs"],
+                      api_name="plan")
+        restored.then(run_summary, train["summary_inputs"], train["summary"], api_visibility="private")
         app.load(runs["reload"], None, runs["outputs"], api_visibility="private")
-        app.load(reattach, None, [train["session"], train["run_id"]], api_visibility="private")
-        app.load(run_summary, train["summary_inputs"], train["summary"], api_visibility="private")
     limit_slow_events(app)
+    order_plan_events(app)
     return app
+
+
+#: events that draw the plan of the form: one at a time, in the order they were asked for, so the
+#: plan drawn last is the plan of the form as it is last (a restore and the method's knob reset
+#: ask for several at once; any of them finishing late would leave an older form's plan shown)
+ORDERED_EVENTS = frozenset({"plan_page", "plan_view", "run_summary"})
+
+
+def order_plan_events(app: gr.Blocks) -> list[str]:
+    """Put the functions named in :data:`ORDERED_EVENTS` into one queue of limit 1 (they
+    take milliseconds); returns their api names."""
+    placed = []
+    for fn in app.fns.values():
+        if fn.name in ORDERED_EVENTS and fn.concurrency_id is not None and not fn.concurrency_id.startswith("workbench-"):
+            fn.concurrency_id, fn.concurrency_limit = "workbench-plan", 1
+            placed.append(fn.api_name)
+    return placed
 
 
 def limit_slow_events(app: gr.Blocks) -> dict[str, list[str]]:

@@ -1,6 +1,12 @@
 """Tab 5, Chat: the base model and finished adapters answer the same prompt, side by side,
 with the same seed and sampling, streamed token by token. One base model in memory per
-base name (``workbench.chat.ChatEngine``), loaded lazily in the UI process on the CPU."""
+base name (``workbench.chat.ChatEngine``), loaded lazily in the UI process on the CPU.
+
+What a model writes is shown as plain text (a read-only textbox per contender, labelled
+with its name), never as Markdown: a dataset could otherwise teach an adapter to answer
+with links or images. The adapter list follows finished runs by itself (a timer and the
+model's change); long operations show progress and have a Cancel button
+(:mod:`workbench.ui.chat_long`); the arena is blind A/B with a vote under each answer."""
 
 from __future__ import annotations
 
@@ -15,9 +21,13 @@ from ..chat import BASE, ChatEngine, ModelBusyError, PromptTooLongError, Samplin
 from ..errors import WorkbenchError
 from ..evaluation import TABLE_HEADERS
 from ..methods import METHODS
+from .chat_long import (MAX_ADAPTERS, SAMPLE_HEADERS, cancel_work, general_text, run_texts, sample_rows,
+                        stop_flag, task_evaluation, what_changed)
 from .views import user_of
 
-MAX_ADAPTERS = 3
+__all__ = ["MAX_ADAPTERS", "adapter_columns", "arena_next", "arena_vote", "build_chat_tab", "chat_answers",
+           "engine_with", "finished_adapters", "general_text", "model_note", "refreshed_adapters", "run_texts",
+           "sample_rows", "task_evaluation", "what_changed"]
 MAX_ENGINES = 2  # base models kept in memory at once
 _ENGINES: dict[str, ChatEngine] = {}
 _ENGINES_LOCK = threading.Lock()
@@ -93,8 +103,9 @@ def sampling_from(seed, temperature, max_new_tokens) -> Sampling:
 
 def chat_answers(model: str, run_ids: list[str] | None, prompt: str, seed: float, temperature: float,
                  max_new_tokens: float, request: gr.Request = None) -> Iterator[tuple[str, ...]]:
-    """Yields the texts of every column as they grow: base first, then each adapter. A
-    cancel closes this generator, which closes the engine's stream and so stops generation."""
+    """Yields the plain texts of every column as they grow: base first, then each adapter
+    (the columns' labels say who is who, :func:`adapter_columns`). A cancel -- closing this
+    generator, or the Stop button's flag -- ends generation at the next token."""
     run_ids = list(run_ids or [])[:MAX_ADAPTERS]
     columns = ["" for _ in range(1 + MAX_ADAPTERS)]
     if not isinstance(prompt, str) or not prompt.strip():
@@ -105,43 +116,85 @@ def chat_answers(model: str, run_ids: list[str] | None, prompt: str, seed: float
         sampling = sampling_from(seed, temperature, max_new_tokens)
         engine = engine_with(model, run_ids, user_of(request))
     except WorkbenchError as exc:
-        columns[0] = f"**Cannot chat:** {exc}"
+        columns[0] = f"Cannot chat: {exc}"
         yield tuple(columns)
         return
-    for column, who in enumerate([BASE, *run_ids]):
-        columns[column] = f"**{who}**\n\n"
-        try:
-            with closing(engine.stream(prompt, who, sampling)) as pieces:
-                for piece in pieces:
-                    columns[column] += piece
-                    yield tuple(columns)
-        except (PromptTooLongError, ModelBusyError) as exc:  # the same for the columns left: said once
-            columns[column] += f"**Cannot answer:** {exc}"
-            yield tuple(columns)
-            return
-        except WorkbenchError as exc:
-            columns[column] += f"**{exc}**"
-            yield tuple(columns)
+    with stop_flag("chat", request) as stop:
+        for column, who in enumerate([BASE, *run_ids]):
+            if stop.is_set():
+                columns[column] = "(stopped)"
+                yield tuple(columns)
+                return
+            try:
+                with closing(engine.stream(prompt, who, sampling, stop=stop)) as pieces:
+                    for piece in pieces:
+                        columns[column] += piece
+                        yield tuple(columns)
+            except (PromptTooLongError, ModelBusyError) as exc:  # the same for the columns left: said once
+                columns[column] += f"Cannot answer: {exc}"
+                yield tuple(columns)
+                return
+            except WorkbenchError as exc:
+                columns[column] += f"Cannot answer: {exc}"
+                yield tuple(columns)
+
+
+def adapter_columns(run_ids: list[str] | None, choices: list | None) -> list[dict]:
+    """Label and visibility of the adapter answer boxes: one per picked run, labelled with
+    its entry of the adapter list (``choices``: [label, run id] pairs)."""
+    labels = {value: label for label, value in (choices or [])}
+    picked = list(run_ids or [])[:MAX_ADAPTERS]
+    return [gr.update(label=labels.get(picked[i], picked[i]), visible=True) if i < len(picked)
+            else gr.update(label=f"adapter {i + 1}", visible=False) for i in range(MAX_ADAPTERS)]
+
+
+def refreshed_adapters(choices: list, selected: list[str] | None, known: list | None):
+    """(new choices, kept selection), or None when ``choices`` equal the ``known`` ones:
+    then the page's list is left alone (no flicker, a half-made selection stays)."""
+    choices = [list(c) for c in choices]
+    if known is not None and choices == [list(c) for c in known]:
+        return None
+    values = {value for _, value in choices}
+    return choices, [v for v in (selected or []) if v in values]
+
+
+def model_note(model: str | None) -> str:
+    """What the Chat tab says about the model picked on the Model & method tab ("" for a
+    model with real weights)."""
+    from ..smollm2 import SMOLLM2_NAME
+    from ..tiny import TINY_NAME
+
+    if model == TINY_NAME:
+        return (f"**The model is `{TINY_NAME}`: random weights, so every answer here is noise** (it only shows "
+                f"that chat, adapters and the arena work). Pick **{SMOLLM2_NAME}** on the *Model & method* tab "
+                "for real answers.")
+    return ""
 
 
 def arena_next(model: str, run_ids: list[str] | None, prompts: str, seed: float, temperature: float,
-               max_new_tokens: float, index: int, request: gr.Request = None):
-    """(round for the server, answer A, answer B, message, next index). Who is A and who is
-    B stays on the server until the vote."""
+               max_new_tokens: float, index: int, request: gr.Request = None, progress=gr.Progress()):
+    """(round for the server, prompt, answer A, answer B, message, next index). Who is A and
+    who is B stays on the server until the vote; the prompt and answers are plain text."""
     from ..arena import next_round
 
-    try:
-        contenders = [BASE, *list(run_ids or [])[:MAX_ADAPTERS]]
-        sampling = sampling_from(seed, temperature, max_new_tokens)
-        if not isinstance(prompts, (str, type(None))):
-            raise WorkbenchError("arena: the prompt set is text, one prompt per line")
-        r = next_round((prompts or "").splitlines(), contenders, int(index or 0), sampling.seed)
-        engine = engine_with(model, contenders[1:], user_of(request))
-        a, b = engine.answer(r.prompt, r.left, sampling), engine.answer(r.prompt, r.right, sampling)
-    except WorkbenchError as exc:
-        return None, "", "", f"**{exc}**", index
+    with stop_flag("arena", request) as stop:
+        try:
+            contenders = [BASE, *list(run_ids or [])[:MAX_ADAPTERS]]
+            sampling = sampling_from(seed, temperature, max_new_tokens)
+            if not isinstance(prompts, (str, type(None))):
+                raise WorkbenchError("arena: the prompt set is text, one prompt per line")
+            r = next_round((prompts or "").splitlines(), contenders, int(index or 0), sampling.seed)
+            progress(0, desc="loading the model")
+            engine = engine_with(model, contenders[1:], user_of(request))
+            answers = []
+            for i, (name, who) in enumerate((("A", r.left), ("B", r.right))):
+                progress((i, 2), desc=f"writing answer {name}", unit="answers")
+                answers.append(engine.answer(r.prompt, who, sampling, stop=stop))
+        except WorkbenchError as exc:
+            return None, "", "", "", f"**{exc}**", index
     state = {"prompt": r.prompt, "left": r.left, "right": r.right, "contenders": contenders}
-    return state, a, b, f"Prompt: *{r.prompt}* -- which answer is better?", int(index or 0) + 1
+    return (state, r.prompt, *answers, f"Round {int(index or 0) + 1}: which answer is better? Vote below it, or "
+            "Tie.", int(index or 0) + 1)
 
 
 MAX_PROMPT_FILE_BYTES = 1 << 20
@@ -175,104 +228,73 @@ def arena_vote(choice: str, state: dict | None):
         record(right, left)
     else:
         record(left, right, tie=True)
-    return (f"A was **{left}**, B was **{right}**; vote saved with the runs.", standings(state["contenders"]), None)
+    return (f"A was **{left}**, B was **{right}**; vote saved with the runs. Press *Next pair* for another round.",
+            standings(state["contenders"]), None)
 
 
-GENERAL_SAMPLE_PARAGRAPHS = 12
+ADAPTER_POLL_SECONDS = 5  # how often the adapter list looks for runs that finished
 
 
-def general_text() -> list[str]:
-    """Bundled general English prose, paragraph by paragraph (``assets/demo/general_english.txt``,
-    written for the project, CC0): text unrelated to any training data, for the forgetting check."""
-    from ..paths import DEMO_DIR
+def _cancellable(start: gr.Button, cancel: gr.Button, kind: str, message, fn, inputs, outputs, **options):
+    """``start`` runs ``fn``; ``cancel`` (shown only meanwhile) stops it for real (see
+    :mod:`workbench.ui.chat_long`) and says so in ``message``. Returns the work's event."""
+    start.click(lambda: gr.update(visible=True), None, cancel, api_visibility="private", show_progress="hidden")
+    work = start.click(fn, inputs, outputs, **options)
+    work.then(lambda: gr.update(visible=False), None, cancel, api_visibility="private", show_progress="hidden")
 
-    text = (DEMO_DIR / "general_english.txt").read_text(encoding="utf-8")
-    return [p.strip() for p in text.split("\n\n") if len(p.strip()) > 40][:GENERAL_SAMPLE_PARAGRAPHS]
+    def stop(request: gr.Request):
+        said = "Cancelled: the model stopped." if cancel_work(kind, request) else "Nothing was running."
+        return (said, gr.update(visible=False)) if message is not None else gr.update(visible=False)
 
-
-def run_texts(run_id: str, limit: int = 32) -> tuple[list[str], str]:
-    """(texts, what they are): the run's validation examples as the model saw them, or its
-    first training examples when it had no validation split."""
-    from ..data import load_tokenizer, training_data
-    from ..training.job import TrainJob
-    from ..sessions import session_path
-
-    job = TrainJob.load(session_path(run_id) / "job.json")
-    tok = load_tokenizer(job.model)
-    d = job.data
-    _, train, val = training_data(d.path, tok, d.format, d.mapping, job.training_settings.seq_len, d.train_on_prompt,
-                                  d.val_fraction, d.seed)
-    split, name = (val, "validation split") if val is not None else (train, "training examples (no validation split)")
-    return [tok.decode(ids) for ids in split["input_ids"][:limit]], name
-
-
-def what_changed(model: str, run_ids: list[str] | None, request: gr.Request = None) -> tuple[str, list[list]]:
-    """Perplexity of the base and each adapter on each run's data and on general text: what
-    the adapter gained, and whether it forgot general ability (lower is better)."""
-    run_ids = list(run_ids or [])[:MAX_ADAPTERS]
-    if not run_ids:
-        return "Pick at least one adapter.", []
-    try:
-        engine = engine_with(model, run_ids, user_of(request))
-        general = general_text()
-        rows = []
-        for run_id in run_ids:
-            texts, name = run_texts(run_id)
-            for who in (BASE, run_id):
-                rows.append([who, f"{run_id} {name}", round(engine.perplexity(texts, who), 3),
-                             round(engine.perplexity(general, who), 3)])
-    except WorkbenchError as exc:
-        return f"**{exc}**", []
-    return ("Perplexity (lower is better): on the run's own data the adapter should beat the base; on general "
-            "text a much higher value than the base means it forgot general ability."), rows
-
-
-def task_evaluation(model: str, run_ids: list[str] | None, data_file: str | None, limit: float | None,
-                    request: gr.Request = None):
-    """Base and the chosen adapters on held-out prompts (:mod:`workbench.evaluation`):
-    (message, table rows, bar chart)."""
-    from ..charts import eval_bars
-    from ..evaluation import MAX_CASES, evaluate_runs, table_rows
-
-    run_ids = list(run_ids or [])[:MAX_ADAPTERS]
-    if not run_ids:
-        return "Pick at least one adapter: the evaluation compares it with the base on held-out prompts.", [], None
-    try:
-        count = int(limit) if limit not in (None, "") else 20
-        if not 1 <= count <= MAX_CASES:
-            raise WorkbenchError(f"Prompts: between 1 and {MAX_CASES}, got {count}")
-        engine = engine_with(model, run_ids, user_of(request))
-        report = evaluate_runs(run_ids, data_file or None, count, user_of(request), engine=engine)
-    except WorkbenchError as exc:
-        return f"**{exc}**", [], None
-    def code(text: str) -> str:  # a model's answer shown verbatim, whatever backticks it holds
-        return "`" + text[:160].replace("`", "'").replace("\n", " ") + "`"
-
-    samples = "\n".join(f"- **{r['contender']}**, row {s['row']}: {code(s['answer'])} (reference {code(s['reference'])})"
-                        for r in report["results"] for s in r["samples"][:1])
-    return (f"{report['prompts']} prompts from {report['data']}; {report['decoding']}. Saved with each run "
-            f"(`eval.json`).\n\n{samples}"), table_rows(report["results"]), eval_bars(report["results"])
+    cancel.click(stop, None, [message, cancel] if message is not None else cancel, cancels=[work],
+                 api_visibility="private", show_progress="hidden")
+    return work
 
 
 def build_chat_tab(plan_inputs: dict) -> None:
     model = plan_inputs["inputs"]["model"]
+    note = gr.Markdown(model_note(model.value), visible=bool(model_note(model.value)))
+    known = gr.State(None)  # the adapter list's choices as the page has them
     with gr.Row():
-        runs = gr.CheckboxGroup([], label=f"Adapters (finished runs on this model, up to {MAX_ADAPTERS})")
-        refresh = gr.Button("Refresh adapters")
+        runs = gr.CheckboxGroup([], label=f"Adapters (finished runs on this model, up to {MAX_ADAPTERS}; the list "
+                                          "updates by itself when a run finishes)", scale=4)
+        refresh = gr.Button("Refresh adapters", size="sm", variant="secondary", scale=0, min_width=140)
     prompt = gr.Textbox(label="Prompt", lines=2, placeholder="Ask all of them the same thing")
     with gr.Row():
         seed = gr.Number(0, label="Seed", precision=0)
         temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature (0 = greedy)")
         max_tokens = gr.Slider(1, 512, value=64, step=1, label="Max new tokens")
-    ask = gr.Button("Ask", variant="primary")
     with gr.Row():
-        outputs = [gr.Markdown(label="base", value="**base**")]
-        outputs += [gr.Markdown(label=f"adapter {i + 1}") for i in range(MAX_ADAPTERS)]
-    def adapters(m: str, request: gr.Request):
-        return gr.update(choices=finished_adapters(m, user_of(request)), value=[])
+        ask = gr.Button("Ask", variant="primary")
+        stop_chat = gr.Button("Stop", variant="stop", visible=False)
+    with gr.Row():
+        outputs = [gr.Textbox(label=BASE, interactive=False, lines=6, max_lines=30)]
+        outputs += [gr.Textbox(label=f"adapter {i + 1}", interactive=False, lines=6, max_lines=30, visible=False)
+                    for i in range(MAX_ADAPTERS)]
 
-    refresh.click(adapters, model, runs, api_name="adapters")
-    ask.click(chat_answers, [model, runs, prompt, seed, temperature, max_tokens], outputs, api_name="chat")
+    def follow_adapters(m: str, selected: list[str], have: list | None, request: gr.Request):
+        fresh = refreshed_adapters(finished_adapters(m, user_of(request)), selected, have)
+        if fresh is None:
+            return gr.skip(), gr.skip()
+        return gr.update(choices=[tuple(c) for c in fresh[0]], value=fresh[1]), fresh[0]
+
+    triggers = [gr.Timer(ADAPTER_POLL_SECONDS).tick, model.change]
+    if gr.context.Context.root_block is not None:  # the page's own load: the list is there at once
+        triggers.append(gr.context.Context.root_block.load)
+    gr.on(triggers, follow_adapters, [model, runs, known], [runs, known], api_visibility="private", show_progress="hidden")
+
+    def adapter_list(m: str, request: gr.Request):  # the button, and the API's list of adapters
+        return gr.update(choices=finished_adapters(m, user_of(request)))
+
+    refresh.click(adapter_list, model, runs, api_name="adapters")
+    def label_columns(selected: list[str], m: str, request: gr.Request):  # each answer box names its run
+        return adapter_columns(selected, finished_adapters(m, user_of(request)))
+
+    runs.change(label_columns, [runs, model], outputs[1:], api_visibility="private", show_progress="hidden")
+    model.change(lambda m: gr.update(value=model_note(m), visible=bool(model_note(m))), model, note,
+                 api_visibility="private", show_progress="hidden")
+    _cancellable(ask, stop_chat, "chat", None, chat_answers, [model, runs, prompt, seed, temperature, max_tokens],
+                 outputs, api_name="chat")
     with gr.Accordion("Task evaluation: base vs adapters on held-out prompts", open=True):
         gr.Markdown("Greedy answers to held-out prompts, scored: exact match; for JSON or Python-literal answers "
                     "the parse rate and per-field accuracy. Held-out prompts: the file below, else "
@@ -281,34 +303,56 @@ def build_chat_tab(plan_inputs: dict) -> None:
             eval_file = gr.File(label="Held-out file (optional)", type="filepath",
                                 file_types=[".json", ".jsonl", ".csv", ".tsv", ".parquet", ".zip"])
             eval_limit = gr.Number(20, label="Prompts", precision=0, minimum=1)
-            eval_btn = gr.Button("Evaluate")
+            with gr.Column(min_width=120):
+                eval_btn = gr.Button("Evaluate")
+                eval_cancel = gr.Button("Cancel", variant="stop", visible=False)
         eval_message = gr.Markdown()
         with gr.Row():
             eval_table = gr.Dataframe(headers=TABLE_HEADERS, label="Scores (percent of prompts)")
             eval_chart = gr.Plot(label="Scores")
-    eval_btn.click(task_evaluation, [model, runs, eval_file, eval_limit], [eval_message, eval_table, eval_chart],
-                   api_name="evaluate")
+        eval_samples = gr.Dataframe(headers=SAMPLE_HEADERS, label="Samples: the first answer of each model",
+                                    datatype="str", wrap=True)
+    _cancellable(eval_btn, eval_cancel, "evaluate", eval_message, task_evaluation,
+                 [model, runs, eval_file, eval_limit], [eval_message, eval_table, eval_chart, eval_samples],
+                 api_name="evaluate")
     with gr.Accordion("What changed, what was lost (perplexity)", open=False):
-        measure_btn = gr.Button("Measure perplexity")
+        with gr.Row():
+            measure_btn = gr.Button("Measure perplexity")
+            measure_cancel = gr.Button("Cancel", variant="stop", visible=False)
         changed_message = gr.Markdown()
         changed = gr.Dataframe(headers=["model", "data", "perplexity on that data", "perplexity on general text"],
                                label="Base vs adapters")
-    measure_btn.click(what_changed, [model, runs], [changed_message, changed], api_name="what_changed")
+    _cancellable(measure_btn, measure_cancel, "perplexity", changed_message, what_changed, [model, runs],
+                 [changed_message, changed], api_name="what_changed")
     with gr.Accordion("Arena: blind A/B votes", open=False):
         prompts = gr.Textbox(label="Prompt set (one per line)", lines=4)
         prompt_file = gr.File(label="...or upload a .txt prompt set", file_types=[".txt"], type="filepath")
-        next_btn = gr.Button("Next pair")
+        with gr.Row():
+            next_btn = gr.Button("Next pair")
+            arena_cancel = gr.Button("Cancel", variant="stop", visible=False)
         arena_message = gr.Markdown()
+        round_prompt = gr.Textbox(label="Prompt of this round", interactive=False)
+        with gr.Row(equal_height=True):
+            answer_a = gr.Textbox(label="Answer A", interactive=False, lines=6, max_lines=30)
+            answer_b = gr.Textbox(label="Answer B", interactive=False, lines=6, max_lines=30)
         with gr.Row():
-            answer_a, answer_b = gr.Markdown(label="A"), gr.Markdown(label="B")
-        with gr.Row():
-            vote_buttons = {c: gr.Button(label) for c, label in (("A", "A is better"), ("B", "B is better"),
-                                                                 ("tie", "Tie"))}
+            vote_buttons = {"A": gr.Button("A is better", interactive=False, scale=2),
+                            "tie": gr.Button("Tie", interactive=False, scale=1, min_width=100),
+                            "B": gr.Button("B is better", interactive=False, scale=2)}
         table = gr.Dataframe(headers=["contender", "wins", "losses", "ties"], label="Standings")
         round_state, index = gr.State(None), gr.State(0)
+
+    def votes_open(state):  # a vote needs a round on screen, and counts once
+        return [gr.update(interactive=state is not None)] * len(vote_buttons)
+
     prompt_file.change(read_prompt_file, prompt_file, prompts, api_visibility="private")
-    next_btn.click(arena_next, [model, runs, prompts, seed, temperature, max_tokens, index],
-                   [round_state, answer_a, answer_b, arena_message, index], api_visibility="private")
+    arena = _cancellable(next_btn, arena_cancel, "arena", arena_message, arena_next,
+                         [model, runs, prompts, seed, temperature, max_tokens, index],
+                         [round_state, round_prompt, answer_a, answer_b, arena_message, index],
+                         api_visibility="private")
+    arena.then(votes_open, round_state, list(vote_buttons.values()), api_visibility="private",
+               show_progress="hidden")
     for choice, button in vote_buttons.items():
         button.click(lambda s, c=choice: arena_vote(c, s), round_state, [arena_message, table, round_state],
-                     api_visibility="private")
+                     api_visibility="private").then(votes_open, round_state, list(vote_buttons.values()),
+                                                    api_visibility="private", show_progress="hidden")

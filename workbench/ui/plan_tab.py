@@ -11,17 +11,18 @@ from ..charts import GIB, plan_bar
 from ..compare import GPU_COUNTS, per_gpu_table
 from ..errors import WorkbenchError
 from ..devices import default_device
+from ..gpus import CARDS, LARGEST, RUNTIME_NOTE, gpu_card, menu_choices
 from ..memory import plan
-from ..memory.settings import DTYPE_BYTES, OFFLOADS, OPTIMIZERS, QUANTS, SETTING_HELP, default_dtype
+from ..memory.settings import DTYPE_BYTES, OFFLOADS, OPTIMIZERS, QUANTS, SETTING_HELP, SETTING_RANGES, default_dtype
 from ..methods import METHODS, get_method
-from ..runspec import fingerprint, plan_run
+from ..runspec import allowed_range, fingerprint, label, plan_run
 from ..specs import bundled_names, default_model
 from ..smollm2 import INSTALL_HINT, SMOLLM2_LABEL, SMOLLM2_NAME
 from ..tiny import TINY_NAME
 from .views import model_spec, run_from_inputs
 
-GPU_SIZES_GB = (8, 16, 24, 40, 80)
-PER_GPU_SIZES_GB = (16, 24, 40, 48, 80, 96, 141)
+#: the card the "Across GPUs" table marks fits for, until the user picks another (gpus.CARDS)
+PER_GPU_DEFAULT = "H100 80 GB"
 PER_GPU_HEADERS = ["strategy"] + [f"{n} GPU{'s' if n > 1 else ''}" for n in GPU_COUNTS]
 
 
@@ -46,8 +47,9 @@ def run_of(model: str, method: str, dtype: str, quant: str, batch_size: float, s
 
 def plan_view(model: str, method: str, dtype: str, quant: str, batch_size: float, seq_len: float,
               grad_accum: float, gradient_checkpointing: bool, optimizer: str, device: str, *knob_values):
-    """(markdown summary, figure, table rows) for the inputs; errors become a message that
-    replaces the plan. ``knob_values`` follow ``KNOB_NAMES``; only the chosen method's knobs are used."""
+    """(markdown summary, figure, table rows) for the inputs; errors become one message that
+    replaces the plan (no figure, no rows). ``knob_values`` follow ``KNOB_NAMES``; only the
+    chosen method's knobs are used (None: the method's default; an empty field: an error)."""
     try:
         run = run_of(model, method, dtype, quant, batch_size, seq_len, grad_accum, gradient_checkpointing,
                      optimizer, device, knob_values)
@@ -58,14 +60,23 @@ def plan_view(model: str, method: str, dtype: str, quant: str, batch_size: float
     return _summary(d, run, fingerprint(result)), plan_bar(d), _rows(d)
 
 
+def plan_page(*inputs):
+    """:func:`plan_view` for the page: on an error the chart and the breakdown are hidden,
+    so that nothing stale stands beside the message."""
+    summary, figure, rows = plan_view(*inputs)
+    shown = figure is not None
+    return summary, gr.update(value=figure, visible=shown), gr.update(value=rows, visible=shown)
+
+
 def per_gpu_view(model: str, method: str, dtype: str, quant: str, batch_size: float, seq_len: float,
                  grad_accum: float, gradient_checkpointing: bool, optimizer: str, device: str, offload: str,
-                 gpu_gb: float, *knob_values):
+                 gpu: str | float, *knob_values):
     """(markdown, rows) of the "Across GPUs" table: one row per strategy, one column per GPU
     count (one node), each cell the per-GPU peak in GiB, ``+ host`` where offloading puts
-    bytes in host memory (per node), ✓ where it fits ``gpu_gb``; ``n/a`` where the
-    combination cannot run, with the reasons under the table. ``knob_values`` follow
-    ``KNOB_NAMES``."""
+    bytes in host memory (per node), ✓ where it fits the card ``gpu`` (a name of
+    :data:`workbench.gpus.CARDS`, or a number of GiB) and ✗ where it does not -- decided in
+    bytes; ``n/a`` where the combination cannot run, with the reasons under the table.
+    ``knob_values`` follow ``KNOB_NAMES``."""
     try:
         run = run_of(model, method, dtype, quant, batch_size, seq_len, grad_accum, gradient_checkpointing,
                      optimizer, device, knob_values)
@@ -73,9 +84,9 @@ def per_gpu_view(model: str, method: str, dtype: str, quant: str, batch_size: fl
         spec = model_spec(run.model)
         if offload not in OFFLOADS:
             raise WorkbenchError(f"offload {offload!r}: choose from {', '.join(OFFLOADS)}")
-        budget = int(float(gpu_gb) * 1e9)
+        card = gpu_card(gpu)
         plan(spec, chosen, knobs, settings)  # what no strategy can fix (a 4-bit base for full training ...)
-        rows = per_gpu_table(spec, chosen, knobs, settings, gpu_bytes=budget, offload=offload)
+        rows = per_gpu_table(spec, chosen, knobs, settings, gpu_bytes=card.total_bytes, offload=offload)
     except (WorkbenchError, ValueError, TypeError) as exc:
         return f"**Cannot plan across GPUs:** {exc}", []
     table, reasons, first = [], {}, []
@@ -90,38 +101,71 @@ def per_gpu_view(model: str, method: str, dtype: str, quant: str, batch_size: fl
             cell = f"{r['peak_bytes'] / GIB:.1f} GiB"
             if r["host_bytes"]:
                 cell += f" + {r['host_bytes'] / GIB:.0f} GiB host"
-            line.append(cell + (" ✓" if r["fits"] else ""))
+            line.append(cell + (" ✓" if r["fits"] else " ✗"))
         fitting = next((r for r in cells if r["fits"]), None)
         if fitting:
             first.append(f"{strategy} from {fitting['gpus']} GPU{'s' if fitting['gpus'] > 1 else ''}")
         table.append(line)
     offloaded = f", offload {offload}" if offload != "none" else ""
     summary = (f"**Per-GPU peak** of {chosen.name} on {spec.label}{offloaded}: batch {settings.batch_size} per GPU; "
-               f"✓ = fits {float(gpu_gb):g} GB. Host memory is per node (8 GPUs on one node).  \n"
-               + (f"Fits: {'; '.join(first)}." if first else f"**Nothing here fits {float(gpu_gb):g} GB per GPU**: "
+               f"✓ = fits one {card.label}, ✗ = too big for it. Host memory is per node (8 GPUs on one node).  \n"
+               + (f"Fits: {'; '.join(first)}." if first else f"**Nothing here fits one {card.label}**: "
                   "try offloading, gradient checkpointing, a smaller batch or a PEFT method."))
     if reasons:
         summary += "\n\n" + "\n".join(f"- n/a ({', '.join(where)}): {why}" for why, where in reasons.items())
     return summary, table
 
 
+def per_gpu_shown(summary: str) -> Any:
+    """After :func:`per_gpu_view` (whose plain values the ``/per_gpu`` API returns): on an
+    error the table is hidden, so that nothing but the message is left."""
+    return gr.update(visible=not str(summary).startswith("**Cannot plan across GPUs:**"))
+
+
 def machine_verdict(run) -> str:
     """The preflight's verdict for this machine, when it has the plan's device; else what
-    is missing (planning for a GPU one does not have here is fine; starting is refused)."""
+    is missing (planning for a GPU one does not have here is fine; starting is refused).
+    A model without weights here plans, and the verdict says it cannot train here."""
     from ..preflight import preflight
 
     try:
         result = preflight(run)
     except WorkbenchError as exc:
         return f"This machine: {exc}"
-    head = result.message().splitlines()[0]
-    if result.fits:
-        return "**✓ Fits here:**" + head.removeprefix("Fits:")
-    return "**✗ Does not fit here:**" + head.removeprefix("Does not fit:") + " (the Train tab lists what would fit)"
+    lines = result.message().splitlines()
+    head = lines[1] if result.missing_weights else lines[0]
+    memory = ("**✓ Fits here:**" + head.removeprefix("Fits:") if result.memory_fits else
+              "**✗ Does not fit here:**" + head.removeprefix("Does not fit:") + " (the Train tab lists what would fit)")
+    if result.missing_weights:
+        return f"**✗ Cannot train here:** {result.missing_weights}.  \nMemory: {memory}"
+    return memory
+
+
+def too_big_for_every_card(run, peak_bytes: int) -> str:
+    """When the peak is more than the largest card listed: that, in plain words, and what
+    would fit that card (each suggestion re-planned: :func:`workbench.preflight.suggestions_under`)."""
+    if LARGEST.fits(peak_bytes):
+        return ""
+    from ..preflight import gib, suggestions_under
+
+    head = (f"**Too big for every GPU listed:** the predicted peak, {gib(peak_bytes)}, is more than the largest card "
+            f"here, the {LARGEST.label}.")
+    found = suggestions_under(run, LARGEST.total_bytes)
+    if not found:
+        return (head + " No smaller batch, gradient checkpointing, 8-bit optimizer, 4-bit base or shorter sequence "
+                "brings it under: choose a smaller model or a PEFT method, or spread it over several GPUs (Across GPUs, "
+                "below).\n\n")
+    return (head + f" Each of these is re-planned and fits one {LARGEST.name}:\n"
+            + "".join(f"- {s.text}\n" for s in found) + "\n")
+
+
+def gpu_line(peak_bytes: int) -> str:
+    """Every card of :data:`workbench.gpus.CARDS` with a fit mark, decided in bytes."""
+    marks = [f"{c.name} ({c.usable}) {'✓ fits' if c.fits(peak_bytes) else '✗ too big'}" for c in CARDS]
+    return f"GPU cards: {'; '.join(marks)}. {RUNTIME_NOTE}"
 
 
 def _summary(p: dict[str, Any], run, mark: str) -> str:
-    fits = [f"{size} GB {'✓ fits' if p['peak_bytes'] <= size * 1e9 else '✗ does not fit'}" for size in GPU_SIZES_GB]
     demo = ("\n\n> The `tiny` model is a **demo with random weights** that works offline." if p["model"] == TINY_NAME
             else f"\n\n> {SMOLLM2_LABEL}." if p["model"] == SMOLLM2_NAME else "")
     device = p["settings"]["device"]
@@ -131,11 +175,12 @@ def _summary(p: dict[str, Any], run, mark: str) -> str:
                 "committed yet (run `bench/planner_accuracy.py` there).")
     return (
         f"### {p['method']} on {p['model_label']}, planned for {device}\n"
+        + too_big_for_every_card(run, p["peak_bytes"]) +
         f"**{p['trainable_params']:,}** of {p['total_params']:,} parameters trained ({p['trainable_percent']:.3f}%).  \n"
         f"Predicted peak **{p['peak_bytes'] / GIB:.2f} GiB**; inference needs "
         f"{p['inference_bytes'] / GIB:.2f} GiB: training takes **{p['peak_over_inference']:.2f}x** the memory of inference.  \n"
         f"{machine_verdict(run)}  \n"
-        f"GPU sizes: {'; '.join(fits)}.  \nPlan `{mark}` (the run started from these settings records the same "
+        f"{gpu_line(p['peak_bytes'])}  \nPlan `{mark}` (the run started from these settings records the same "
         f"fingerprint)." + accuracy + demo
     )
 
@@ -151,23 +196,38 @@ def method_summary(name: str) -> str:
     return f"*{method.summary}*" if method else ""
 
 
+def _knob_info(knob) -> str:
+    """A knob's help and its range (the method's own: ``rank`` is 1-4,096 for LoRA, 1-8,192 for VeRA)."""
+    if knob.kind in (int, float) and knob.choices is None:
+        return f"{knob.help}; {allowed_range(knob.kind, knob.minimum, knob.maximum)}"
+    return knob.help
+
+
 def knob_updates(name: str) -> list[Any]:
-    """Show the method's knobs with its defaults, hide the others."""
+    """Show the method's knobs with its defaults and ranges; hide the others (keeping their
+    values, so that no event reads an empty field in between)."""
     method = METHODS.get(name)
     own = {k.name: k for k in method.knobs} if method else {}
-    return [gr.update(visible=n in own, value=own[n].default if n in own else None) for n in KNOB_NAMES]
+    return [gr.update(visible=True, value=own[n].default, info=_knob_info(own[n])) if n in own
+            else gr.update(visible=False) for n in KNOB_NAMES]
 
 
 def _knob_widget(knob):
-    label = knob.name.replace("_", " ")
+    """A number is typed into a text field: the browser sends what is typed -- an empty field
+    stays empty (an error, not the default) and 2.5 stays 2.5 -- and the server checks it
+    (:func:`workbench.runspec.build_run`); gradio's own number field rounds or refuses
+    without saying so on the page."""
+    name = label(knob.name)
     if knob.kind is bool:
-        return gr.Checkbox(knob.default, label=label, info=knob.help)
+        return gr.Checkbox(knob.default, label=name, info=knob.help)
     if knob.choices:
-        return gr.Dropdown(list(knob.choices), value=knob.default, label=label, info=knob.help)
-    if knob.kind in (int, float):
-        return gr.Number(knob.default, label=label, info=knob.help, precision=0 if knob.kind is int else None,
-                         minimum=knob.minimum, maximum=knob.maximum)
-    return gr.Textbox(str(knob.default), label=label, info=knob.help)
+        return gr.Dropdown(list(knob.choices), value=knob.default, label=name, info=knob.help)
+    return gr.Textbox(str(knob.default), label=name, info=_knob_info(knob))
+
+
+def _number_info(name: str) -> str:
+    low, high = SETTING_RANGES[name]
+    return f"{SETTING_HELP[name]}; {allowed_range(int, low, high)}"
 
 
 def build_plan_tab() -> dict[str, Any]:
@@ -193,9 +253,10 @@ def build_plan_tab() -> dict[str, Any]:
             dtype = gr.Dropdown(list(DTYPE_BYTES), value=default_dtype(default_device()), label="dtype",
                                 info=SETTING_HELP["dtype"])
             quant = gr.Dropdown(["auto", *QUANTS], value="auto", label="Quantization", info=SETTING_HELP["quant"])
-            batch = gr.Number(4, label="Batch size", precision=0, minimum=1, info=SETTING_HELP["batch_size"])
-            seq = gr.Number(512, label="Sequence length", precision=0, minimum=1, info=SETTING_HELP["seq_len"])
-            accum = gr.Number(1, label="Gradient accumulation", precision=0, minimum=1, info=SETTING_HELP["grad_accum"])
+            # no precision/minimum: gradio would round 2.5 to 2 or refuse 0 before the server could say why
+            batch = gr.Number(4, label=label("batch_size"), info=_number_info("batch_size"))
+            seq = gr.Number(512, label=label("seq_len"), info=_number_info("seq_len"))
+            accum = gr.Number(1, label=label("grad_accum"), info=_number_info("grad_accum"))
             ckpt = gr.Checkbox(False, label="Gradient checkpointing", info=SETTING_HELP["gradient_checkpointing"])
             optim = gr.Dropdown(list(OPTIMIZERS), value="adamw", label="Optimizer", info=SETTING_HELP["optimizer"])
             device = gr.Radio(["cuda", "cpu"], value=default_device(), label="Device",
@@ -211,19 +272,25 @@ def build_plan_tab() -> dict[str, Any]:
                             "host memory.")
                 with gr.Row():
                     offload = gr.Dropdown(list(OFFLOADS), value="none", label="Offload", info=SETTING_HELP["offload"])
-                    gpu_size = gr.Dropdown(list(PER_GPU_SIZES_GB), value=80, label="GPU memory (GB)",
-                                           info="cells that fit are marked ✓")
+                    gpu_size = gr.Dropdown(menu_choices(), value=PER_GPU_DEFAULT, label="GPU",
+                                           info="its total memory in GiB (nvidia-smi); ✓ fits, ✗ too big")
                 per_gpu_summary = gr.Markdown()
                 per_gpu_rows = gr.Dataframe(headers=PER_GPU_HEADERS, wrap=True, label="Per-GPU peak")
     inputs = {"model": model, "method": method, "dtype": dtype, "quant": quant, "batch": batch, "seq": seq,
               "accum": accum, "ckpt": ckpt, "optim": optim, "device": device}
     ordered = list(inputs.values()) + knob_widgets
+    gpu_inputs = list(inputs.values()) + [offload, gpu_size] + knob_widgets
     method.change(method_summary, method, method_help, api_visibility="private")
-    method.change(knob_updates, method, knob_widgets, api_visibility="private")
+    # a new method: its knobs first, then its plan (never the old method's knob values)
+    method.change(knob_updates, method, knob_widgets, api_visibility="private").then(
+        plan_page, ordered, [summary, chart, table], api_visibility="private").then(
+        per_gpu_view, gpu_inputs, [per_gpu_summary, per_gpu_rows], api_visibility="private").then(
+        per_gpu_shown, per_gpu_summary, per_gpu_rows, api_visibility="private")
     device.input(default_dtype, device, dtype, api_visibility="private")  # the user's switch: its dtype too
     for control in ordered:
-        control.change(plan_view, ordered, [summary, chart, table], api_visibility="private")
-    gpu_inputs = list(inputs.values()) + [offload, gpu_size] + knob_widgets
-    gr.on([across.expand, offload.change, gpu_size.change] + [c.change for c in ordered], per_gpu_view, gpu_inputs,
-          [per_gpu_summary, per_gpu_rows], api_name="per_gpu", trigger_mode="always_last")
+        if control is not method:
+            control.change(plan_page, ordered, [summary, chart, table], api_visibility="private")
+    gpu_triggers = [across.expand, offload.change, gpu_size.change] + [c.change for c in ordered if c is not method]
+    gr.on(gpu_triggers, per_gpu_view, gpu_inputs, [per_gpu_summary, per_gpu_rows], api_name="per_gpu",
+          trigger_mode="always_last").then(per_gpu_shown, per_gpu_summary, per_gpu_rows, api_visibility="private")
     return {"inputs": inputs, "knobs": knob_widgets, "outputs": [summary, chart, table]}

@@ -14,7 +14,7 @@ from .train_tab import run_panel
 from .views import run_view, sessions_rows, user_of
 
 HEADERS = ["id", "state", "method", "model", "dataset", "step", "last loss", "predicted peak GiB",
-           "measured step peak GiB", "prediction error"]
+           "measured step peak GiB", "measured as", "prediction error"]
 
 
 def act(action: str, session_id: str | None, user: str | None = None):
@@ -106,7 +106,7 @@ def build_runs_tab() -> dict:
     buttons["open"].click(opened, pick, panel, api_visibility="private")
     buttons["open"].click(settings, pick, job, api_visibility="private")
     timer = gr.Timer(2.0)  # an opened run keeps updating: reloading the page reattaches to it
-    timer.tick(follow, pick, panel, api_visibility="private")
+    timer.tick(follow, pick, panel, api_visibility="private", show_progress="hidden")
     for action in ("cancel", "resume", "delete", "zip", "merged"):
         def run_action(sid: str | None, request: gr.Request, a: str = action):
             return export_link(*act(a, sid, user_of(request)))

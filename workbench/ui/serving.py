@@ -37,6 +37,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -341,8 +342,11 @@ def serve(blocks, options: ServeOptions) -> None:
         signal.signal(signal.SIGTERM, terminate)
     guard = Middleware(RequestGuard, hosts=HostPolicy.for_bind(options.host, options.allowed_hosts, options.share),
                        max_upload_bytes=options.max_upload_bytes)
-    try:
-        blocks.launch(
+    try:  # Ctrl+C or SIGTERM while launching or serving: one line, no traceback
+        # quiet: gradio's own lines ("set `share=True` in `launch()`") name its API, not our
+        # flags; the one line a person needs is printed below, once the server answers
+        _app, local_url, share_url = blocks.launch(
+            quiet=True, prevent_thread_lock=True,
             server_name=options.host, server_port=options.port, auth=list(options.auth) or None, share=options.share,
             max_file_size=options.max_upload_bytes, blocked_paths=list(options.blocked_paths),
             allowed_paths=list(options.allowed_paths),
@@ -352,5 +356,12 @@ def serve(blocks, options: ServeOptions) -> None:
             app_kwargs={"middleware": [guard],  # innermost of gradio's: it runs before every route
                         "routes": [Route(EXPORT_ROUTE, export_endpoint, methods=["GET", "HEAD"])],
                         "exception_handlers": {RequestValidationError: validation_error_without_input}})
+        print(f"PEFT Workbench is running at {local_url} (Ctrl+C to stop)"
+              + (f"; public link {share_url} (sign-in required)" if share_url else ""), flush=True)
+        while blocks.is_running:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        print("PEFT Workbench stopped.", flush=True)
     finally:
+        blocks.close(verbose=False)
         stop.set()

@@ -10,7 +10,7 @@ import gradio as gr
 
 from ..errors import WorkbenchError
 from ..memory.settings import OFFLOADS, SETTING_HELP, STRATEGIES
-from .views import latest_active_run, run_from_inputs, run_view, user_of
+from .views import latest_active_run, run_from_inputs, run_view_and_state, user_of
 
 
 SCHEDULE_HELP = "examples per optimizer step = batch size x gradient accumulation"
@@ -59,9 +59,15 @@ def start_run(request: gr.Request, model: str, method: str, dtype: str, quant: s
     return session_id, session_id, f"Run `{session_id}` {line}."
 
 
+SUMMARY_PARTS = ("model", "settings", "data", "schedule", "verdict")
+
+
 def run_summary(model, method, dtype, quant, batch, seq, accum, ckpt, optim, device, data_path, fmt, mapping, val,
-                on_prompt, max_steps, lr, gpus, strategy, offload, report, *knob_values) -> str:
-    """What Start will train, read-only: the run definition, its plan and the verdict here."""
+                on_prompt, max_steps, lr, gpus, strategy, offload, report, *knob_values) -> tuple[str, ...]:
+    """What Start will train, read-only, one markdown per :data:`SUMMARY_PARTS`: model and
+    method with its knobs; batch, accumulation, sequence length, precision, device; the
+    dataset and its size (examples, tokens); the schedule; the predicted peak and the verdict
+    here. The page puts a button to the tab that sets each part beside it."""
     from ..preflight import gib, preflight
     from ..runspec import fingerprint, plan_run
 
@@ -70,30 +76,42 @@ def run_summary(model, method, dtype, quant, batch, seq, accum, ckpt, optim, dev
                    on_prompt, max_steps, lr, gpus, strategy, offload, knob_values)
         p = plan_run(run)
     except (WorkbenchError, ValueError) as exc:
-        return f"**Cannot start yet:** {exc}"
+        return (f"**Cannot start yet:** {exc}", "", "", "", "")
     s = run.settings
-    knobs = ", ".join(f"{k} {v}" for k, v in run.knobs.items()) or "no knobs"
-    dataset = "**no dataset yet** (Data tab)"
+    knobs = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in run.knobs.items()) or "no knobs"
+    precision = s.dtype + (f", base weights in {s.quant}" if s.quant else "")
+    processes = f" · {s.gpus} GPUs, {s.strategy}" + (f", offload {s.offload}" if s.offload != "none" else "") \
+        if s.gpus > 1 or s.strategy != "single" else ""
+    per_step = s.batch_size * s.grad_accum * s.gpus
+    dataset = "**Data** none yet: upload a file or pick the demo dataset"
+    epochs = ""
     if run.data:
-        rows = f", {report['rows']:,} examples, {report['truncated_fraction']:.1%} longer than {s.seq_len} tokens " \
-               f"(truncated)" if report else ""
-        dataset = f"`{run.data.name}`{rows}"
+        dataset = f"**Data** `{run.data.name}`"
+        if report:
+            t = report["token_lengths"]
+            train_rows = report["split"]["train"]
+            dataset += (f" ({report['format']}): **{report['rows']:,} examples** ({train_rows:,} for training, "
+                        f"{report['split']['validation']:,} held out), **{t['total']:,} tokens** (mean {t['mean']:.0f} "
+                        f"per example); {report['truncated_fraction']:.1%} are longer than {s.seq_len} tokens and "
+                        "get truncated")
+            if run.schedule.max_steps > 0 and train_rows:
+                epochs = f" ≈ {run.schedule.max_steps * per_step / train_rows:.2f} epochs of this data"
+        else:
+            dataset += " (not readable yet: see the Data tab)"
+    steps = "whole epochs" if run.schedule.max_steps == -1 else f"{run.schedule.max_steps} optimizer steps"
     try:
         check = preflight(run, p.peak_bytes)
-        verdict = check.message().replace("\n", "  \n")
-        verdict = ("✓ " if check.fits else "✗ ") + verdict
+        verdict = ("✓ " if check.fits else "✗ ") + check.message().replace("\n", "  \n")
     except WorkbenchError as exc:
         verdict = f"✗ {exc}"
-    steps = "whole epochs" if run.schedule.max_steps == -1 else f"{run.schedule.max_steps} steps"
-    return (f"#### What Start will train\n"
-            f"- **Model** {run.model} · **method** {run.method} ({knobs}) — *Model & method tab*\n"
-            f"- **Batch** {s.batch_size} × accumulation {s.grad_accum} = {s.batch_size * s.grad_accum} examples per step · "
-            f"**sequence length** {s.seq_len} (truncation) · **{s.dtype}** · checkpointing "
-            f"{'on' if s.gradient_checkpointing else 'off'} · **optimizer** {s.optimizer} · **device {s.device}** "
-            f"— *Model & method tab*\n"
-            f"- **Data** {dataset} — *Data tab*\n"
-            f"- **Schedule** {steps}, learning rate {run.schedule.learning_rate:g} — *below*\n"
-            f"- **Predicted peak {gib(p.peak_bytes)}** (plan `{fingerprint(p)}`)  \n{verdict}")
+    return (f"**Model** {run.model} · **method** {run.method} ({knobs})",
+            f"**Batch size** {s.batch_size} × **gradient accumulation** {s.grad_accum}{' × ' + str(s.gpus) + ' GPUs' if s.gpus > 1 else ''}"
+            f" = {per_step} examples per optimizer step · **sequence length** {s.seq_len} tokens (longer examples are "
+            f"truncated) · **precision** {precision} · gradient checkpointing {'on' if s.gradient_checkpointing else 'off'}"
+            f" · **optimizer** {s.optimizer} · **device** {s.device}{processes}",
+            dataset,
+            f"**Schedule** {steps}{epochs}, learning rate {run.schedule.learning_rate:g} (set below)",
+            f"**Predicted peak {gib(p.peak_bytes)}** of memory (plan `{fingerprint(p)}`)  \n{verdict}")
 
 
 def cancel_run(session_id: str | None, request: gr.Request = None) -> str:
@@ -110,19 +128,31 @@ def cancel_run(session_id: str | None, request: gr.Request = None) -> str:
 
 
 def poll_run(session_id: str | None, request: gr.Request = None):
-    """The run panel of one of the signed-in user's runs (the timer and ``/run_status``); a
-    run waiting for its turn says how many are ahead (and the poll dispatches the queue)."""
-    from ..training.queue import describe, dispatch_soon
+    """The run panel of one of the signed-in user's runs (``/run_status``): status, progress
+    line, memory chart, curves; a run waiting for its turn says how many are ahead (and the
+    poll dispatches the queue)."""
+    return _poll(session_id, request)[0]
 
-    view = run_view(session_id, user_of(request))
-    if not session_id or "**queued**" not in str(view[0]):
-        return view
-    try:
-        dispatch_soon()
-        line = describe(session_id)
-    except WorkbenchError:
-        return view
-    return ((view[0] + f"  \n{line[0].upper()}{line[1:]}", *view[1:]) if line else view)
+
+def poll_with_cancel(session_id: str | None, request: gr.Request = None):
+    """The Train tab's timer: the run panel, and Cancel enabled only while the page's run
+    (one of the user's own) is queued or training."""
+    from ..training.events import FINAL
+
+    view, state = _poll(session_id, request)
+    return (*view, gr.update(interactive=state is not None and state not in FINAL))
+
+
+def _poll(session_id: str | None, request: gr.Request = None):
+    from ..training.queue import dispatch_soon
+
+    view, state = run_view_and_state(session_id, user_of(request))
+    if state == "queued":
+        try:
+            dispatch_soon()
+        except WorkbenchError:
+            pass
+    return view, state
 
 
 def reattach(request: gr.Request = None):
@@ -150,18 +180,40 @@ def demo_schedule(path: str | None):
     return gr.update(), gr.update()
 
 
+def schedule_for(path: str | None, restored: dict | None, now: float | None = None):
+    """(max steps, learning rate, restored left): the demo dataset's schedule, unless the file
+    was just put back by a page load with its own schedule (``restored``: {"until": time},
+    see :func:`workbench.ui.state.restore`; the file's change may fire more than once)."""
+    import time
+
+    if isinstance(restored, dict) and (now if now is not None else time.time()) <= restored.get("until", 0):
+        return gr.update(), gr.update(), restored
+    return (*demo_schedule(path), None)
+
+
 def run_panel() -> list[Any]:
-    """The components ``run_view`` fills: status, progress, live memory, training curves."""
+    """The components ``run_view`` fills: status, progress line, live memory, training curves."""
     status = gr.Markdown()
-    progress = gr.Slider(0, 1, value=0, label="Progress", interactive=False)
-    memory = gr.Plot(label="Predicted vs live memory")
+    progress = gr.Markdown(elem_classes=["run-progress"])  # "step 27 / 60 · epoch 0.45 · 1 min 12 s left"
+    memory = gr.Plot(label="Predicted vs live memory (GiB)")
     curves = gr.Plot(label="Loss, learning rate, tokens/s")
     return [status, progress, memory, curves]
 
 
 def build_train_tab(plan_inputs: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """Layout; returns the run controls (for the page's saved state), the summary and the
+    buttons that lead to the tab where each part of the summary is set (the page wires them)."""
     session = gr.State(None)
-    summary = gr.Markdown()
+    gr.Markdown("#### What Start will train")
+    links: dict[str, list[Any]] = {"plan": [], "data": []}
+    parts = []
+    for part in SUMMARY_PARTS:
+        with gr.Row(equal_height=True):
+            parts.append(gr.Markdown())
+            if part in ("model", "settings"):
+                links["plan"].append(gr.Button("Change on the Model & method tab", size="sm", scale=0, min_width=240))
+            elif part == "data":
+                links["data"].append(gr.Button("Change on the Data tab", size="sm", scale=0, min_width=240))
     with gr.Row():
         max_steps = gr.Number(30, label="Max steps", precision=0, minimum=1)
         lr = gr.Number(2e-4, label="Learning rate")
@@ -172,7 +224,7 @@ def build_train_tab(plan_inputs: dict[str, Any], data: dict[str, Any]) -> dict[s
         offload = gr.Dropdown(list(OFFLOADS), value="none", label="Offload", info=SETTING_HELP["offload"])
     with gr.Row():
         start_btn = gr.Button("Start training (upload a dataset first)", variant="primary", interactive=False)
-        cancel_btn = gr.Button("Cancel", variant="stop")
+        cancel_btn = gr.Button("Cancel", variant="stop", interactive=False)
     message = gr.Markdown()
     run_id = gr.Textbox(label="Run id", interactive=False)
     panel = run_panel()
@@ -185,11 +237,17 @@ def build_train_tab(plan_inputs: dict[str, Any], data: dict[str, Any]) -> dict[s
     start_btn.click(start_run, inputs + knobs, [session, run_id, message], api_name="start_run")
     summary_inputs = inputs + [data["report"]] + knobs
     for control in summary_inputs:
-        control.change(run_summary, summary_inputs, summary, api_visibility="private", trigger_mode="always_last")
+        control.change(run_summary, summary_inputs, parts, api_visibility="private", trigger_mode="always_last",
+                       show_progress="hidden")  # it follows every keystroke: no fading while it redraws
     cancel_btn.click(cancel_run, run_id, message, api_name="cancel_run")  # the id is also what API clients pass
     data["report"].change(readiness, [data["upload"], data["report"]], start_btn, api_visibility="private")
-    data["upload"].change(demo_schedule, data["upload"], [max_steps, lr], api_visibility="private")
-    timer.tick(poll_run, session, panel, api_visibility="private")
+    restored_schedule = gr.State(None)  # set by a page load that puts back a file and its schedule (state.py)
+    data["upload"].change(schedule_for, [data["upload"], restored_schedule], [max_steps, lr, restored_schedule],
+                          api_visibility="private")
+    timer.tick(poll_with_cancel, session, panel + [cancel_btn], api_name="poll_run", api_visibility="private",
+               show_progress="hidden")  # every second: no loading marks over the panel
     gr.Button(visible=False).click(poll_run, gr.Textbox(visible=False), panel,
                                    api_name="run_status")
-    return {"session": session, "run_id": run_id, "summary": summary, "summary_inputs": summary_inputs}
+    return {"session": session, "run_id": run_id, "summary": parts, "summary_inputs": summary_inputs, "links": links,
+            "controls": {"max_steps": max_steps, "lr": lr, "gpus": gpus, "strategy": strategy, "offload": offload},
+            "restored_schedule": restored_schedule}

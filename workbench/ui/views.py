@@ -41,7 +41,10 @@ def run_from_inputs(model: str, method: str, dtype: str, quant: str, batch_size:
                     **distributed):
     """The RunSpec of what the page shows: the same :func:`workbench.runspec.build_run` the
     API and the CLI use. ``knob_values`` follow ``knob_names``; only the method's own knobs
-    are kept (the page holds one widget per knob name across all methods)."""
+    are kept (the page holds one widget per knob name across all methods). A knob of None
+    is not given (the method's default, for API callers); an empty field (``""``) is an
+    error naming the knob, as is every number out of its range: the message comes from
+    :func:`workbench.runspec.build_run`, so the page, the API and the CLI say the same."""
     from ..methods import get_method
     from ..runspec import build_run
 
@@ -53,21 +56,26 @@ def run_from_inputs(model: str, method: str, dtype: str, quant: str, batch_size:
 
 
 def compare_view(model: str, dtype: str, batch_size: float, seq_len: float, gradient_checkpointing: bool,
-                 optimizer: str, gpu_gb: float):
-    """(summary, chart, method table, what-fits table) for one model and settings."""
+                 optimizer: str, gpu: str | float):
+    """(summary, chart, method table, what-fits table) for one model and settings; ``gpu``:
+    a card of :data:`workbench.gpus.CARDS` by name, or a number of GiB. A fit is peak bytes
+    <= the card's total bytes (nvidia-smi's memory.total)."""
+    from ..gpus import RUNTIME_NOTE, gpu_card
+
     try:
         spec = model_spec(model)
         settings = settings_from(dtype, "auto", batch_size, seq_len, 1, gradient_checkpointing, optimizer, "cuda")
+        card = gpu_card(gpu)
         rows = compare_methods(spec, settings)
-        fits = what_fits(spec, int(float(gpu_gb) * 1e9), settings)
+        fits = what_fits(spec, card.total_bytes, settings)
     except (WorkbenchError, ValueError) as exc:
         return f"**Cannot compare:** {exc}", None, [], []
     table = [[r["method"], f"{r['trainable_params']:,}", f"{r['trainable_percent']:.3f}",
-              round(r["peak_bytes"] / GIB, 2), f"{r['peak_over_inference']:.2f}x",
-              round(r["adapter_file_bytes"] / 2**20, 1)] if "error" not in r else [r["method"], "-", "-", "-", "-", r["error"]]
-             for r in rows]
+              round(r["peak_bytes"] / GIB, 2), "✓ fits" if card.fits(r["peak_bytes"]) else "✗ too big",
+              f"{r['peak_over_inference']:.2f}x", round(r["adapter_file_bytes"] / 2**20, 1)]
+             if "error" not in r else [r["method"], "-", "-", "-", "-", "-", r["error"]] for r in rows]
     fit_rows = [[f["method"], f["quant"], f["batch_size"], "on" if f["gradient_checkpointing"] else "off",
-                 round(f["peak_bytes"] / 1e9, 2), f["relative_speed"], f["reason"]] for f in fits]
+                 round(f["peak_bytes"] / GIB, 2), f["relative_speed"], f["reason"]] for f in fits]
     ok = [r for r in rows if "error" not in r]
     full = next((r for r in ok if r["method"] == "full"), None)
     lora = next((r for r in ok if r["method"] == "lora"), None)
@@ -82,14 +90,24 @@ def compare_view(model: str, dtype: str, batch_size: float, seq_len: float, grad
                   f"LoRA **{lora['peak_over_inference']:.1f}x** ({split(lora)}). LoRA keeps gradients and optimizer "
                   "states only for its adapters; what remains is the activations, which grow with batch x sequence.")
     summary = f"### Every method on {spec.label}\n{lesson}\n\n" + (
-        f"**{len(fits)} methods fit {gpu_gb:g} GB** (fastest configuration of each, by FLOPs per token)."
-        if fits else f"**Nothing fits {gpu_gb:g} GB** at these settings: try a shorter sequence or a smaller model.")
+        f"**{len(fits)} methods fit one {card.label}** (fastest configuration of each, by FLOPs per token). "
+        if fits else f"**Nothing fits one {card.label}** at these settings: try a shorter sequence or a smaller "
+        "model. ") + RUNTIME_NOTE
     return summary, compare_bar(rows, f"Predicted memory per method ({spec.label})"), table, fit_rows
 
 
-def report_view(report: dict[str, Any]) -> tuple[str, str, Any, list[list[Any]]]:
-    """(summary markdown, preview html, histogram, dropped rows) of a dataset report."""
+def report_view(report: dict[str, Any], cutoff_is_sequence_length: bool = True) -> tuple[str, str, Any, list[list[Any]]]:
+    """(summary markdown, preview html, histogram, dropped rows) of a dataset report. Its
+    cutoff is the run's sequence length -- or, with ``cutoff_is_sequence_length`` False (the
+    field holds no valid length), the suggested cutoff standing in, and said so."""
+    from ..data.report import COVERAGE, ROUND_CUTOFFS
+
     t = report["token_lengths"]
+    cut, suggested = report["cutoff"], report["suggested_cutoff"]
+    in_force = (f"**Sequence length {cut}** (the run's cutoff, Model & method tab)" if cutoff_is_sequence_length
+                else f"**Counted at the suggested cutoff {cut}**")
+    rule = (f"the smallest of {', '.join(map(str, ROUND_CUTOFFS[:4]))}, ... tokens that keeps {COVERAGE:.0%} of the "
+            f"examples whole and {COVERAGE:.0%} of the tokens")
     summary = (
         f"**{report['file']}** -- {report['note']}  \n"
         f"Format **{report['format']}** ({report['confidence']}): {report['why']}  \n"
@@ -97,31 +115,46 @@ def report_view(report: dict[str, Any]) -> tuple[str, str, Any, list[list[Any]]]
         f"{report['duplicates']} exact duplicates.  \n"
         f"Tokens: min {t['min']}, median {t['p50']}, p95 {t['p95']}, max {t['max']}; "
         f"{report['loss_tokens_fraction']:.0%} of tokens carry loss.  \n"
-        f"Cutoff {report['cutoff']}: {report['truncated_fraction']:.1%} of examples truncated; suggested "
-        f"{report['suggested_cutoff']}. Split: {report['split']['train']} train / {report['split']['validation']} validation."
+        f"{in_force}: {report['truncated_fraction']:.1%} of examples truncated "
+        f"({report['truncated_tokens_fraction']:.1%} of tokens). Suggested cutoff for this dataset: **{suggested}** "
+        f"({rule}).  \n"
+        f"Split: {report['split']['train']} train / {report['split']['validation']} validation."
     )
-    html = "".join(_preview_html(p) for p in report["preview"])
+    html = PREVIEW_LEGEND + "".join(_preview_html(p) for p in report["preview"])
     dropped = [[d["row"], d["reason"]] for d in report["dropped"]["first"]]
-    return summary, html, length_histogram(report), dropped
+    return summary, html, length_histogram(
+        report, "sequence length" if cutoff_is_sequence_length else "suggested cutoff"), dropped
+
+
+LOSS_STYLE = "background:#c6f6c6;text-decoration:underline;text-decoration-thickness:2px"  # not colour alone
+PREVIEW_LEGEND = (f'<p style="margin:4px 0">What the model sees: <span style="{LOSS_STYLE}">green, underlined '
+                  'text</span> carries loss (the model learns to write it); <span style="color:#666">grey text'
+                  '</span> is context without loss.</p>')
 
 
 def _preview_html(p: dict[str, Any]) -> str:
     import html
 
     spans = "".join(
-        f'<span style="background:#c6f6c6" title="carries loss">{html.escape(s["text"])}</span>' if s["loss"]
+        f'<span style="{LOSS_STYLE}" title="carries loss">{html.escape(s["text"])}</span>' if s["loss"]
         else f'<span style="color:#666">{html.escape(s["text"])}</span>' for s in p["segments"])
     return (f'<div style="margin:6px 0"><b>row {p["row"]}</b>: {p["tokens"]} tokens, {p["loss_tokens"]} with loss'
             f'<pre style="white-space:pre-wrap;border:1px solid #ddd;padding:6px">{spans}</pre></div>')
 
 
 def run_view(session_id: str | None, user: str | None = None):
-    """(status markdown, progress, memory chart, curves) of a run, from its files; only
+    """(status markdown, progress line, memory chart, curves) of a run, from its files; only
     ``user``'s runs when the server has sign-in."""
+    return run_view_and_state(session_id, user)[0]
+
+
+def run_view_and_state(session_id: str | None, user: str | None = None):
+    """(the four parts of :func:`run_view`, the run's state or None when there is no run of
+    ``user`` by that id): the Train tab enables Cancel only while its run is active."""
     from ..sessions import check_access, info
 
     if not session_id:
-        return "No run yet.", 0.0, None, None
+        return ("No run yet.", "", None, None), None
     try:
         folder = check_access(session_id, user)
         key = (session_id, *_stamp(folder / "events.jsonl"), *_stamp(folder / "plan_effective.json"))
@@ -131,8 +164,8 @@ def run_view(session_id: str | None, user: str | None = None):
                 return hit[0]
         s = info(session_id)  # also notices a vanished worker (interrupted)
     except WorkbenchError as exc:
-        return f"**{exc}**", 0.0, None, None
-    view = _run_view(session_id, folder, s)
+        return (f"**{exc}**", "", None, None), None
+    view = (_run_view(session_id, folder, s), s.state)
     settled = s.state in ("completed", "failed", "cancelled", "interrupted")
     with _VIEW_LOCK:  # a finished run's view holds until its files change; a live one for a second
         _VIEWS[(session_id, *_stamp(folder / "events.jsonl"), *_stamp(folder / "plan_effective.json"))] = (
@@ -173,33 +206,28 @@ def _run_view(session_id: str, folder: Path, s):
             f"**another plan than the one shown**: {recorded.get('mismatch', '')}"
         lines.append(f"Plan `{recorded['fingerprint']}` recorded by the worker: {same}")
         if recorded.get("reason"):
-            lines.append(f"Predicted for the batches this data forms: {recorded['effective_peak_bytes'] / GIB:.3f} GiB "
+            lines.append(f"Predicted peak for the batches this data forms: {recorded['effective_peak_bytes'] / GIB:.3f} GiB "
                          f"(shown plan {recorded['peak_bytes'] / GIB:.3f} GiB at sequence length {recorded['seq_len']}), "
                          f"because {recorded['reason']}")
     probe = next((e for e in events if e["kind"] in ("probe", "step_check")), None)
     if probe:
         what = (f"Probe (step {probe['step']}, the longest examples)" if probe["kind"] == "probe"
                 else f"Step {probe['step']}")
-        limit = f"; limit {probe['limit_bytes'] / GIB:.2f} GiB {'✓ fits' if probe['fits'] else '✗ over'}" \
+        limit = f"; memory limit {probe['limit_bytes'] / GIB:.2f} GiB {'✓ fits' if probe['fits'] else '✗ over'}" \
             if probe.get("limit_bytes") else ""
         lines.append(f"{what}: measured {probe['measured_bytes'] / GIB:.3f} GiB of {probe['quantity']} vs predicted "
-                     f"{probe['predicted_bytes'] / GIB:.3f} GiB ({probe['error_percent']:+.1f}%){limit}")
-    if logs:
-        e = logs[-1]
-        lines.append(f"step {e['step']}/{e['max_steps']}, epoch {e['epoch']:.2f}, ETA {e['eta_seconds']} s")
+                     f"peak {probe['predicted_bytes'] / GIB:.3f} GiB ({probe['error_percent']:+.1f}%){limit}")
     if s.predicted_peak_bytes and s.measured_peak_bytes:
         lines.append(f"Predicted peak {s.predicted_peak_bytes / GIB:.3f} GiB; measured step peak "
                      f"{s.measured_peak_bytes / GIB:.3f} GiB ({s.measured_peak_source}): prediction error "
                      f"**{s.prediction_error_percent:+.1f}%**")
-    if last.get("status") == "failed":
-        lines.append(f"**Failed ({last.get('reason')})**: {last.get('message') or last.get('error', '')}")
-        lines += [f"- {x}" for x in last.get("suggestions", [])]
-        if last.get("log_tail"):
-            lines.append("```\n" + "\n".join(last["log_tail"][-8:]) + "\n```")
+    if s.state in ("failed", "interrupted"):
+        lines.append(failure_paragraph(s.state, last) + log_tail_details(folder))
+    elif s.state == "cancelled" and last.get("reason"):
+        lines.append(f"Cancelled: {last['reason']}.")
     if s.final_adapter:
         lines.append(f"adapter: `{s.final_adapter}`")
-    progress = (logs[-1]["step"] / logs[-1]["max_steps"]) if logs and logs[-1]["max_steps"] else 0.0
-    return "  \n".join(lines), progress, live_memory(memory, plan, steps), training_curves(logs)
+    return "  \n".join(lines), progress_line(session_id, s.state, events), live_memory(memory, plan, steps), training_curves(logs)
 
 
 def sessions_rows(user: str | None = None) -> list[list[Any]]:
@@ -208,6 +236,7 @@ def sessions_rows(user: str | None = None) -> list[list[Any]]:
     return [[s.id, s.state, s.method, s.model, s.dataset, s.step, None if s.last_loss is None else round(s.last_loss, 4),
              None if not s.predicted_peak_bytes else round(s.predicted_peak_bytes / GIB, 3),
              None if not s.measured_peak_bytes else round(s.measured_peak_bytes / GIB, 3),
+             s.measured_peak_source if s.measured_peak_bytes else None,
              None if s.prediction_error_percent is None else f"{s.prediction_error_percent:+.1f}%"]
             for s in list_sessions(user)]
 
@@ -236,3 +265,140 @@ def latest_active_run(user: str | None) -> str | None:
 
 def safe_upload_name(path: str | None) -> str:
     return Path(path).name if path else ""
+
+
+def human_duration(seconds: float) -> str:
+    """A duration as people say it: "45 s", "1 min 12 s", "2 h 3 min" (under a second: "under 1 s")."""
+    seconds = max(0, int(round(float(seconds))))
+    if seconds < 1:
+        return "under 1 s"
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        minutes, rest = divmod(seconds, 60)
+        return f"{minutes} min {rest} s" if rest else f"{minutes} min"
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours} h {rest // 60} min" if rest // 60 else f"{hours} h"
+
+
+def progress_line(session_id: str, state: str, events: list[dict[str, Any]]) -> str:
+    """One line of where a run is: "step 27 / 60 · epoch 0.45 · 1 min 12 s left" while it
+    trains; its place in the queue while it waits (no time estimate then); "done in 3 min 4 s"
+    when it completed; where it stopped, without any estimate, when it failed or was cancelled."""
+    logs = [e for e in events if e.get("kind") == "log"]
+    statuses = [e for e in events if e.get("kind") == "status"]
+    last = logs[-1] if logs else None
+    where = ""
+    if last:
+        epoch = f" · epoch {last['epoch']:.2f}" if last.get("epoch") is not None else ""
+        where = f"step {last['step']} / {last['max_steps']}{epoch}"
+    if state == "queued":
+        from ..training.queue import describe
+
+        try:
+            line = describe(session_id)
+        except (WorkbenchError, OSError):
+            line = None
+        return (line or "queued: waiting for its turn") + "; no time estimate until it starts"
+    if state == "loading":
+        return "loading the model and the data" + (f" (resuming after {where})" if where else "")
+    if state == "running":
+        if not last:
+            return "training started; the time left is known after the first step"
+        eta = last.get("eta_seconds")
+        return where + (f" · {human_duration(eta)} left" if eta is not None else "")
+    if state == "saving":
+        return (where + " · " if where else "") + "saving the adapter"
+    if state == "completed":
+        begun = next((e["time"] for e in statuses if e.get("status") not in ("queued",)), None)
+        took = f"done in {human_duration(statuses[-1]['time'] - begun)}" if begun is not None else "done"
+        return took + (f" · {last['step']} / {last['max_steps']} steps" if last else "")
+    return f"{state} at {where}" if where else f"{state} before the first step"
+
+
+#: what a failure's error means, by the kind of error the worker reported (its first word)
+_ERROR_KINDS = {
+    "DataFileError": ("the dataset could not be used", "check the file on the Data tab (its format and column "
+                      "mapping), fix or replace it, and start again"),
+    "TemplateError": ("the examples could not be put into the model's chat format", "pick another format on the "
+                      "Data tab, or map the columns yourself, and start again"),
+    "SettingsError": ("a setting of the run cannot be used", "change it on the Model & method or Train tab and "
+                      "start again"),
+    "UnknownModelError": ("the model could not be found", "pick a bundled model on the Model & method tab"),
+    "ConfigError": ("the model could not be read", "pick a bundled model on the Model & method tab"),
+}
+
+
+def failure_paragraph(state: str, last: dict[str, Any]) -> str:
+    """One paragraph a non-engineer can act on: what happened and what to try, from the run's
+    final status event (its ``reason``, ``message``/``error`` and ``suggestions``). The
+    worker's log is not part of it (see :func:`log_tail_details`)."""
+    import re
+
+    reason = last.get("reason") or "error"
+    told = str(last.get("message") or last.get("error") or "").strip()
+    if state == "interrupted":
+        return (f"**Interrupted**: the training process stopped before it finished ({reason}). Its steps up to the "
+                "newest complete checkpoint are kept: pick the run on the Runs tab and press **Resume**, or start "
+                "it again here.")
+    if reason == "oom":
+        tips = last.get("suggestions") or []
+        head = ("**Failed (oom)**: the run ran out of memory -- training needed more memory than it had"
+                + (f" ({told})" if told else "") + ".")
+        if not tips:
+            return head + (" What to try: a smaller batch size or sequence length, gradient checkpointing on, or a "
+                           "method that trains fewer weights (Model & method tab); the plan there shows what fits.")
+        return head + " What to try -- each of these is planned to fit the memory this run had:  \n" + \
+            "  \n".join(f"- {tip}" for tip in tips)
+    if reason == "disk_full":
+        return (f"**Failed (disk full)**: the server's disk is full, so the run could not be saved"
+                + (f" ({told})" if told else "") + ". What to try: delete runs you no longer need on the Runs "
+                "tab, then resume this one there.")
+    kind, _, text = told.partition(": ")
+    if not re.fullmatch(r"[A-Za-z_]\w*", kind or "-"):
+        kind, text = "", told
+    if kind in _ERROR_KINDS:
+        what, tip = _ERROR_KINDS[kind]
+        return f"**Failed ({reason})**: {what}: {text}. What to try: {tip}."
+    if "exited with code" in told or "could not be started" in told:
+        return (f"**Failed ({reason})**: the training process ended unexpectedly ({told}). What to try: start the "
+                "run again; if it fails the same way, give the details below to whoever runs this server.")
+    return (f"**Failed ({reason})**: the training stopped with an error"
+            + (f": {text or told}" if told else "") + ". What to try: start it again; if it fails the same way, "
+            "check the dataset (Data tab) and the settings, or give the details below to whoever runs this server.")
+
+
+LOG_TAIL_LINES = 30
+LOG_TAIL_BYTES = 16 * 2**10
+
+
+def log_tail_details(folder: Path) -> str:
+    """The end of the run's ``worker.log`` as a collapsed HTML "Details (log tail)" block,
+    escaped, for whoever wants to look closer. Tracebacks are left out (their exception line
+    stays) and absolute paths are cut to their last part, like every failure message: the
+    whole log stays in the run's folder on the server. Empty when there is no log."""
+    import html
+
+    from ..training.worker import _PATH
+
+    try:
+        with open(folder / "worker.log", "rb") as fh:
+            fh.seek(max(0, fh.seek(0, 2) - LOG_TAIL_BYTES))
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return ""
+    kept, in_traceback = [], False
+    for line in text.splitlines()[1:] if len(text) >= LOG_TAIL_BYTES else text.splitlines():
+        line = line.rsplit("\r", 1)[-1].rstrip()  # a progress bar redrawn in place: its last state
+        if line.startswith("Traceback (most recent call last)"):
+            in_traceback = True
+            continue
+        if in_traceback and (line.startswith((" ", "\t")) or not line):
+            continue
+        in_traceback = False
+        if line and not line.startswith(("During handling of the above exception", "The above exception was")):
+            kept.append(_PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1] or "/", line))
+    if not kept:
+        return ""
+    return ("\n\n<details><summary>Details (log tail)</summary><pre>" + html.escape("\n".join(kept[-LOG_TAIL_LINES:]))
+            + "</pre></details>\n")
