@@ -168,10 +168,12 @@ def test_gpu_and_process_counts_are_bounded_by_the_machine(sessions, data, monke
     with pytest.raises(SettingsError, match=r"^GPUs \(--gpus\): the run asks for 3; .* 2 visible GPUs: choose 1 to 2"):
         start(_job(data, **{**settings, "gpus": 3}))
     check_device(build_run("tiny", "lora", None, {**settings, "gpus": 2}).settings)  # as many as there are: fine
-    for processes in (3, 100000):
+    for processes in (3, 1024):
         with pytest.raises(SettingsError, match=rf"^GPUs \(--gpus\): on cpu .* {processes} is more than this "
                                                 r"machine's 2 CPU cores: choose 1 to 2"):
             start(_job(data, gpus=processes, strategy="ddp"))
+    with pytest.raises(SettingsError, match=r"^\*\*GPUs\*\* must be at most 1,024 .*; got 100,000"):
+        start(_job(data, gpus=100000, strategy="ddp"))  # beyond any machine: the field's own range first
     check_device(build_run("tiny", "lora", None, {"device": "cpu", "gpus": 2, "strategy": "ddp"}).settings)
     assert not sessions.exists() or list(sessions.iterdir()) == []
     assert _workers(sessions) == []
