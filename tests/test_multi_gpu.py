@@ -30,7 +30,7 @@ def test_settings_refuse_what_cannot_run():
     for kwargs, message in [(dict(gpus=2), "need a strategy"), (dict(strategy="ddp", offload="optimizer"), "needs fsdp"),
                             (dict(strategy="deepspeed-zero2", offload="params"), "fsdp or deepspeed-zero3"),
                             (dict(device="cpu", strategy="deepspeed-zero1", gpus=2), "needs GPUs"),
-                            (dict(gpus=0, strategy="ddp"), "at least 1"), (dict(strategy="horovod"), "choose from")]:
+                            (dict(gpus=0, strategy="ddp"), "gpus=0: must be a whole number from 1 to 1,024"), (dict(strategy="horovod"), "choose from")]:
         with pytest.raises(SettingsError, match=message):
             TrainingSettings(**kwargs)
     assert not is_distributed(TrainingSettings()) and is_distributed(TrainingSettings(strategy="deepspeed-zero3"))

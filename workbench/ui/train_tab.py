@@ -1,5 +1,7 @@
-"""Tab 4, Train: queue a run (its worker starts when the device is free), watch its place in
-the queue, predicted vs live memory, loss, learning rate and tokens/s, cancel. Polls the
+"""Tab 4, Train: what Start will train (the run definition, read-only, with a button to the
+tab where each part is set), queue a run (its worker starts when the device is free), its
+progress line ("step 27 / 60 · epoch 0.45 · 1 min 12 s left"), predicted vs live memory, loss,
+learning rate and tokens/s, cancel (enabled only while the page's run is active). Polls the
 run's files with ``gr.Timer``; never blocks."""
 
 from __future__ import annotations
