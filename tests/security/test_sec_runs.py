@@ -245,7 +245,7 @@ def test_a_failed_run_tells_one_sentence_without_paths_or_traceback(sessions, da
     """A run that fails (here: a 2-node run, which the workbench does not start) says why in
     one sentence, with no absolute path of the server and no traceback; worker.log has it."""
     from workbench.training.launcher import start
-    from workbench.ui.views import run_view
+    from workbench.ui.run_view import run_view
 
     sid, proc = start(_job(data, nodes=2))
     assert proc.wait(timeout=120) == 1

@@ -61,7 +61,7 @@ def test_a_user_cannot_see_or_touch_another_users_runs(store):
 
 def test_an_unknown_and_a_foreign_session_read_the_same(store):
     from workbench.training.job import new_session_id
-    from workbench.ui.views import run_view
+    from workbench.ui.run_view import run_view
 
     alice = _prepared(store, "alice")
     missing = new_session_id()

@@ -33,7 +33,7 @@ def _finish(sid, proc, timeout=300):
 def test_exception_at_set_up_fails_the_run_with_its_reason(data, monkeypatch):
     from workbench.training.job import Schedule
     from workbench.training.launcher import make_job, start
-    from workbench.ui.views import run_view
+    from workbench.ui.run_view import run_view
 
     monkeypatch.setenv("WORKBENCH_FAULT", "error_at_setup")
     sid, proc = start(make_job("tiny", "lora", str(data), schedule=Schedule(max_steps=4)))

@@ -71,9 +71,9 @@ def build_app() -> gr.Blocks:
             with gr.Tab(TABS["data"], id="data") as blocks["data"]:
                 data = build_data_tab(plan_tab["inputs"])
             with gr.Tab(TABS["train"], id="train") as blocks["train"]:
-                train = build_train_tab(plan_tab, data)
+                train = build_train_tab(plan_tab, data, notice)
             with gr.Tab(TABS["chat"], id="chat") as blocks["chat"]:
-                build_chat_tab(plan_tab)
+                build_chat_tab(plan_tab, app)
             with gr.Tab(TABS["runs"], id="runs") as blocks["runs"]:
                 runs = build_runs_tab()
         restored = wire_state(app, tabs, plan_tab, data, train, notice, blocks)

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 import gradio as gr
 
-from ..chat import BASE
+from ..chat import BASE, OperationCancelled
 from ..errors import WorkbenchError
 from .views import user_of
 
@@ -24,6 +24,9 @@ _STOPS: dict[tuple[str | None, str], set[threading.Event]] = {}
 _STOPS_LOCK = threading.Lock()
 SAMPLE_HEADERS = ["model", "row", "answer (plain text)", "reference"]
 MAX_ADAPTERS = 3  # the Chat tab's limit (chat_tab re-exports it)
+#: what a cancelled operation's message says, whichever lands last: the Cancel button's answer or
+#: the operation's own end (gradio may or may not have dropped it by then)
+CANCELLED = "Cancelled: the model stopped."
 
 
 def _session(request) -> str | None:
@@ -112,6 +115,8 @@ def what_changed(model: str, run_ids: list[str] | None, request: gr.Request = No
                         scores.append(round(engine.perplexity(batch, who, stop=stop, progress=step), 3))
                         done += len(batch)
                     rows.append([who, f"{run_id} {name}", *scores])
+        except OperationCancelled:
+            return CANCELLED, []
         except WorkbenchError as exc:
             return f"**{exc}**", []
     return ("Perplexity (lower is better): on the run's own data the adapter should beat the base; on general "
@@ -151,6 +156,8 @@ def task_evaluation(model: str, run_ids: list[str] | None, data_file: str | None
 
             report = evaluate_runs(run_ids, data_file or None, count, user_of(request), engine=engine, stop=stop,
                                    progress=step)
+        except OperationCancelled:
+            return CANCELLED, [], None, []
         except WorkbenchError as exc:
             return f"**{exc}**", [], None, []
     return (f"{report['prompts']} prompts from {report['data']}; {report['decoding']}. Saved with each run "

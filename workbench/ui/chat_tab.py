@@ -17,11 +17,11 @@ from contextlib import closing
 
 import gradio as gr
 
-from ..chat import BASE, ChatEngine, ModelBusyError, PromptTooLongError, Sampling
+from ..chat import BASE, ChatEngine, ModelBusyError, OperationCancelled, PromptTooLongError, Sampling
 from ..errors import WorkbenchError
 from ..evaluation import TABLE_HEADERS
 from ..methods import METHODS
-from .chat_long import (MAX_ADAPTERS, SAMPLE_HEADERS, cancel_work, general_text, run_texts, sample_rows,
+from .chat_long import (CANCELLED, MAX_ADAPTERS, SAMPLE_HEADERS, cancel_work, general_text, run_texts, sample_rows,
                         stop_flag, task_evaluation, what_changed)
 from .views import user_of
 
@@ -190,6 +190,8 @@ def arena_next(model: str, run_ids: list[str] | None, prompts: str, seed: float,
             for i, (name, who) in enumerate((("A", r.left), ("B", r.right))):
                 progress((i, 2), desc=f"writing answer {name}", unit="answers")
                 answers.append(engine.answer(r.prompt, who, sampling, stop=stop))
+        except OperationCancelled:
+            return None, "", "", "", CANCELLED, index
         except WorkbenchError as exc:
             return None, "", "", "", f"**{exc}**", index
     state = {"prompt": r.prompt, "left": r.left, "right": r.right, "contenders": contenders}
@@ -242,16 +244,17 @@ def _cancellable(start: gr.Button, cancel: gr.Button, kind: str, message, fn, in
     work = start.click(fn, inputs, outputs, **options)
     work.then(lambda: gr.update(visible=False), None, cancel, api_visibility="private", show_progress="hidden")
 
-    def stop(request: gr.Request):
-        said = "Cancelled: the model stopped." if cancel_work(kind, request) else "Nothing was running."
-        return (said, gr.update(visible=False)) if message is not None else gr.update(visible=False)
+    def stop(request: gr.Request):  # shown only while the work is queued or running: either way it ends now
+        cancel_work(kind, request)
+        return (CANCELLED, gr.update(visible=False)) if message is not None else gr.update(visible=False)
 
     cancel.click(stop, None, [message, cancel] if message is not None else cancel, cancels=[work],
                  api_visibility="private", show_progress="hidden")
     return work
 
 
-def build_chat_tab(plan_inputs: dict) -> None:
+def build_chat_tab(plan_inputs: dict, app: gr.Blocks) -> None:
+    """The Chat tab; ``app``: the page, whose load fills the adapter list at once."""
     model = plan_inputs["inputs"]["model"]
     note = gr.Markdown(model_note(model.value), visible=bool(model_note(model.value)))
     known = gr.State(None)  # the adapter list's choices as the page has them
@@ -278,9 +281,7 @@ def build_chat_tab(plan_inputs: dict) -> None:
             return gr.skip(), gr.skip()
         return gr.update(choices=[tuple(c) for c in fresh[0]], value=fresh[1]), fresh[0]
 
-    triggers = [gr.Timer(ADAPTER_POLL_SECONDS).tick, model.change]
-    if gr.context.Context.root_block is not None:  # the page's own load: the list is there at once
-        triggers.append(gr.context.Context.root_block.load)
+    triggers = [gr.Timer(ADAPTER_POLL_SECONDS).tick, model.change, app.load]
     gr.on(triggers, follow_adapters, [model, runs, known], [runs, known], api_visibility="private", show_progress="hidden")
 
     def adapter_list(m: str, request: gr.Request):  # the button, and the API's list of adapters

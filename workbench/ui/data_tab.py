@@ -168,4 +168,5 @@ def build_data_tab(plan_inputs: dict[str, Any]) -> dict[str, Any]:
     for button, which in ((use_suggested, "suggested"), (use_p95, "p95")):
         button.click(lambda r, which=which: _set_length(r, which), report, [seq, length_note, noted_length],
                      api_visibility="private")
-    return {"upload": upload, "format": fmt, "mapping": mapping, "val": val, "on_prompt": on_prompt, "report": report}
+    return {"upload": upload, "demo": demo, "format": fmt, "mapping": mapping, "val": val, "on_prompt": on_prompt,
+            "report": report}

@@ -203,13 +203,20 @@ def _knob_info(knob) -> str:
     return knob.help
 
 
-def knob_updates(name: str) -> list[Any]:
-    """Show the method's knobs with its defaults and ranges; hide the others (keeping their
-    values, so that no event reads an empty field in between)."""
+def knob_updates(name: str, values: bool = True) -> list[Any]:
+    """Show the method's knobs with their ranges -- and its defaults, with ``values`` (the
+    user picked the method) -- and hide the others (keeping their values, so that no event
+    reads an empty field in between)."""
     method = METHODS.get(name)
     own = {k.name: k for k in method.knobs} if method else {}
-    return [gr.update(visible=True, value=own[n].default, info=_knob_info(own[n])) if n in own
-            else gr.update(visible=False) for n in KNOB_NAMES]
+    return [gr.update(visible=True, info=_knob_info(own[n]), **({"value": own[n].default} if values else {}))
+            if n in own else gr.update(visible=False) for n in KNOB_NAMES]
+
+
+def knob_visibility(name: str) -> list[Any]:
+    """:func:`knob_updates` without the defaults: a method set by the page (a reload puts the
+    saved method and its saved knobs back together) keeps the knobs it was given."""
+    return knob_updates(name, values=False)
 
 
 def _knob_widget(knob):
@@ -281,8 +288,10 @@ def build_plan_tab() -> dict[str, Any]:
     ordered = list(inputs.values()) + knob_widgets
     gpu_inputs = list(inputs.values()) + [offload, gpu_size] + knob_widgets
     method.change(method_summary, method, method_help, api_visibility="private")
-    # a new method: its knobs first, then its plan (never the old method's knob values)
-    method.change(knob_updates, method, knob_widgets, api_visibility="private").then(
+    # the user's new method: its knobs' defaults first, then its plan (never the old method's knob
+    # values); a method the page sets (a reload) only shows its knobs, whose values it sets itself
+    method.change(knob_visibility, method, knob_widgets, api_visibility="private")
+    method.input(knob_updates, method, knob_widgets, api_visibility="private").then(
         plan_page, ordered, [summary, chart, table], api_visibility="private").then(
         per_gpu_view, gpu_inputs, [per_gpu_summary, per_gpu_rows], api_visibility="private").then(
         per_gpu_shown, per_gpu_summary, per_gpu_rows, api_visibility="private")

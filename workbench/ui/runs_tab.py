@@ -11,7 +11,8 @@ import gradio as gr
 
 from ..errors import WorkbenchError
 from .train_tab import run_panel
-from .views import run_view, sessions_rows, user_of
+from .run_view import run_view
+from .views import sessions_rows, user_of
 
 HEADERS = ["id", "state", "method", "model", "dataset", "step", "last loss", "predicted peak GiB",
            "measured step peak GiB", "measured as", "prediction error"]
@@ -62,7 +63,8 @@ def export_link(message: str, path: Path | None) -> tuple[str, str]:
 
 
 def job_settings(session_id: str | None, user: str | None = None) -> dict:
-    """The run's job.json (model, method, knobs, settings, data, schedule)."""
+    """The run's job.json (model, method, knobs, settings, data, schedule) -- the dataset by
+    its file name in the run's folder, never a path of the server's disk."""
     import json
 
     from ..sessions import check_access
@@ -71,9 +73,13 @@ def job_settings(session_id: str | None, user: str | None = None) -> dict:
         return {}
     try:
         job = json.loads((check_access(session_id, user) / "job.json").read_text())
-        return {**(job.get("run") or job), "plan_fingerprint": job.get("plan_fingerprint")}
+        shown = {**(job.get("run") or job), "plan_fingerprint": job.get("plan_fingerprint")}
     except (WorkbenchError, OSError, ValueError) as exc:
         return {"error": str(exc)}
+    data = shown.get("data")
+    if isinstance(data, dict) and data.get("path"):
+        shown["data"] = {**data, "path": f"{Path(str(data['path'])).name} (the run's copy of the dataset)"}
+    return shown
 
 
 def build_runs_tab() -> dict:

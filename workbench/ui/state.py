@@ -9,11 +9,9 @@ of the server process that never leaves it), it still lies inside gradio's uploa
 is a plain file. When a run of the user is still queued or training, the form shows that
 run's own settings (its ``job.json``), with a line that says so.
 
-Two of the page's handlers set fields when another changes: picking a method resets its
-knobs to their defaults, and the demo dataset sets its schedule. A restore changes the method
-and the file too: the demo's schedule handler is told to skip once (the Train tab's
-``restored_schedule``); the knobs the method's handler reset are put back once by
-:func:`settle` (``pending``, for :data:`RESTORE_WINDOW_SECONDS` after the load).
+Putting fields back never sets others: picking a method resets its knobs and the demo
+dataset sets its schedule only when the user does it (``method.input``, the demo button and
+``upload.upload``, never on a change made by a restore), so a restore needs no undo.
 """
 
 from __future__ import annotations
@@ -22,17 +20,17 @@ import hashlib
 import hmac
 import math
 import secrets
-import time
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from ..data.formats import FORMATS
-from ..errors import WorkbenchError
+from ..errors import SettingsError, WorkbenchError
 from ..memory.settings import DTYPE_BYTES, OFFLOADS, OPTIMIZERS, QUANTS, STRATEGIES
 from ..methods import METHODS, get_method
 from ..paths import DEMO_DATASET, is_demo_dataset
+from ..runspec import MAX_STEPS, form_number, whole_number
 from .plan_tab import KNOB_NAMES, all_knobs
 from .views import latest_active_run, safe_upload_name, user_of
 
@@ -43,14 +41,11 @@ STORAGE_KEY = "peft-workbench-page"
 VERSION = 1
 _SECRET = secrets.token_bytes(32)  # signs dataset paths for this server process only
 MAX_TEXT = 500
-RESTORE_WINDOW_SECONDS = 120.0  # how long after a load the restored knobs and schedule are defended (a
-# loaded server may answer the change events of a restore many seconds late)
-MAX_COUNT = 10**7
 
 _CHOICES = {"dtype": tuple(DTYPE_BYTES), "quant": ("auto", *QUANTS), "optim": tuple(OPTIMIZERS),
             "device": ("cuda", "cpu"), "strategy": tuple(STRATEGIES), "offload": tuple(OFFLOADS),
             "format": ("auto", *[f for f in FORMATS if f != "mapped"]), "method": tuple(METHODS)}
-_COUNTS = ("batch", "seq", "accum", "gpus")
+_COUNTS = {"batch": "batch_size", "seq": "seq_len", "accum": "grad_accum", "gpus": "gpus"}
 #: the saved fields, in the order of :func:`form_components` (knobs are ``knob:<name>``)
 FIELDS = ("model", "method", "dtype", "quant", "batch", "seq", "accum", "ckpt", "optim", "device",
           *(f"knob:{n}" for n in KNOB_NAMES), "format", "mapping", "val", "on_prompt", "max_steps", "lr", "gpus",
@@ -79,19 +74,21 @@ def _number(value: Any) -> float | None:
 
 
 def _same(a: Any, b: Any) -> bool:
-    """Equal as the form shows them: 8, 8.0 and "8" are the same number."""
+    """Equal as the form shows them: -1, -1.0 and "-1" are the same number."""
     x, y = _number(a), _number(b)
     return x == y if x is not None and y is not None else str(a) == str(b)
 
 
-def _kept(value: Any, number: float | None, ok: bool) -> Any:
-    """The saved value as it was (a text field keeps its text) when its number is acceptable."""
-    return value if number is not None and ok else None
-
-
-def _count(value: Any, minimum: int = 1) -> Any:
-    number = _number(value)
-    return _kept(value, number, number is not None and number.is_integer() and minimum <= number <= MAX_COUNT)
+def _checked(value: Any, check) -> Any:
+    """The saved value as it was (a text field keeps its text) when the form's own check of
+    that field (:func:`workbench.runspec.form_number`: its kind and range) accepts it."""
+    if value is None or (isinstance(value, str) and len(value) > 40):
+        return None
+    try:
+        check(value)
+    except SettingsError:
+        return None
+    return value
 
 
 def _knob(name: str, value: Any) -> Any:
@@ -103,9 +100,7 @@ def _knob(name: str, value: Any) -> Any:
     if knob.choices:
         return value if value in knob.choices else None
     if knob.kind in (int, float):
-        number = _number(value)
-        return _kept(value, number, number is not None and (knob.minimum is None or number >= knob.minimum) and
-                     (knob.maximum is None or number <= knob.maximum) and (knob.kind is float or number.is_integer()))
+        return _checked(value, lambda v: form_number(name, v, knob.kind, knob.minimum, knob.maximum))
     return value if isinstance(value, str) and len(value) <= MAX_TEXT else None
 
 
@@ -116,17 +111,17 @@ def clean_value(name: str, value: Any) -> Any:
     if name in _CHOICES:
         return value if isinstance(value, str) and value in _CHOICES[name] else None
     if name in _COUNTS:
-        return _count(value)
+        return _checked(value, lambda v: whole_number(_COUNTS[name], v))
     if name == "max_steps":
-        return value if _same(value, -1) else _count(value)
+        return value if _same(value, -1) else _checked(value, lambda v: form_number(name, v, int, 1, MAX_STEPS))
     if name in ("ckpt", "on_prompt"):
         return value if isinstance(value, bool) else None
     if name == "val":
         number = _number(value)
-        return _kept(value, number, number is not None and 0 <= number <= 0.5)
+        return value if number is not None and 0 <= number <= 0.5 else None
     if name == "lr":
         number = _number(value)
-        return _kept(value, number, number is not None and 0 < number <= 10)
+        return value if number is not None and 0 < number <= 10 else None
     if name == "model":
         from ..safety import check_model_name
 
@@ -212,6 +207,17 @@ def form_of_run(session_id: str, user: str | None) -> tuple[dict[str, Any], str]
     return form, d.name or Path(d.path).name
 
 
+_RUN_NOTICE = "**Showing the settings of run `{}`**"
+_SEPARATOR = "  \n"
+
+
+def without_run_notice(notice: str | None, session_id: str) -> str:
+    """The notice without its line about run ``session_id`` (it has ended: the form is the
+    user's own again)."""
+    lines = (notice or "").split(_SEPARATOR)
+    return _SEPARATOR.join(line for line in lines if not line.startswith(_RUN_NOTICE.format(session_id)))
+
+
 # -- the events ----------------------------------------------------------------------------------
 
 def save(user: str | None, upload: str | None, tab: str | None, values: list[Any]) -> dict[str, Any]:
@@ -220,10 +226,9 @@ def save(user: str | None, upload: str | None, tab: str | None, values: list[Any
             "tab": tab if tab in TABS else "plan"}
 
 
-def restore(saved: Any, current_method: str | None, user: str | None) -> dict[str, Any]:
-    """What the page shows after a load: {"form": fields to set, "upload": path or None or
-    "keep", "tab", "session": the attached run or None, "notice": markdown, "pending": see
-    :func:`settle`}."""
+def restore(saved: Any, user: str | None) -> dict[str, Any]:
+    """What the page shows after a load: {"form": fields to set, "upload": path or None,
+    "tab", "session": the attached run or None, "notice": markdown}."""
     saved = saved if isinstance(saved, dict) and saved.get("v") == VERSION else {}
     form = clean_form(saved.get("form"))
     upload: str | None = restored_upload(saved.get("upload"), user)
@@ -242,40 +247,10 @@ def restore(saved: Any, current_method: str | None, user: str | None) -> dict[st
             if upload and safe_upload_name(upload) != dataset and not (is_demo_dataset(upload) and dataset ==
                                                                        DEMO_DATASET.name):
                 upload = None
-            notes.insert(0, f"**Showing the settings of run `{session}`**, which is still queued or training (its "
+            notes.insert(0, f"{_RUN_NOTICE.format(session)}, which is still queued or training (its "
                             f"dataset: `{dataset}`); the Train tab follows it. Change any field to plan another run.")
-    method = form.get("method")
-    pending = {}
-    if method and method != current_method:  # the method's change handler resets its knobs: put them back
-        pending = {"method": method, "until": time.time() + RESTORE_WINDOW_SECONDS,
-                   "knobs": {n[5:]: v for n, v in form.items() if n.startswith("knob:") and v is not None}}
-    schedule = None  # the demo file's change handler sets its own schedule: not this time
-    if upload and is_demo_dataset(upload) and ("max_steps" in form or "lr" in form):
-        schedule = {"until": time.time() + RESTORE_WINDOW_SECONDS}
     tab = saved.get("tab") if saved.get("tab") in TABS else None
-    return {"form": form, "upload": upload, "tab": tab, "session": session, "notice": "  \n".join(notes),
-            "pending": pending or None, "schedule": schedule}
-
-
-def _all_same(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-
-
-def settle(pending: Any, method: str | None, knobs: list[Any], now: float | None = None):
-    """(pending left, knob values -- None where nothing is to be set): for a while after a
-    restore, the method's knobs, when its change handler has reset them all to their defaults,
-    are set back to the restored ones (the handler's answer may come before or after ours)."""
-    if not isinstance(pending, dict) or (now if now is not None else time.time()) > pending.get("until", 0):
-        return None, [None] * len(knobs)
-    want = pending.get("knobs") or {}
-    method_knobs = get_method(method).knobs if method in METHODS else ()
-    defaults = {k.name: k.default for k in method_knobs}
-    if method == pending.get("method") and defaults:
-        current = {n: v for n, v in zip(KNOB_NAMES, knobs) if n in defaults}
-        wanted = {n: want.get(n, defaults[n]) for n in defaults}
-        if not _all_same(current, wanted) and _all_same(current, defaults):
-            return pending, [wanted.get(n) if n in defaults else None for n in KNOB_NAMES]
-    return pending, [None] * len(knobs)
+    return {"form": form, "upload": upload, "tab": tab, "session": session, "notice": _SEPARATOR.join(notes)}
 
 
 def _constant(value: Any):
@@ -295,7 +270,6 @@ def wire(app: gr.Blocks, tabs: gr.Tabs, plan: dict[str, Any], data: dict[str, An
     """Save on every change, restore on load; returns the load event (the plan and summary
     follow it, so what they show is the plan of the restored form)."""
     saved = gr.BrowserState(None, storage_key=STORAGE_KEY)
-    pending = gr.State(None)
     tab = gr.State("plan")
     fields = form_components(plan, data, train)
     widgets = list(fields.values())
@@ -314,23 +288,13 @@ def wire(app: gr.Blocks, tabs: gr.Tabs, plan: dict[str, Any], data: dict[str, An
             button.click(_go_to(tab_id), None, [tabs, tab], api_visibility="private", queue=False).then(
                 saving, [upload, tab, *widgets], saved, api_visibility="private")
 
-    def restoring(state, method, request: gr.Request):
-        r = restore(state, method, user_of(request))
+    def restoring(state, request: gr.Request):
+        r = restore(state, user_of(request))
         form = r["form"]
         updates = [form[n] if n in form else gr.update() for n in FIELDS]
         return (*updates, r["upload"] if r["upload"] else gr.update(), gr.Tabs(selected=r["tab"]) if r["tab"] else
-                gr.update(), r["tab"] or gr.update(), r["pending"], r["schedule"], r["notice"],
+                gr.update(), r["tab"] or gr.update(), r["notice"],
                 r["session"] if r["session"] else gr.update(), r["session"] or gr.update())
 
-    knobs = plan["knobs"]
-
-    def settling(left, method, *knob_values):
-        left, values = settle(left, method, list(knob_values))
-        return (left, *[gr.update() if v is None else v for v in values])
-
-    gr.on([k.change for k in knobs], settling, [pending, plan["inputs"]["method"], *knobs], [pending, *knobs],
-          api_visibility="private", trigger_mode="always_last")
-    return app.load(restoring, [saved, plan["inputs"]["method"]],
-                    [*widgets, upload, tabs, tab, pending, train["restored_schedule"], notice, train["session"],
-                     train["run_id"]],
+    return app.load(restoring, saved, [*widgets, upload, tabs, tab, notice, train["session"], train["run_id"]],
                     api_visibility="private")

@@ -12,7 +12,9 @@ import gradio as gr
 
 from ..errors import WorkbenchError
 from ..memory.settings import OFFLOADS, SETTING_HELP, STRATEGIES
-from .views import latest_active_run, run_from_inputs, run_view_and_state, user_of
+from ..paths import DEMO_DATASET
+from .run_view import run_view_and_state
+from .views import latest_active_run, run_from_inputs, user_of
 
 
 SCHEDULE_HELP = "examples per optimizer step = batch size x gradient accumulation"
@@ -145,6 +147,19 @@ def poll_with_cancel(session_id: str | None, request: gr.Request = None):
     return (*view, gr.update(interactive=state is not None and state not in FINAL))
 
 
+def poll_page(session_id: str | None, notice: str | None, request: gr.Request = None):
+    """:func:`poll_with_cancel`, and the page's notice without its "Showing the settings of
+    run X" line once run X has ended (the rest of the notice stays)."""
+    from ..training.events import FINAL
+    from .state import without_run_notice
+
+    view, state = _poll(session_id, request)
+    ended = session_id and (state is None or state in FINAL)
+    kept = without_run_notice(notice, session_id) if ended else notice
+    return (*view, gr.update(interactive=state is not None and state not in FINAL),
+            gr.update() if kept == notice else kept)
+
+
 def _poll(session_id: str | None, request: gr.Request = None):
     from ..training.queue import dispatch_soon
 
@@ -182,17 +197,6 @@ def demo_schedule(path: str | None):
     return gr.update(), gr.update()
 
 
-def schedule_for(path: str | None, restored: dict | None, now: float | None = None):
-    """(max steps, learning rate, restored left): the demo dataset's schedule, unless the file
-    was just put back by a page load with its own schedule (``restored``: {"until": time},
-    see :func:`workbench.ui.state.restore`; the file's change may fire more than once)."""
-    import time
-
-    if isinstance(restored, dict) and (now if now is not None else time.time()) <= restored.get("until", 0):
-        return gr.update(), gr.update(), restored
-    return (*demo_schedule(path), None)
-
-
 def run_panel() -> list[Any]:
     """The components ``run_view`` fills: status, progress line, live memory, training curves."""
     status = gr.Markdown()
@@ -202,7 +206,7 @@ def run_panel() -> list[Any]:
     return [status, progress, memory, curves]
 
 
-def build_train_tab(plan_inputs: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+def build_train_tab(plan_inputs: dict[str, Any], data: dict[str, Any], notice: gr.Markdown) -> dict[str, Any]:
     """Layout; returns the run controls (for the page's saved state), the summary and the
     buttons that lead to the tab where each part of the summary is set (the page wires them)."""
     session = gr.State(None)
@@ -217,10 +221,11 @@ def build_train_tab(plan_inputs: dict[str, Any], data: dict[str, Any]) -> dict[s
             elif part == "data":
                 links["data"].append(gr.Button("Change on the Data tab", size="sm", scale=0, min_width=240))
     with gr.Row():
-        max_steps = gr.Number(30, label="Max steps", precision=0, minimum=1)
+        # no precision/minimum: gradio would round 2.5 to 2 or refuse 0 before the server could say why
+        max_steps = gr.Number(30, label="Max steps", info="optimizer steps to train; -1: whole epochs of the data")
         lr = gr.Number(2e-4, label="Learning rate")
     with gr.Row():
-        gpus = gr.Number(1, label="GPUs", precision=0, minimum=1,
+        gpus = gr.Number(1, label="GPUs",
                          info="processes; a multi-GPU run is launched with accelerate (on CPU: gloo processes)")
         strategy = gr.Dropdown(list(STRATEGIES), value="single", label="Strategy", info=SETTING_HELP["strategy"])
         offload = gr.Dropdown(list(OFFLOADS), value="none", label="Offload", info=SETTING_HELP["offload"])
@@ -243,13 +248,13 @@ def build_train_tab(plan_inputs: dict[str, Any], data: dict[str, Any]) -> dict[s
                        show_progress="hidden")  # it follows every keystroke: no fading while it redraws
     cancel_btn.click(cancel_run, run_id, message, api_name="cancel_run")  # the id is also what API clients pass
     data["report"].change(readiness, [data["upload"], data["report"]], start_btn, api_visibility="private")
-    restored_schedule = gr.State(None)  # set by a page load that puts back a file and its schedule (state.py)
-    data["upload"].change(schedule_for, [data["upload"], restored_schedule], [max_steps, lr, restored_schedule],
-                          api_visibility="private")
-    timer.tick(poll_with_cancel, session, panel + [cancel_btn], api_name="poll_run", api_visibility="private",
-               show_progress="hidden")  # every second: no loading marks over the panel
+    # the demo's schedule when the user picks the demo (its button, or an upload of the same file); a
+    # reload that puts the file back keeps the schedule it puts back with it
+    data["demo"].click(lambda: demo_schedule(str(DEMO_DATASET)), None, [max_steps, lr], api_visibility="private")
+    data["upload"].upload(demo_schedule, data["upload"], [max_steps, lr], api_visibility="private")
+    timer.tick(poll_page, [session, notice], panel + [cancel_btn, notice], api_name="poll_run",
+               api_visibility="private", show_progress="hidden")  # every second: no loading marks over the panel
     gr.Button(visible=False).click(poll_run, gr.Textbox(visible=False), panel,
                                    api_name="run_status")
     return {"session": session, "run_id": run_id, "summary": parts, "summary_inputs": summary_inputs, "links": links,
-            "controls": {"max_steps": max_steps, "lr": lr, "gpus": gpus, "strategy": strategy, "offload": offload},
-            "restored_schedule": restored_schedule}
+            "controls": {"max_steps": max_steps, "lr": lr, "gpus": gpus, "strategy": strategy, "offload": offload}}
