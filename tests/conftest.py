@@ -51,6 +51,16 @@ def running_app(folder, *args, env=None):
             proc.wait(timeout=30)
 
 
+@pytest.fixture(scope="session")
+def shared_app(tmp_path_factory):
+    """(URL, sessions folder) of one ``python app.py`` that the browser modules needing no
+    environment of their own share (a start takes 20-45 s); their runs and files meet in it
+    as they would on a real server."""
+    folder = tmp_path_factory.mktemp("browser-app")
+    with running_app(folder) as url:
+        yield url, folder / "sessions"
+
+
 def pytest_collection_modifyitems(config, items):
     """Everything under ``tests/security/`` (issue 7's hostile-input and fault tests) carries
     the ``security`` marker: ``pytest -m security`` runs those plus the related tests marked

@@ -12,7 +12,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import running_app
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
@@ -22,9 +21,8 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
-    with running_app(tmp_path_factory.mktemp("browser")) as url:
-        yield url
+def app_url(shared_app):
+    return shared_app[0]
 
 
 def test_whole_flow_in_a_browser(app_url, tmp_path):

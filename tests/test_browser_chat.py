@@ -11,7 +11,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import running_app
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
@@ -23,28 +22,27 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory):
+def app(shared_app, tmp_path_factory):
     """(URL, a held-out file of 400 prompts) of the app, with one finished tiny LoRA run that
     learned to answer ``HOSTILE``."""
     from workbench.sessions import session_path
     from workbench.training.job import Schedule
-    from workbench.training.launcher import make_job, prepare
-    from workbench.training.worker import main
+    from workbench.training.launcher import make_job, start
 
     folder = tmp_path_factory.mktemp("browser-chat")
     before = os.environ.get("WORKBENCH_SESSIONS")
-    os.environ["WORKBENCH_SESSIONS"] = str(folder / "sessions")
+    os.environ["WORKBENCH_SESSIONS"] = str(shared_app[1])
     try:
         data = folder / "markup.jsonl"
         data.write_text("\n".join(json.dumps({"instruction": "Say it.", "output": HOSTILE}) for _ in range(32)))
         (folder / "markup_heldout.jsonl").write_text(  # enough prompts for an evaluation to be cancelled midway
             "\n".join(json.dumps({"instruction": f"Say it, number {i}.", "output": HOSTILE}) for i in range(400)))
-        sid = prepare(make_job("tiny", "lora", str(data), schedule=Schedule(max_steps=80, learning_rate=5e-3)))
-        assert main([str(session_path(sid) / "job.json")]) == 0
+        # through the queue, as the page starts runs: the shared app's own dispatch never starts it twice
+        sid, proc = start(make_job("tiny", "lora", str(data), schedule=Schedule(max_steps=80, learning_rate=5e-3)))
+        assert proc is not None and proc.wait(timeout=600) == 0, (session_path(sid) / "worker.log").read_text()[-2000:]
     finally:
         os.environ.pop("WORKBENCH_SESSIONS") if before is None else os.environ.update(WORKBENCH_SESSIONS=before)
-    with running_app(folder) as url:
-        yield url, folder / "markup_heldout.jsonl"
+    return shared_app[0], folder / "markup_heldout.jsonl"
 
 
 def _no_markup_from_model(page) -> None:

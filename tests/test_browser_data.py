@@ -19,7 +19,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import running_app
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
@@ -52,9 +51,8 @@ UNLABELLED_JS = """() => [...document.querySelectorAll('input, textarea, select'
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
-    with running_app(tmp_path_factory.mktemp("browser-data")) as url:
-        yield url
+def app_url(shared_app):
+    return shared_app[0]
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import running_app
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
@@ -20,10 +19,8 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("browser-train")
-    with running_app(folder) as url:
-        yield url, folder / "sessions"
+def app(shared_app):
+    return shared_app
 
 
 STORED = "() => localStorage.getItem('peft-workbench-page')"

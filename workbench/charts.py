@@ -134,13 +134,16 @@ def training_curves(logs: list[dict[str, Any]]) -> go.Figure:
     fig.add_scatter(x=[e["step"] for e in train], y=[e.get("tokens_per_second") for e in train],
                     name="throughput (tokens/s)",
                     yaxis="y3", mode="lines", line=dict(dash="dash"))
-    fig.update_layout(height=360, title="Training loss, learning rate and throughput", xaxis_title="optimizer step",
+    # two right-hand axes side by side (autoshift), the legend under the plot so that it never
+    # covers their labels, learning rates as 2.0e-4 (not a clipped 0.0002)
+    fig.update_layout(height=420, title="Training loss, learning rate and throughput", xaxis_title="optimizer step",
                       yaxis_title="loss (mean cross-entropy per token)",
-                      yaxis2=dict(overlaying="y", side="right", title="learning rate", showgrid=False),
+                      yaxis2=dict(overlaying="y", side="right", title="learning rate", showgrid=False,
+                                  tickformat=".1e"),
                       yaxis3=dict(overlaying="y", side="right", anchor="free", autoshift=True,
-                                  title="throughput (tokens/s)",
-                                  showgrid=False),
-                      margin=dict(l=40, r=60, t=50, b=40))
+                                  title="throughput (tokens/s)", showgrid=False),
+                      legend=dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0),
+                      margin=dict(l=60, r=40, t=50, b=40))
     return fig
 
 
