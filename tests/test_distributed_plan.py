@@ -273,6 +273,22 @@ def _cli(*args):
                           timeout=300)
 
 
+def _cli_here(capsys, *args):
+    """:func:`_cli` in this process (the same ``main``, without a 10 s interpreter start)."""
+    from types import SimpleNamespace
+
+    from workbench.cli import main
+
+    device = ["--device", "cuda"] if args[:1] == ("plan",) and "--device" not in args else []
+    capsys.readouterr()
+    try:
+        code = main([*args, *device])
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    out = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+
+
 def test_cli_plan_json_per_gpu():
     out = _cli("plan", "--model", LLAMA7, "--method", "full", "--gpus", "4", "--strategy", "deepspeed-zero3",
                "--offload", "both", "--json")
@@ -286,18 +302,18 @@ def test_cli_plan_json_per_gpu():
     assert all("N=4" in c["formula"] for c in d["components"] if c["name"] in ("weights", "communication"))
 
 
-def test_cli_plan_human_per_gpu_and_errors():
+def test_cli_plan_human_per_gpu_and_errors(capsys):
     out = _cli("plan", "--model", "tiny", "--method", "lora", "--gpus", "2", "--strategy", "fsdp", "--offload",
                "params")
     assert out.returncode == 0, out.stderr
     assert "per GPU (2 GPUs, fsdp, offload params)" in out.stdout and "host" in out.stdout
     assert "communication" in out.stdout
-    ddp = _cli("plan", "--model", "tiny", "--method", "lora", "--gpus", "2")  # several GPUs: ddp by default
+    ddp = _cli_here(capsys, "plan", "--model", "tiny", "--method", "lora", "--gpus", "2")  # several GPUs: ddp by default
     assert ddp.returncode == 0 and "per GPU (2 GPUs, ddp)" in ddp.stdout
     for args, message in [(["--gpus", "2", "--strategy", "single"], "need a strategy"),
                           (["--gpus", "4", "--strategy", "fsdp", "--offload", "optimizer"], "optimizer-only"),
                           (["--gpus", "two"], "--gpus")]:
-        bad = _cli("plan", "--model", "tiny", "--method", "lora", *args)
+        bad = _cli_here(capsys, "plan", "--model", "tiny", "--method", "lora", *args)
         assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr
         assert len(bad.stderr.strip().splitlines()) == 1
 
