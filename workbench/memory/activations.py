@@ -79,11 +79,21 @@ def padded_batch(settings: TrainingSettings) -> bool:
     return settings.batch_size > 1
 
 
+#: a Llama block's parameters (Llama, Mistral, SmolLM2, TinyLlama; Qwen2 adds the q/k/v biases):
+#: the op-by-op walk below is measured on exactly these blocks
+LLAMA_BLOCK = frozenset({"input_layernorm.weight", "post_attention_layernorm.weight",
+                         *(f"self_attn.{n}.weight" for n in LLAMA_LINEARS[:4]),
+                         *(f"mlp.{n}.weight" for n in LLAMA_LINEARS[4:])})
+QWEN2_BIASES = frozenset(f"self_attn.{n}.bias" for n in ("q_proj", "k_proj", "v_proj"))
+
+
 def is_llama_like(spec: ModelSpec) -> bool:
-    names = {lin.short_name for lin in spec.inventory.linears}
-    params = {p.name for p in spec.inventory.params}
-    prefix = spec.inventory.block_prefix
-    return set(LLAMA_LINEARS) <= names and f"{prefix}.0.input_layernorm.weight" in params
+    """Is every block a Llama block (with or without Qwen2's q/k/v biases)? A block with more
+    (Qwen3's q/k norms, Gemma's extra norms) or other linears (Phi-3's fused qkv_proj) is not:
+    its activations take the flagged fallback until its own walk is measured."""
+    prefix = f"{spec.inventory.block_prefix}.0."
+    block = {p.name[len(prefix):] for p in spec.inventory.params if p.name.startswith(prefix)}
+    return LLAMA_BLOCK <= block <= LLAMA_BLOCK | QWEN2_BIASES
 
 
 def _walk_block(i: int, rg: bool, spec: ModelSpec, method: Method, knobs: dict, settings: TrainingSettings,

@@ -165,6 +165,11 @@ def gpu_line(peak_bytes: int) -> str:
     return f"GPU cards: {'; '.join(marks)}. {RUNTIME_NOTE}"
 
 
+APPROXIMATE_ACTIVATIONS = ("⚠ **Activations approximate** for this architecture: a textbook formula (Korthikanti et "
+                           "al. 2022), not the op-by-op count measured for Llama, Mistral and Qwen2 blocks; weights, "
+                           "gradients, optimizer and logits are exact.  \n")
+
+
 def _summary(p: dict[str, Any], run, mark: str) -> str:
     demo = ("\n\n> The `tiny` model is a **demo with random weights** that works offline." if p["model"] == TINY_NAME
             else f"\n\n> {SMOLLM2_LABEL}." if p["model"] == SMOLLM2_NAME else "")
@@ -179,6 +184,7 @@ def _summary(p: dict[str, Any], run, mark: str) -> str:
         f"**{p['trainable_params']:,}** of {p['total_params']:,} parameters trained ({p['trainable_percent']:.3f}%).  \n"
         f"Predicted peak **{p['peak_bytes'] / GIB:.2f} GiB**; inference needs "
         f"{p['inference_bytes'] / GIB:.2f} GiB: training takes **{p['peak_over_inference']:.2f}x** the memory of inference.  \n"
+        + ("" if p["activations_exact_architecture"] else APPROXIMATE_ACTIVATIONS) +
         f"{machine_verdict(run)}  \n"
         f"{gpu_line(p['peak_bytes'])}  \nPlan `{mark}` (the run started from these settings records the same "
         f"fingerprint)." + accuracy + demo
