@@ -62,6 +62,7 @@ def test_only_measured_blocks_claim_exact_activations():
     from workbench.memory.activations import is_llama_like
     from workbench.runspec import build_run, plan_run
     from workbench.ui.plan_tab import APPROXIMATE_ACTIVATIONS, KNOB_NAMES, plan_view
+    from workbench.ui.views import compare_view
 
     exact = ["meta-llama/Llama-2-7b-hf", "mistralai/Mistral-Nemo-Base-2407", "Qwen/Qwen2.5-0.5B", "tiny"]
     approximate = ["Qwen/Qwen3-0.6B", "google/gemma-2-2b", "google/gemma-3-1b-pt", "microsoft/phi-4"]
@@ -73,6 +74,8 @@ def test_only_measured_blocks_claim_exact_activations():
         summary = plan_view(name, "lora", "bfloat16", "auto", 1, 256, 1, False, "adamw", "cuda",
                             *[None] * len(KNOB_NAMES))[0]
         assert (APPROXIMATE_ACTIVATIONS.strip() in summary) is (name == "Qwen/Qwen3-0.6B")
+        compared = compare_view(name, "bfloat16", 1, 256, False, "adamw", "H100 80 GB")[0]
+        assert (APPROXIMATE_ACTIVATIONS.strip() in compared) is (name == "Qwen/Qwen3-0.6B")
 
 
 def test_unknown_model_lists_bundled_names():

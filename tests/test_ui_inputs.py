@@ -400,3 +400,20 @@ def test_the_menus_show_cards_with_their_usable_gib():
         assert ("H100 80 GB (79.6 GiB usable)", "H100 80 GB") in menu.choices
         assert ("H200 141 GB (140.4 GiB usable)", "H200 141 GB") in menu.choices
     assert {m.value for m in menus} == {"H100 80 GB", "RTX 4090 24 GB"}
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_the_install_hint_shows_only_when_smollm2_is_missing(monkeypatch, installed):
+    """The suite (and an operator) may preselect tiny with SmolLM2 installed: then the page
+    does not claim that it is missing."""
+    import gradio as gr
+
+    from workbench import smollm2
+    from workbench.ui.plan_tab import build_plan_tab
+
+    monkeypatch.setenv("WORKBENCH_DEFAULT_MODEL", "tiny")
+    monkeypatch.setattr(smollm2, "available", lambda: installed)
+    with gr.Blocks() as page:
+        build_plan_tab()
+    texts = [b.value for b in page.blocks.values() if isinstance(b, gr.Markdown) and isinstance(b.value, str)]
+    assert any(smollm2.INSTALL_HINT in t for t in texts) is (not installed)

@@ -17,6 +17,7 @@ from ..memory.settings import DTYPE_BYTES, OFFLOADS, OPTIMIZERS, QUANTS, SETTING
 from ..methods import METHODS, get_method
 from ..runspec import allowed_range, fingerprint, label, plan_run
 from ..specs import bundled_names, default_model
+from .. import smollm2
 from ..smollm2 import INSTALL_HINT, SMOLLM2_LABEL, SMOLLM2_NAME
 from ..tiny import TINY_NAME
 from .views import model_spec, run_from_inputs
@@ -251,7 +252,7 @@ def build_plan_tab() -> dict[str, Any]:
             model = gr.Dropdown(bundled_names(), value=chosen, label="Model", allow_custom_value=True,
                                 info="a bundled config (no download), a local folder, or a hub id. "
                                      f"{SMOLLM2_LABEL}; tiny: an offline demo with random weights")
-            if chosen == TINY_NAME:
+            if chosen == TINY_NAME and not smollm2.available():  # not when an operator chose tiny
                 gr.Markdown(f"*{INSTALL_HINT}*")
             method = gr.Dropdown([(f"{m.title} ({n})", n) for n, m in METHODS.items()], value="lora",
                                  label="Method", info="how the model is fine-tuned; defaults for its knobs")

@@ -82,6 +82,12 @@ def compare_view(model: str, dtype: str, batch_size: float, seq_len: float, grad
         lesson = (f"Full fine-tuning needs **{full['peak_over_inference']:.1f}x** the memory of inference ({split(full)}); "
                   f"LoRA **{lora['peak_over_inference']:.1f}x** ({split(lora)}). LoRA keeps gradients and optimizer "
                   "states only for its adapters; what remains is the activations, which grow with batch x sequence.")
+    from ..memory.activations import is_llama_like
+
+    if not is_llama_like(spec):
+        from .plan_tab import APPROXIMATE_ACTIVATIONS
+
+        lesson += "\n\n" + APPROXIMATE_ACTIVATIONS.strip()
     summary = f"### Every method on {spec.label}\n{lesson}\n\n" + (
         f"**{len(fits)} methods fit one {card.label}** (fastest configuration of each, by FLOPs per token). "
         if fits else f"**Nothing fits one {card.label}** at these settings: try a shorter sequence or a smaller "
