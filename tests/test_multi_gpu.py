@@ -198,3 +198,48 @@ def _cmdline(pid: str) -> str:
             return fh.read().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+@pytest.mark.parametrize("strategy", ["fsdp", "deepspeed-zero2"])
+@pytest.mark.parametrize("optimizer", ["sgd", "sgd_momentum", "adamw"])
+def test_a_sharded_run_gets_the_planned_optimizer_from_the_trainer(tmp_path, strategy, optimizer):
+    """Sharded runs let the Trainer build the optimizer (issue 16, defect 5): sgd_momentum is
+    SGD with the momentum buffer the planner counts, not the Trainer's plain ``sgd``."""
+    import torch
+    from transformers import Trainer
+
+    from workbench.optimizers import SGD_MOMENTUM, build_optimizer
+    from workbench.runspec import build_run
+    from workbench.training.recipe import training_arguments
+
+    run = build_run("tiny", "lora", settings={"device": "cuda", "gpus": 2, "strategy": strategy,
+                                              "optimizer": optimizer}, schedule={"max_steps": 2})
+    args = training_arguments(run, tmp_path, has_validation=False)
+    cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
+    ours = build_optimizer([torch.nn.Parameter(torch.zeros(2))], optimizer)
+    assert cls is type(ours)
+    assert kwargs.get("momentum", 0) == ours.defaults.get("momentum", 0)
+    assert (ours.defaults.get("momentum") == SGD_MOMENTUM) is (optimizer == "sgd_momentum")
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp", "deepspeed-zero3"])
+def test_a_quantized_base_under_sharding_is_stored_so_it_can_shard_or_refused(strategy):
+    """Issue 16, defect 4: QLoRA under FSDP / ZeRO-3 stores its 4-bit weights in the compute
+    dtype; an 8-bit base cannot be sharded and is refused by the plan, before any start."""
+    import torch
+
+    from workbench.loading import quantization_config
+    from workbench.methods import get_method
+    from workbench.runspec import build_run, plan_run
+
+    settings = {"device": "cuda", "gpus": 2, "strategy": strategy}
+    run = build_run("tiny", "qlora", settings=settings)
+    plan_run(run)
+    config = quantization_config(get_method("qlora"), run.knobs, run.settings)
+    sharded = strategy != "ddp"
+    assert config.bnb_4bit_quant_storage == (torch.bfloat16 if sharded else torch.uint8)
+    if sharded:
+        with pytest.raises(SettingsError, match=f"an 8-bit base cannot be sharded by {strategy}"):
+            plan_run(build_run("tiny", "lora-8bit", settings=settings))
+    else:
+        plan_run(build_run("tiny", "lora-8bit", settings=settings))

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SettingsError, UnknownModelError
-from .memory.planner import resolve_quant
+from .memory.planner import PARAM_SHARDING, resolve_quant
 from .memory.settings import TrainingSettings
 from .methods.base import Method
 from .smollm2 import SMOLLM2_NAME, ensure_smollm2
@@ -114,6 +114,9 @@ def quantization_config(method: Method, knobs: dict[str, Any], settings: Trainin
             bnb_4bit_quant_type=knobs.get("quant_type", "nf4"),
             bnb_4bit_use_double_quant=bool(knobs.get("double_quant", True)),
             bnb_4bit_compute_dtype=getattr(torch, settings.dtype),
+            # sharded parameters: FSDP / ZeRO-3 flatten the packed weights with the others (planner.resolve_quant)
+            **({"bnb_4bit_quant_storage": getattr(torch, settings.dtype)} if settings.strategy in PARAM_SHARDING
+               else {}),
         )
     if quant == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)

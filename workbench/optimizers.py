@@ -14,6 +14,10 @@ TRAINER_OPTIM = {
     "sgd_momentum": "sgd",
     "adafactor": "adafactor",
 }
+#: what the Trainer's ``optim_args`` must say for its optimizer to be ours (its ``sgd`` has no
+#: momentum unless told: the planner counts sgd_momentum's buffer)
+TRAINER_OPTIM_ARGS = {"sgd_momentum": "momentum=0.9"}
+SGD_MOMENTUM = 0.9
 
 
 def build_optimizer(params, name: str, lr: float = 1e-3):
@@ -31,7 +35,7 @@ def build_optimizer(params, name: str, lr: float = 1e-3):
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr)
     if name == "sgd_momentum":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+        return torch.optim.SGD(params, lr=lr, momentum=SGD_MOMENTUM)
     if name == "adafactor":
         from transformers.optimization import Adafactor
 

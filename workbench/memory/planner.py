@@ -111,7 +111,25 @@ def device_constants() -> dict[str, Any]:
     return json.loads((PACKAGE_DIR / "memory" / "constants.json").read_text())
 
 
+#: strategies that shard the parameters themselves (bitsandbytes weights must be flattened too)
+PARAM_SHARDING = ("fsdp", "fsdp-grad-op", "deepspeed-zero3")
+
+
 def resolve_quant(method: Method, settings: TrainingSettings) -> str:
+    """The base's storage (none, 8bit, 4bit) for the method and settings; combinations that
+    cannot train are refused with the reason. 4-bit weights under a parameter-sharding
+    strategy are stored in the compute dtype (``bnb_4bit_quant_storage``, as peft's and
+    accelerate's FSDP-QLoRA guides do: the same bytes, in a dtype FSDP can flatten); 8-bit
+    weights cannot be sharded at all."""
+    quant = _wanted_quant(method, settings)
+    if quant == "8bit" and settings.strategy in PARAM_SHARDING:
+        raise SettingsError(f"an 8-bit base cannot be sharded by {settings.strategy} (bitsandbytes int8 weights "
+                            "cannot be flattened); use qlora (4-bit), or ddp / deepspeed-zero1/2, which keep whole "
+                            "weights on every GPU")
+    return quant
+
+
+def _wanted_quant(method: Method, settings: TrainingSettings) -> str:
     wanted = settings.quant
     if method.quantization:
         if wanted not in (None, method.quantization):

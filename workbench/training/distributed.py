@@ -35,8 +35,6 @@ CONFIG_FILE = "accelerate_config.yaml"
 DS_CONFIG_FILE = "ds_config.json"
 COMMAND_FILE = "launch_command.txt"
 DS_OPTIMIZERS = {"adamw": "AdamW", "sgd": None, "sgd_momentum": None}
-TRAINER_OPTIM = {"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit",
-                 "sgd": "sgd", "sgd_momentum": "sgd", "adafactor": "adafactor"}
 
 
 def is_distributed(settings: TrainingSettings) -> bool:

@@ -19,7 +19,7 @@ from .sampling import LongestFirstSampler, probe_step
 
 
 def training_arguments(run: RunSpec, output_dir: Path, has_validation: bool) -> TrainingArguments:
-    from .distributed import TRAINER_OPTIM
+    from ..optimizers import TRAINER_OPTIM, TRAINER_OPTIM_ARGS
 
     s, settings = run.schedule, run.settings
     sharded = settings.strategy not in ("single", "ddp")
@@ -34,7 +34,9 @@ def training_arguments(run: RunSpec, output_dir: Path, has_validation: bool) -> 
         disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0,
         train_sampling_strategy="group_by_length" if s.batching == "group_by_length" else "random",
         ddp_find_unused_parameters=False if settings.strategy == "ddp" else None,
-        **({"optim": TRAINER_OPTIM[settings.optimizer]} if sharded else {}),
+        # sharded runs let the Trainer (or DeepSpeed) build the optimizer: the same one, momentum included
+        **({"optim": TRAINER_OPTIM[settings.optimizer], "optim_args": TRAINER_OPTIM_ARGS.get(settings.optimizer)}
+           if sharded else {}),
     )
 
 
