@@ -371,3 +371,26 @@ def test_hand_edited_job_with_unknown_fields_is_refused(qa_file):
     data["run"]["schedule"]["learning_rte"] = 1.0
     with pytest.raises(WorkbenchError, match="unknown field.*learning_rte"):
         TrainJob.from_dict(data)
+
+
+def test_the_samplers_peak_never_counts_set_up(tmp_path):
+    """Issue 16, defect 7: loading the model is not training. Samples say their phase, and
+    the sampler's peak counts the training phase only (on CUDA the step callback also resets
+    the peak statistics when training begins)."""
+    import json
+
+    from workbench.training.events import EventWriter
+    from workbench.training.telemetry import MemorySampler
+
+    events = EventWriter(tmp_path / "events.jsonl")
+    sampler = MemorySampler(events, "cpu", interval=10)
+    setup = sampler.sample()
+    assert setup["phase"] == "setup" and setup["rss"] > 0 and sampler.peak == 0
+    sampler.training()
+    during = sampler.sample()
+    assert during["phase"] == "training" and sampler.peak == during["rss"]
+    sampler.start()
+    sampler.stop()
+    events.close()
+    phases = [json.loads(line)["phase"] for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert phases and set(phases) == {"training"}

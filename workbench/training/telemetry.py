@@ -11,9 +11,12 @@
   the step begins, so loading is never counted) with ``memory_reserved`` beside it, every step.
   Each becomes a ``step_memory`` event.
 - :class:`MemorySampler` -- a background thread, several times a second: on CUDA
-  allocated / reserved / peak allocated since set-up and NVML's device used bytes; on CPU the
+  allocated / reserved / peak allocated since the last reset (each step's start) and NVML's
+  device used bytes; on CPU the
   process's resident set (RSS), which includes Python, the libraries and allocator slack
-  and so is shown as its own line, never as the planner's quantity.
+  and so is shown as its own line, never as the planner's quantity. Each sample says its
+  ``phase``: ``setup`` (loading the model, building the data) until the worker calls
+  :meth:`MemorySampler.training`, then ``training``; the sampler's own peak counts training only.
 
 Tensors are inspected only *in the training thread*: touching ``param.grad`` from another
 thread races with the autograd engine, which writes gradients without the GIL.
@@ -52,7 +55,8 @@ class MemorySampler:
                  local_rank: int = 0) -> None:
         self.events, self.device, self.interval = events, device, interval
         self.rank, self.local_rank = rank, local_rank
-        self.peak = 0  # of what is sampled: CUDA peak allocated, CPU RSS
+        self.peak = 0  # of what is sampled while training (never loading): CUDA peak allocated, CPU RSS
+        self.phase = "setup"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
         self._nvml = _nvml_used(local_rank) if device == "cuda" else (lambda: None)
@@ -60,6 +64,11 @@ class MemorySampler:
     def start(self) -> MemorySampler:
         self._thread.start()
         return self
+
+    def training(self) -> None:
+        """Set-up is over: later samples are of training (loading never counts in the peak;
+        StepPeakCallback resets CUDA's peak statistics when training begins)."""
+        self.phase = "training"
 
     def stop(self) -> None:
         """Stop sampling, with one last sample so that even a run shorter than one interval
@@ -69,7 +78,10 @@ class MemorySampler:
         self.events.emit("memory", **self.sample())
 
     def sample(self) -> dict[str, Any]:
-        data = self._sample()
+        phase = self.phase
+        data = {**self._sample(), "phase": phase}
+        if phase == "training":
+            self.peak = max(self.peak, data["max_allocated"] if self.device == "cuda" else data["rss"])
         return data if self.rank is None else {**data, "rank": self.rank}
 
     def _sample(self) -> dict[str, Any]:
@@ -80,12 +92,10 @@ class MemorySampler:
             data = {"source": "cuda", "allocated": torch.cuda.memory_allocated(d),
                     "reserved": torch.cuda.memory_reserved(d), "max_allocated": torch.cuda.max_memory_allocated(d),
                     "nvml_used": self._nvml()}
-            self.peak = max(self.peak, data["max_allocated"])
         else:
             import psutil
 
             data = {"source": "cpu", "rss": psutil.Process().memory_info().rss}
-            self.peak = max(self.peak, data["rss"])
         return data
 
     def _run(self) -> None:

@@ -79,6 +79,7 @@ def main(argv: list[str]) -> int:
         checkpoint = complete_checkpoints(session)[-1] if resume and complete_checkpoints(session) else None
         if resume and main_rank:
             events.emit("resume", checkpoint=str(checkpoint) if checkpoint else None)
+        sampler.training()
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         if cancel.requested:
             if main_rank:
