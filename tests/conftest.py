@@ -51,6 +51,28 @@ def running_app(folder, *args, env=None):
             proc.wait(timeout=30)
 
 
+CHROMIUM = "/usr/bin/chromium"
+
+
+@contextlib.contextmanager
+def opened_page(url, height=1000):
+    """A headless chromium page on ``url``, 1300 px wide, once the plan is drawn (the page's
+    first answer); closes the browser afterwards."""
+    import shutil
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium") or CHROMIUM, args=["--no-sandbox"],
+                                    headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": height})
+            page.goto(url)
+            page.get_by_text("Predicted peak").first.wait_for(timeout=120_000)
+            yield page
+        finally:
+            browser.close()
+
+
 @pytest.fixture(scope="session")
 def shared_app(tmp_path_factory):
     """(URL, sessions folder) of one ``python app.py`` that the browser modules needing no

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import running_app
+from conftest import opened_page, running_app
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
@@ -51,13 +51,8 @@ def test_an_uncached_hub_id_fails_fast_through_the_api(app_url, name):
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (apt-get install -y chromium)")
 def test_what_a_person_sees_in_the_planning_screens(app_url):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
     SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
-        page = browser.new_page(viewport={"width": 1300, "height": 1000})
-        page.goto(app_url)
-        page.get_by_text("Predicted peak").first.wait_for(timeout=60_000)
+    with opened_page(app_url) as page:
         chart = page.locator(".js-plotly-plot").first
         breakdown = page.get_by_text("Breakdown").first
         chart.wait_for(state="visible", timeout=30_000)
@@ -124,4 +119,3 @@ def test_what_a_person_sees_in_the_planning_screens(app_url):
         page.get_by_text("fit one RTX 4090 24 GB (23.9 GiB usable)").first.wait_for(timeout=120_000)
         assert page.get_by_text("✗ too big").count() >= 1 and page.get_by_text("✓ fits").count() >= 1
         page.screenshot(path=SHOTS / "inputs-7-compare.png", full_page=True)
-        browser.close()

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import opened_page
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
@@ -46,11 +47,7 @@ def test_train_tab_summary_reload_progress_and_failure(app, tmp_path, monkeypatc
     sync_api = pytest.importorskip("playwright.sync_api")
     url, sessions = app
     SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
-        page = browser.new_page(viewport={"width": 1300, "height": 1000})
-        page.goto(url)
-        page.get_by_text("Predicted peak").first.wait_for(timeout=120_000)
+    with opened_page(url) as page:
         page.get_by_label("Method").click()
         page.get_by_role("option", name=re.compile(r"\(rslora\)")).click()
         page.wait_for_function("() => document.body.innerText.includes('rslora on tiny')", timeout=90_000)
@@ -133,7 +130,6 @@ def test_train_tab_summary_reload_progress_and_failure(app, tmp_path, monkeypatc
         page.locator("pre", has_text="set-up failed").first.wait_for(timeout=10_000)
         assert "Traceback" not in page.locator("body").inner_text()
         page.screenshot(path=SHOTS / "train-failed.png", full_page=True)
-        browser.close()
 
 
 def _failed_run(sessions: Path, tmp_path: Path, monkeypatch) -> str:
