@@ -133,7 +133,11 @@ def test_train_tab_summary_reload_progress_and_failure(app, tmp_path, monkeypatc
 
 
 def _failed_run(sessions: Path, tmp_path: Path, monkeypatch) -> str:
-    """A run of the page's store whose worker fails at set-up (``WORKBENCH_FAULT``)."""
+    """A run of the page's store whose worker fails at set-up (``WORKBENCH_FAULT``). Started
+    here once the device is free (the cancelled run's worker may still be exiting), so that
+    this process's dispatch starts it, with the fault in its environment."""
+    from workbench.sessions import list_sessions, session_path, worker_alive
+    from workbench.training.events import FINAL
     from workbench.training.job import Schedule
     from workbench.training.launcher import make_job, start
 
@@ -141,7 +145,12 @@ def _failed_run(sessions: Path, tmp_path: Path, monkeypatch) -> str:
     data.write_text("\n".join(json.dumps({"prompt": f"What is {i}?", "completion": f"It is {i}."}) for i in range(24)))
     monkeypatch.setenv("WORKBENCH_SESSIONS", str(sessions))
     monkeypatch.setenv("WORKBENCH_FAULT", "error_at_setup")
+    deadline = time.time() + 120
+    while any(s.state not in FINAL or worker_alive(session_path(s.id)) for s in list_sessions()) and \
+            time.time() < deadline:
+        time.sleep(0.5)
     sid, proc = start(make_job("tiny", "lora", str(data), schedule=Schedule(max_steps=4)))
+    assert proc is not None, "the device was still busy: the run was queued"
     assert proc.wait(timeout=300) != 0
     assert os.environ["WORKBENCH_FAULT"] == "error_at_setup"
     return sid
