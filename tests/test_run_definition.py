@@ -225,3 +225,16 @@ def test_a_probe_over_the_limit_stops_the_run_as_oom_with_suggestions_that_fit(t
     expected = [s.text for s in suggestions_under(job.run, limit)]
     assert expected and final["suggestions"] == expected
     assert all(s.peak_bytes <= limit for s in suggestions_under(job.run, limit))
+
+
+def test_a_number_beyond_any_float_is_refused_in_a_short_message():
+    """10**400 from the API or a saved browser state: no OverflowError, no 400-digit echo."""
+    from workbench.errors import SettingsError
+    from workbench.runspec import form_number
+    from workbench.ui.state import clean_form
+
+    for value in (10**400, "9" * 500):
+        with pytest.raises(SettingsError, match=r"\*\*Batch size\*\* must be a whole number from 1 to 1,000,000; got "
+                                                r".{1,41}… \(\d{3} characters\)$"):
+            form_number("batch_size", value, int, 1, 1_000_000)
+    assert clean_form({"batch": 10**400, "val": 10**400, "lr": 10**400, "knob:rank": 10**400, "seq": 64}) == {"seq": 64}

@@ -145,8 +145,17 @@ def allowed_range(kind: type, low: float | None, high: float | None) -> str:
     return what if high is None else f"{what} of at most {_bound(kind, high)}"
 
 
+SHOWN_CHARS = 40
+
+
 def _shown(value: Any) -> str:
-    """A value as the user typed it (text that is not a number is quoted)."""
+    """A value as the user typed it (text that is not a number is quoted), cut to
+    :data:`SHOWN_CHARS` characters (a message never echoes a whole hostile input)."""
+    text = _as_typed(value)
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}… ({len(text):,} characters)"
+
+
+def _as_typed(value: Any) -> str:
     if isinstance(value, str):
         try:
             float(value)
@@ -172,7 +181,7 @@ def form_number(name: str, value: Any, kind: type = int, low: float | None = 1, 
     if not isinstance(value, bool):
         try:
             number = float(value.strip() if isinstance(value, str) else value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an int beyond any float (10**400)
             number = None
     if number is None or number != number or number in (float("inf"), float("-inf")) or \
             (kind is int and not number.is_integer()):
