@@ -16,8 +16,8 @@ TRAINER_OPTIM = {
 }
 #: what the Trainer's ``optim_args`` must say for its optimizer to be ours (its ``sgd`` has no
 #: momentum unless told: the planner counts sgd_momentum's buffer)
-TRAINER_OPTIM_ARGS = {"sgd_momentum": "momentum=0.9"}
 SGD_MOMENTUM = 0.9
+TRAINER_OPTIM_ARGS = {"sgd_momentum": f"momentum={SGD_MOMENTUM}"}
 
 
 def build_optimizer(params, name: str, lr: float = 1e-3):

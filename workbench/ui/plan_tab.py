@@ -20,7 +20,7 @@ from ..specs import bundled_names, default_model
 from .. import smollm2
 from ..smollm2 import INSTALL_HINT, SMOLLM2_LABEL, SMOLLM2_NAME
 from ..tiny import TINY_NAME
-from .views import model_spec, run_from_inputs
+from .views import APPROXIMATE_ACTIVATIONS, model_spec, run_from_inputs
 
 #: the card the "Across GPUs" table marks fits for, until the user picks another (gpus.CARDS)
 PER_GPU_DEFAULT = "H100 80 GB"
@@ -164,11 +164,6 @@ def gpu_line(peak_bytes: int) -> str:
     """Every card of :data:`workbench.gpus.CARDS` with a fit mark, decided in bytes."""
     marks = [f"{c.name} ({c.usable}) {'✓ fits' if c.fits(peak_bytes) else '✗ too big'}" for c in CARDS]
     return f"GPU cards: {'; '.join(marks)}. {RUNTIME_NOTE}"
-
-
-APPROXIMATE_ACTIVATIONS = ("⚠ **Activations approximate** for this architecture: a textbook formula (Korthikanti et "
-                           "al. 2022), not the op-by-op count measured for Llama, Mistral and Qwen2 blocks; weights, "
-                           "gradients, optimizer and logits are exact.  \n")
 
 
 def _summary(p: dict[str, Any], run, mark: str) -> str:

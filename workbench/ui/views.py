@@ -13,6 +13,11 @@ from ..memory import TrainingSettings
 from ..specs import load_model_spec
 
 
+APPROXIMATE_ACTIVATIONS = ("⚠ **Activations approximate** for this architecture: a textbook formula (Korthikanti et "
+                           "al. 2022), not the op-by-op count measured for Llama, Mistral and Qwen2 blocks; weights, "
+                           "gradients, optimizer and logits are exact.  \n")
+
+
 def settings_from(dtype: str, quant: str, batch_size: float, seq_len: float, grad_accum: float,
                   gradient_checkpointing: bool, optimizer: str, device: str) -> TrainingSettings:
     """Settings from the form, through the one run builder (every message names its field)."""
@@ -85,8 +90,6 @@ def compare_view(model: str, dtype: str, batch_size: float, seq_len: float, grad
     from ..memory.activations import is_llama_like
 
     if not is_llama_like(spec):
-        from .plan_tab import APPROXIMATE_ACTIVATIONS
-
         lesson += "\n\n" + APPROXIMATE_ACTIVATIONS.strip()
     summary = f"### Every method on {spec.label}\n{lesson}\n\n" + (
         f"**{len(fits)} methods fit one {card.label}** (fastest configuration of each, by FLOPs per token). "
