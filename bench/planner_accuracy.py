@@ -156,7 +156,22 @@ def cpu_matrix() -> list[dict]:
     m += [_cfg("qwen2.5-0.5b-2L", "lora", **s, **a2), _cfg("qwen2.5-0.5b-2L", "full", **s, optimizer="sgd"),
           _cfg("qwen2.5-0.5b-2L", "ia3", **s), _cfg("qwen2.5-0.5b-2L", "prefix", **s),
           _cfg("qwen2.5-0.5b-2L", "lora-8bit", **{**s, "dtype": "bfloat16"})]
-    return m
+    return m + precision_matrix()
+
+
+def precision_matrix() -> list[dict]:
+    """The mixed-precision modes (fp32 master weights, bf16 autocast: the Trainer's ``bf16=True``
+    on an fp32 model). fp16 autocast needs CUDA (accelerate runs fp16 on the CPU without it)."""
+    mix = {"dtype": "float32", "autocast": "bfloat16"}
+    s = {**mix, "batch_size": 2, "seq_len": 128}
+    return [_cfg("tiny", "full", **mix), _cfg("tiny", "lora", **mix), _cfg("tiny", "rslora", **mix, grad_accum=2),
+            _cfg("tiny", "full", **mix, batch_size=4, seq_len=256, gradient_checkpointing=True),
+            _cfg("tiny", "lora", **mix, batch_size=4, seq_len=128, gradient_checkpointing=True),
+            _cfg("tiny", "bitfit", **mix, grad_accum=2), _cfg("tiny", "freeze", **mix, gradient_checkpointing=True),
+            _cfg("tiny", "ia3", **mix), _cfg("tiny", "dora", **mix),
+            _cfg("smollm2-135m-4L", "full", **s), _cfg("smollm2-135m-4L", "lora", **{**s, "seq_len": 256},
+                                                       gradient_checkpointing=True),
+            _cfg("qwen2.5-0.5b-2L", "lora", **s, grad_accum=2), _cfg("qwen2.5-0.5b-2L", "full", **s, optimizer="sgd")]
 
 
 def cuda_matrix() -> list[dict]:
@@ -179,7 +194,8 @@ def config_id(c: dict) -> str:
         extra.append("gc")
     if s.get("attention", "sdpa") != "sdpa":
         extra.append(s["attention"])
-    return f"{c['model']} {c['method']} b{s['batch_size']}x{s['seq_len']} {s['dtype']} {' '.join(extra)}"
+    precision = s["dtype"] if s.get("autocast", "none") == "none" else f"{s['dtype']}+autocast-{s['autocast']}"
+    return f"{c['model']} {c['method']} b{s['batch_size']}x{s['seq_len']} {precision} {' '.join(extra)}"
 
 
 # chosen before any planner term was changed for the worker's loop (2026-11-26); never fitted to
@@ -197,6 +213,13 @@ HELD_OUT = (
     "smollm2-135m-4L qlora b2x128 bfloat16 adamw ga2 gc",
     "qwen2.5-0.5b-2L ia3 b2x128 float32 adamw",
     "qwen2.5-0.5b-2L lora-8bit b2x128 bfloat16 adamw",
+    # the mixed-precision block, chosen before these configurations were first measured (2026-12-02)
+    "tiny bitfit b2x64 float32+autocast-bfloat16 adamw ga2",
+    "tiny freeze b2x64 float32+autocast-bfloat16 adamw gc",
+    "smollm2-135m-4L full b2x128 float32+autocast-bfloat16 adamw",
+    "smollm2-135m-4L lora b2x256 float32+autocast-bfloat16 adamw gc",
+    "qwen2.5-0.5b-2L lora b2x128 float32+autocast-bfloat16 adamw ga2",
+    "qwen2.5-0.5b-2L full b2x128 float32+autocast-bfloat16 sgd",
 )
 
 
@@ -509,6 +532,22 @@ def write_results(device: str, entry: dict, pub: list[dict], label: str) -> None
     (RESULTS / "planner_accuracy.md").write_text("\n".join(parts))
 
 
+def merged(device: str, rows: list[dict], meta: dict) -> dict:
+    """The committed results for ``device`` with ``rows`` put in (by id, in the matrix's order);
+    every row says the commit and date it was measured at, and the summary is recomputed."""
+    path = RESULTS / "planner_accuracy.json"
+    old = json.loads(path.read_text())["results"][device] if path.is_file() else {"meta": {}, "configs": []}
+    base = {"commit": old["meta"].get("commit"), "date": old["meta"].get("date")}
+    by_id = {r["id"]: {**base, **r} for r in old["configs"]}
+    by_id.update({r["id"]: {**r, "commit": meta.get("commit"), "date": meta.get("date")} for r in rows})
+    order = [config_id(c) for c in (cuda_matrix() if device == "cuda" else cpu_matrix())]
+    configs = [by_id[i] for i in order if i in by_id] + [r for i, r in by_id.items() if i not in order]
+    new_meta = {**old["meta"], "merged": {"commit": meta.get("commit"), "date": meta.get("date"),
+                                          "ids": [r["id"] for r in rows]},
+                "held_out": list(HELD_OUT)}
+    return {"meta": new_meta, "summary": summarise(configs), "configs": configs}
+
+
 def print_table(rows: list[dict]) -> None:
     print(f"{'configuration':<54} {'H':>1} {'act err':>8} {'plan MB':>9} {'meas MB':>9} {'err':>7} "
           f"{'op at the peak':<40} {'s':>5}")
@@ -528,6 +567,9 @@ def main() -> int:
     parser.add_argument("--only", default="", help="run only configurations whose id contains this")
     parser.add_argument("--label", default="", help="write planner_accuracy.<label>.json only (e.g. before)")
     parser.add_argument("--no-write", action="store_true", help="print only; keep the committed results")
+    parser.add_argument("--merge", action="store_true",
+                        help="with --only: replace (or add) just these configurations in the committed results, "
+                             "each row keeping the commit and date it was measured at, and recompute the summary")
     args = parser.parse_args()
     import torch
 
@@ -566,7 +608,13 @@ def main() -> int:
     if summary.get("measured"):
         print("\n" + _line("all", summary) + "\n" + _line("held out", summary["held_out"]) + "\n"
               + _line("fitted", summary["fitted"]) + f"\n{meta['seconds']} s")
-    if not args.no_write and not args.only:
+    if args.merge and not args.no_write:
+        entry = merged(args.device, rows, meta)
+        summary = entry["summary"]
+        print("\nmerged into the committed results:\n" + _line("all", summary) + "\n"
+              + _line("held out", summary["held_out"]))
+        write_results(args.device, entry, pub, args.label)
+    elif not args.no_write and not args.only:
         write_results(args.device, {"meta": meta, "summary": summary, "configs": rows}, pub, args.label)
     return 0
 

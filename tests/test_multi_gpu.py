@@ -64,22 +64,79 @@ def test_launch_files_for_every_strategy_load_in_accelerate(tmp_path, settings):
     assert all(p.exists() for p in written)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 @pytest.mark.parametrize("strategy", ["deepspeed-zero1", "deepspeed-zero2", "deepspeed-zero3"])
-def test_deepspeed_config_is_accepted_by_the_trainer_integration(tmp_path, strategy):
+def test_deepspeed_config_is_accepted_by_the_trainer_integration(tmp_path, monkeypatch, strategy, precision):
+    """The worker's own TrainingArguments and ds_config.json pass transformers' whole check,
+    ``trainer_config_finalize`` included, which refuses a bf16/fp16 mismatch between them
+    (issue 16, defect 1: the config said bf16 and the arguments did not)."""
     pytest.importorskip("deepspeed")
-    from transformers import TrainingArguments
+    import transformers.training_args
     from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
 
-    settings = TrainingSettings(strategy=strategy, gpus=2, offload="both" if strategy.endswith("3") else "optimizer")
-    hf = HfTrainerDeepSpeedConfig(deepspeed_config(settings))
-    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=3, gradient_accumulation_steps=2,
-                             learning_rate=1e-4, report_to=[], use_cpu=True, bf16=False)
+    from workbench.runspec import build_run
+    from workbench.training.recipe import training_arguments
+
+    # TrainingArguments checks that a GPU supports bf16; this machine has none
+    monkeypatch.setattr(transformers.training_args, "is_torch_bf16_gpu_available", lambda: True)
+    run = build_run("tiny", "full", None, {"strategy": strategy, "gpus": 2, "precision": precision,
+                                           "offload": "both" if strategy.endswith("3") else "optimizer",
+                                           "batch_size": 3, "grad_accum": 2, "device": "cuda"},
+                    schedule={"learning_rate": 1e-4, "max_steps": 10})
+    args = training_arguments(run, tmp_path, has_validation=False)
+    assert (args.bf16, args.fp16) == (precision == "bf16", precision == "fp16")
+    hf = HfTrainerDeepSpeedConfig(deepspeed_config(run.settings))
     hf.trainer_config_process(args)
+
+    class Model:  # what finalize reads: the hidden size, for the "auto" bucket sizes
+        class config:
+            hidden_size = 256
+
+    hf.trainer_config_finalize(args, Model(), num_training_steps=10)
+    assert hf.config["bf16"]["enabled"] == args.bf16 and hf.config["fp16"]["enabled"] == args.fp16
     assert hf.config["train_micro_batch_size_per_gpu"] == 3 and hf.config["gradient_accumulation_steps"] == 2
     assert hf.config["optimizer"]["params"]["lr"] == 1e-4
     assert hf.is_zero3() == strategy.endswith("3")
     assert hf.is_offload() == (strategy != "deepspeed-zero1")  # transformers counts offload from stage 2 on
     assert "offload_optimizer" in hf.config["zero_optimization"]
+    launch = accelerate_config(run.settings, tmp_path / DS_CONFIG_FILE)
+    assert launch["mixed_precision"] == {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+
+
+def test_deepspeed_config_disagreeing_with_the_arguments_is_refused_by_transformers(tmp_path):
+    """The check above can fail: transformers refuses the old mismatch (ds bf16, arguments not)."""
+    pytest.importorskip("deepspeed")
+    from transformers import TrainingArguments
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+    hf = HfTrainerDeepSpeedConfig(deepspeed_config(TrainingSettings(strategy="deepspeed-zero2", gpus=2)))
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, bf16=False)
+    hf.trainer_config_process(args)
+
+    class Model:
+        class config:
+            hidden_size = 256
+
+    with pytest.raises(ValueError, match="bf16"):
+        hf.trainer_config_finalize(args, Model(), num_training_steps=10)
+
+
+@pytest.mark.parametrize("precision, mode", [("fp32", "no"), ("bf16", "no"), ("bf16-mixed", "bf16"),
+                                             ("fp16-mixed", "fp16"), ("fp16", "fp16")])
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_launcher_and_trainer_take_one_precision(tmp_path, monkeypatch, strategy, precision, mode):
+    """accelerate's mixed_precision and the Trainer's bf16/fp16 flags come from one setting:
+    pure bf16 is not autocast (the model is loaded in bfloat16), the mixed modes are."""
+    import transformers.training_args
+
+    from workbench.runspec import build_run
+    from workbench.training.recipe import training_arguments
+
+    monkeypatch.setattr(transformers.training_args, "is_torch_bf16_gpu_available", lambda: True)
+    run = build_run("tiny", "lora", None, {"strategy": strategy, "gpus": 2, "precision": precision, "device": "cuda"})
+    args = training_arguments(run, tmp_path, has_validation=False)
+    assert accelerate_config(run.settings)["mixed_precision"] == mode
+    assert (args.bf16, args.fp16) == (mode == "bf16", mode == "fp16")
 
 
 def test_deepspeed_refuses_optimizers_it_cannot_run():

@@ -140,7 +140,7 @@ def test_summary_names_everything_start_will_train():
     model, settings, data, schedule, verdict = _summary()
     assert "tiny" in model and "lora" in model and "rank 8" in model
     assert "**Batch size** 8 × **gradient accumulation** 2 = 16 examples per optimizer step" in settings
-    assert "**sequence length** 128 tokens" in settings and "**precision** float32" in settings
+    assert "**sequence length** 128 tokens" in settings and "**precision** fp32" in settings
     assert "**device** cpu" in settings
     assert "**320 examples** (256 for training, 64 held out)" in data and "41,577 tokens**" in data
     assert "12 optimizer steps ≈ 0.75 epochs" in schedule and "learning rate 0.001" in schedule

@@ -39,6 +39,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     for knob in knobs.values():
         group.add_argument(knob.flag, dest=f"knob_{knob.name}", default=None, help=knob.help)
     s = p.add_argument_group("training settings")
+    s.add_argument("--precision", default=None, metavar="MODE",
+                   help=SETTING_HELP["precision"] + "; common spellings (float32, bfloat16, mixed-bf16, ...) work")
     s.add_argument("--dtype", choices=list(DTYPE_BYTES), default=None, help=SETTING_HELP["dtype"])
     s.add_argument("--quant", choices=list(QUANTS), default=None, help=SETTING_HELP["quant"])
     s.add_argument("--batch-size", default="4", help=SETTING_HELP["batch_size"])
@@ -95,7 +97,7 @@ def run_from_args(args: argparse.Namespace, data: dict | None = None, schedule: 
     from .runspec import build_run
 
     given = {k.removeprefix("knob_"): v for k, v in vars(args).items() if k.startswith("knob_") and v is not None}
-    settings = {"dtype": args.dtype, "quant": args.quant, "batch_size": args.batch_size,
+    settings = {"dtype": args.dtype, "precision": args.precision, "quant": args.quant, "batch_size": args.batch_size,
                 "seq_len": _seq_len(args.seq_len, args.model), "grad_accum": args.grad_accum,
                 "gradient_checkpointing": args.gradient_checkpointing, "optimizer": args.optimizer,
                 "device": args.device or default_device(), "attention": args.attention,
@@ -127,6 +129,8 @@ def _print_plan(d: dict[str, Any]) -> None:
     print()
     print(f"  {'peak':<{width}}  {_human(d['peak_bytes']):>11}   "
           + "persistent + max(backward, end_of_backward, step): " + ", ".join(f"{t['name']} {_human(t['bytes'])}" for t in d["peak_terms"]))
+    print(f"  {'model state':<{width}}  {_human(d['model_state_bytes']):>11}   weights + trainable_weights + gradients + "
+          f"optimizer = {d['model_state_bytes_per_param']:.2f} B per parameter ({d['settings']['precision']})")
     print(f"  {'inference':<{width}}  {_human(d['inference_bytes']):>11}   {d['inference_formula']}")
     print(f"  peak / inference = {d['peak_over_inference']:.2f}x"
           + ("  (inference on one GPU)" if d.get("per_gpu") else ""))

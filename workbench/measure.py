@@ -215,7 +215,10 @@ def measure(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, setti
                             load_tokenizer("tiny"))
     batch = {k: v.to(device) for k, v in collate(features).items()}
     meter = SavedTensorMeter(model, spec, exclude)
-    with torch.autograd.graph.saved_tensors_hooks(meter.pack, lambda t: t):
+    # the Trainer's own autocast (accelerate's, for the mixed modes and fp16): the same context here
+    autocast = torch.autocast(device.type, dtype=getattr(torch, settings.compute_dtype),
+                              enabled=settings.autocast != "none")
+    with torch.autograd.graph.saved_tensors_hooks(meter.pack, lambda t: t), autocast:
         out = model(**batch)
     meter.close()
     meter.settle(out.loss)

@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import SettingsError, WorkbenchError, check_fields
 from .memory import Plan, TrainingSettings, plan
-from .memory.settings import SETTING_RANGES, default_dtype
+from .memory.settings import DTYPE_BYTES, PRECISIONS, SETTING_RANGES, default_dtype, parse_precision
 from .methods import get_method
 
 BATCHING = ("pad", "group_by_length", "padding_free")
@@ -259,6 +259,7 @@ def build_run(model: str, method: str, knobs: dict[str, Any] | None = None, sett
         raw["strategy"] = "single" if raw.get("gpus", 1) * raw.get("nodes", 1) == 1 else "ddp"
     if raw.get("offload") in (None, ""):
         raw["offload"] = "none"
+    _precision(raw)
     if raw.get("dtype") in (None, "", "auto"):
         raw["dtype"] = default_dtype(raw.get("device") or TrainingSettings.device)
     training = TrainingSettings.from_dict(raw)
@@ -279,6 +280,24 @@ def build_run(model: str, method: str, knobs: dict[str, Any] | None = None, sett
         data_spec = DataSpec(**check_fields(DataSpec, d, "data", SettingsError))
     return RunSpec(model=model, method=chosen.name, knobs=given, settings=training, data=data_spec,
                    schedule=Schedule(**check_fields(Schedule, sched, "schedule", SettingsError)))
+
+
+def _precision(raw: dict[str, Any]) -> None:
+    """``precision`` (any common spelling: ``bf16-mixed``, ``bfloat16``, ``fp16``, ...) into the
+    settings' ``dtype`` and ``autocast``, in place; a ``dtype`` given as a precision's spelling
+    (``bf16``, ``bf16-mixed``) counts as that precision."""
+    given = raw.pop("precision", None)
+    dtype = raw.get("dtype")
+    if given in (None, "", "auto") and dtype not in (None, "", "auto") and dtype not in DTYPE_BYTES:
+        given = dtype
+    if given in (None, "", "auto"):
+        return
+    mode = parse_precision(given)
+    storage, autocast = PRECISIONS[mode]
+    if dtype in DTYPE_BYTES and dtype != storage:
+        raise SettingsError(f"dtype {dtype} and precision {mode} disagree: precision {mode} stores the weights in "
+                            f"{storage}; give one of them")
+    raw["dtype"], raw["autocast"] = storage, autocast
 
 
 def plan_run(run: RunSpec, seq_len: int | None = None) -> Plan:

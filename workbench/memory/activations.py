@@ -69,6 +69,30 @@ class ActivationEstimate:
     head_input_saved: bool  # the output head saves its input (it is trained)
     formula: str
     exact_architecture: bool
+    head_cast_bytes: int = 0  # autocast's copy of the output head's weight, kept for backward
+    exact: bool = True  # architecture, method and precision all follow a measured walk
+    approximate_because: str = ""
+
+
+def _head_cast(spec: ModelSpec, settings: TrainingSettings, needed: bool) -> int:
+    """Under autocast the head casts its weight to the compute dtype and keeps the copy
+    when its input requires grad or its weight is trained (``needed``)."""
+    if settings.compute_bytes == settings.element_bytes or not needed:
+        return 0
+    return settings.compute_bytes * spec.vocab_size * spec.hidden_size
+
+
+def _approximation(method: Method, knobs: dict, settings: TrainingSettings) -> str:
+    """Why a Llama-like walk is not exact for this method and precision ("" when it is)."""
+    if settings.autocast == "none":
+        return ""
+    if settings.attention == "eager":
+        return "eager attention under autocast has no measured walk yet"
+    if method.extra_kv_positions(knobs) or method.extra_tokens(knobs):
+        return f"{method.name} under autocast has no measured walk yet"
+    if not method.autocast_exact:
+        return f"{method.name}'s adapters under autocast have no measured walk yet"
+    return ""
 
 
 def padded_batch(settings: TrainingSettings) -> bool:
@@ -98,8 +122,18 @@ def is_llama_like(spec: ModelSpec) -> bool:
 
 def _walk_block(i: int, rg: bool, spec: ModelSpec, method: Method, knobs: dict, settings: TrainingSettings,
                 trained: set[str], adapted: dict[str, object], quant: str) -> tuple[LayerSaved, bool, bool]:
-    """Saved tensors of block ``i``; returns (saved, output requires grad, rope saved)."""
-    e = settings.element_bytes
+    """Saved tensors of block ``i``; returns (saved, output requires grad, rope saved).
+
+    ``e`` is the compute dtype's size, ``r`` the storage dtype's: the residual stream, the
+    norms' outputs and rotary cos/sin stay in the storage dtype. Under autocast (``r != e``)
+    every linear casts its input and its weight to the compute dtype itself -- a non-leaf
+    input is not cached, so q/k/v (and gate/up) each keep their own copy of a shared input --
+    and the linear keeps the weight's cast copy whenever it needs it for backward (its input
+    requires grad, or its weight is trained: a trained weight's copy is also held in the
+    autocast cache until the forward ends)."""
+    e, r = settings.compute_bytes, settings.element_bytes
+    cast = e != r
+    weights = {q.name: q.numel for q in spec.inventory.params}
     h, kv, nh, inter = spec.hidden_size, spec.num_kv_heads * spec.head_dim, spec.num_heads, spec.intermediate_size
     q_width = nh * spec.head_dim
     p = f"{spec.inventory.block_prefix}.{i}"
@@ -111,20 +145,25 @@ def _walk_block(i: int, rg: bool, spec: ModelSpec, method: Method, knobs: dict, 
             out.save(f"{p}.{name}.rsqrt", f"{name}: rsqrt (4 B)", 4)
         gain = f"{p}.{name}.weight" in trained
         if gain:
-            out.save(f"{p}.{name}.normed", f"{name}: normalised input (e x h)", e * h)
+            out.save(f"{p}.{name}.normed", f"{name}: normalised input ({r} B x h)", r * h)
         return x_rg or gain
 
-    def linear(short: str, in_key: str, in_width: int, in_rg: bool) -> bool:
+    def linear(short: str, in_key: str, in_width: int, in_rg: bool, in_bytes: int) -> bool:
         name = f"{p}.{'self_attn' if short in LLAMA_LINEARS[:4] else 'mlp'}.{short}"
         base = f"{name}.weight" in trained
+        cast_key = f"{name}.input_cast" if in_bytes != e else in_key
         if base:
-            out.save(in_key, f"{short}: input (e x {in_width})", e * in_width)
+            out.save(cast_key, f"{short}: input{' cast by autocast' if in_bytes != e else ''} (e x {in_width})",
+                     e * in_width)
+        if cast and (base or in_rg):
+            out.constant += e * weights[f"{name}.weight"]  # autocast's copy of the weight, kept for backward
         elif quant == "8bit" and in_rg:  # bitsandbytes MatMul8bitLt keeps A on ctx.tensors
             out.save(in_key, f"{short}: input kept by the int8 matmul (e x {in_width})", e * in_width)
             out.outside_autograd.add(in_key)
         lin = adapted.get(name)
         if lin is not None:
-            ctx = AdapterContext(input_key=in_key, input_bytes=e, input_requires_grad=in_rg, device=settings.device)
+            ctx = AdapterContext(input_key=in_key, input_bytes=in_bytes, input_requires_grad=in_rg,
+                                 device=settings.device, autocast_bytes=e if settings.autocast != "none" else None)
             for s in method.adapter_saved(lin, knobs, ctx):
                 out.save(s.key, s.name, s.bytes_per_token)
             out.constant += method.adapter_saved_constant(lin, knobs, ctx)
@@ -133,9 +172,9 @@ def _walk_block(i: int, rg: bool, spec: ModelSpec, method: Method, knobs: dict, 
         return in_rg or base or lin is not None
 
     y1_rg = norm("input_layernorm", rg)
-    q_rg = linear("q_proj", f"{p}.y1", h, y1_rg)
-    k_rg = linear("k_proj", f"{p}.y1", h, y1_rg)
-    v_rg = linear("v_proj", f"{p}.y1", h, y1_rg)
+    q_rg = linear("q_proj", f"{p}.y1", h, y1_rg, r)
+    k_rg = linear("k_proj", f"{p}.y1", h, y1_rg, r)
+    v_rg = linear("v_proj", f"{p}.y1", h, y1_rg, r)
     prefix = method.extra_kv_positions(knobs)
     attn_rg = q_rg or k_rg or v_rg or prefix > 0  # trained prefix keys/values enter here
     if attn_rg:
@@ -174,16 +213,16 @@ def _walk_block(i: int, rg: bool, spec: ModelSpec, method: Method, knobs: dict, 
             out.save(f"{p}.probs", "eager: softmax probabilities (e x heads x s)", e * nh * s)
             if e != 4:  # softmax runs in fp32 and is cast back: both copies are kept
                 out.save(f"{p}.probs32", "eager: fp32 softmax output (4 x heads x s)", 4 * nh * s)
-    o_rg = linear("o_proj", f"{p}.attn_out", q_width, attn_rg)
+    o_rg = linear("o_proj", f"{p}.attn_out", q_width, attn_rg, e)
     y2_rg = norm("post_attention_layernorm", rg or o_rg)
-    gate_rg = linear("gate_proj", f"{p}.y2", h, y2_rg)
-    up_rg = linear("up_proj", f"{p}.y2", h, y2_rg)
+    gate_rg = linear("gate_proj", f"{p}.y2", h, y2_rg, r)
+    up_rg = linear("up_proj", f"{p}.y2", h, y2_rg, r)
     if gate_rg:
         out.save(f"{p}.gate", "SiLU input: gate output (e x i)", e * inter)
         out.save(f"{p}.up", "product: up output (e x i)", e * inter)
     if up_rg:
         out.save(f"{p}.act", "product: SiLU output (e x i)", e * inter)
-    down_rg = linear("down_proj", f"{p}.prod", inter, gate_rg or up_rg)
+    down_rg = linear("down_proj", f"{p}.prod", inter, gate_rg or up_rg, e)
     return out, rg or o_rg or down_rg, q_rg or k_rg
 
 
@@ -209,17 +248,18 @@ def _trained_grad_bytes_from_each_block(spec: ModelSpec, trained: set[str], e: i
 
 def estimate_activations(spec: ModelSpec, method: Method, knobs: dict, settings: TrainingSettings,
                          trained: set[str], tokens_per_example: int, quant: str = "none") -> ActivationEstimate:
-    b, s, e = settings.batch_size, tokens_per_example, settings.element_bytes
+    b, s, e, r = settings.batch_size, tokens_per_example, settings.compute_bytes, settings.element_bytes
     tokens = b * s
     inv = spec.inventory
     head_trained = f"{inv.head_name}.weight" in trained or (inv.tied_embeddings and inv.params[0].name in trained)
     if not is_llama_like(spec):
         a, h, L = spec.num_heads, spec.hidden_size, spec.num_layers
         per_layer = int(s * b * h * (34 + 5 * a * s / h) * e / 2)
-        saved = L * per_layer if not settings.gradient_checkpointing else L * tokens * h * e
+        saved = L * per_layer if not settings.gradient_checkpointing else L * tokens * h * r
         return ActivationEstimate(saved, per_layer if settings.gradient_checkpointing else 0, (per_layer,) * L,
                                   head_trained, "Korthikanti et al. 2022: s·b·h·(34 + 5·a·s/h) per layer (approximate)",
-                                  False)
+                                  False, head_cast_bytes=_head_cast(spec, settings, True), exact=False,
+                                  approximate_because="this architecture's blocks have no measured walk yet")
     adapted = {lin.name: lin for lin in method.adapted_linears(spec, knobs)}
     embed = next(p.name for p in inv.params if "embed" in p.name)
     rg = embed in trained or method.extra_tokens(knobs) > 0
@@ -232,38 +272,43 @@ def estimate_activations(spec: ModelSpec, method: Method, knobs: dict, settings:
         kept += layer.kept_outside_autograd(tokens)
         rope = rope or layer_rope
         rg = rg_out
-    rope_bytes = 2 * s * spec.head_dim * e if rope else 0
+    rope_bytes = 2 * s * spec.head_dim * r if rope else 0  # cos/sin in the hidden states' dtype
     prefix = method.extra_kv_positions(knobs)
     if prefix:  # the (b, 1, s, p + s) additive mask, in the compute dtype, once per forward
         rope_bytes += b * s * (s + prefix) * e
+    head_cast = _head_cast(spec, settings, rg or head_trained)
+    why = _approximation(method, knobs, settings)
     final = 0
     if rg:
         final += (4 * spec.hidden_size + 4) * tokens
     if f"{inv.block_prefix.rsplit('.', 1)[0]}.norm.weight" in trained:
-        final += e * spec.hidden_size * tokens
+        final += r * spec.hidden_size * tokens
     if settings.gradient_checkpointing:
         # Trainer/peft make the embedding output require grad (enable_input_require_grads), so
         # every block input is kept; one block is live again while it is recomputed.
         # Tensors a custom autograd function keeps on ctx (int8 matmul) escape checkpointing.
         # While a block is recomputed and back-propagated, its saved tensors, the gradient of
         # its output and the MLP product's gradients (3 x e·i) are live at once.
-        block_inputs = spec.num_layers * tokens * spec.hidden_size * e
+        block_inputs = spec.num_layers * tokens * spec.hidden_size * r
         saved = ids_bytes + block_inputs + final + kept
         # Gradients of trained weights in block i and after it exist while block i is redone.
-        grads_from = _trained_grad_bytes_from_each_block(spec, trained, e)
-        backward_tmp = tokens * e * (spec.hidden_size + 3 * spec.intermediate_size)
+        grads_from = _trained_grad_bytes_from_each_block(spec, trained, r)
+        backward_tmp = tokens * (r * spec.hidden_size + 3 * e * spec.intermediate_size)
         # Tied embeddings, trained: the head's gradient of the shared weight is not stored yet;
         # it waits in autograd's input buffer for the embedding's (summed at the end of
         # backward), alive while every block is redone. Unsharded on every GPU.
-        held_head_grad = next(p.numel for p in inv.params if p.name == embed) * e \
+        held_head_grad = next(p.numel for p in inv.params if p.name == embed) * r \
             if inv.tied_embeddings and embed in trained else 0
         recompute = (max(a + g for a, g in zip(per_layer, grads_from)) + rope_bytes + transient + backward_tmp
                      + held_head_grad)
         return ActivationEstimate(saved, recompute, tuple(per_layer), head_trained,
                                   f"checkpointing: {spec.num_layers} block inputs x b·s·h·e = {block_inputs:,} B "
                                   f"+ final norm {final:,} B" + (f" + int8 matmul inputs {kept:,} B" if kept else "")
-                                  + "; one block recomputed at a time", True)
+                                  + "; one block recomputed at a time", True, head_cast, not why, why)
     saved = ids_bytes + sum(per_layer) + rope_bytes + final
     formula = (f"sum over {spec.num_layers} blocks of saved tensors x b·s = {b}x{s} tokens "
                f"({sum(per_layer):,} B) + rotary cos/sin {rope_bytes:,} B + final norm {final:,} B")
-    return ActivationEstimate(saved, 0, tuple(per_layer), head_trained, formula, True)
+    if e != r:
+        formula += (f"; autocast to {settings.compute_dtype}: each linear keeps its own {e}-byte copy of its input "
+                    f"and of its weight")
+    return ActivationEstimate(saved, 0, tuple(per_layer), head_trained, formula, True, head_cast, not why, why)

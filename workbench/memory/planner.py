@@ -39,7 +39,7 @@ gradients the embedding's whole gradient is added to them until it is reduced. `
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from ..errors import SettingsError
@@ -71,15 +71,22 @@ class Plan:
     peak_bytes: int
     inference_bytes: int
     inference_formula: str
-    activations_exact: bool
+    activations_exact: bool  # the architecture's blocks follow a measured walk
     world_size: int = 1
     per_gpu: bool = False
     host_bytes: int = 0
     host_formula: str = "nothing offloaded"
+    #: why the activations are approximate ("" when architecture, method and precision all follow a measured walk)
+    activations_note: str = ""
 
     @property
     def trainable_percent(self) -> float:
         return 100.0 * self.trainable_params / self.total_params if self.total_params else 0.0
+
+    @property
+    def model_state_bytes(self) -> int:
+        """Weights, adapters, gradients and optimizer state: what a step holds before activations."""
+        return sum(self.component(n) for n in ("weights", "trainable_weights", "gradients", "optimizer"))
 
     @property
     def peak_over_inference(self) -> float:
@@ -101,7 +108,11 @@ class Plan:
             "peak_bytes": self.peak_bytes, "inference_bytes": self.inference_bytes,
             "inference_formula": self.inference_formula,
             "peak_over_inference": round(self.peak_over_inference, 4),
+            "model_state_bytes": self.model_state_bytes,
+            "model_state_bytes_per_param": round(self.model_state_bytes / self.total_params, 4)
+            if self.total_params else 0.0,
             "activations_exact_architecture": self.activations_exact,
+            "activations_exact": not self.activations_note, "activations_note": self.activations_note,
             "per_gpu": self.per_gpu, "world_size": self.world_size,
             "host_bytes": self.host_bytes, "host_formula": self.host_formula,
         }
@@ -122,6 +133,9 @@ def resolve_quant(method: Method, settings: TrainingSettings) -> str:
     accelerate's FSDP-QLoRA guides do: the same bytes, in a dtype FSDP can flatten); 8-bit
     weights cannot be sharded at all."""
     quant = _wanted_quant(method, settings)
+    if settings.mixed and quant != "none":
+        raise SettingsError(f"precision {settings.precision} keeps fp32 master weights, which a {quant} base does not "
+                            f"have; choose bf16 for {method.name} (the quantized base computes in bfloat16)")
     if quant == "8bit" and settings.strategy in PARAM_SHARDING:
         raise SettingsError(f"an 8-bit base cannot be sharded by {settings.strategy} (bitsandbytes int8 weights "
                             "cannot be flattened); use qlora (4-bit), or ddp / deepspeed-zero1/2, which keep whole "
@@ -145,17 +159,20 @@ def _wanted_quant(method: Method, settings: TrainingSettings) -> str:
     return wanted
 
 
-def _logits(spec: ModelSpec, settings: TrainingSettings, tokens: int, head_saves_input: bool) -> tuple[Term, Term]:
-    """transformers ``ForCausalLMLoss``: logits (e x V) are returned; ``logits.float()`` is
-    a temporary fp32 copy; ``cross_entropy``'s log_softmax saves its fp32 output; the labels
-    are padded and shifted into an int64 copy. Backward of the loss then holds an fp32
-    gradient of the log-probabilities while the saved output is still alive."""
-    e, v = settings.element_bytes, spec.vocab_size
+def _logits(spec: ModelSpec, settings: TrainingSettings, tokens: int, head_saves_input: bool,
+            head_cast: int = 0) -> tuple[Term, Term]:
+    """transformers ``ForCausalLMLoss``: logits (e x V, the compute dtype) are returned;
+    ``logits.float()`` is a temporary fp32 copy; ``cross_entropy``'s log_softmax saves its
+    fp32 output; the labels are padded and shifted into an int64 copy. Backward of the loss
+    then holds an fp32 gradient of the log-probabilities while the saved output is still
+    alive. Under autocast the head also keeps its cast copy of the weight (``head_cast``)."""
+    e, v = settings.compute_bytes, spec.vocab_size
     head_input = e * spec.hidden_size * tokens if head_saves_input else 0
-    resident = e * v * tokens + 4 * v * tokens + 8 * tokens + 4 + head_input
+    resident = e * v * tokens + 4 * v * tokens + 8 * tokens + 4 + head_input + head_cast
     logits = Term("logits", resident,
                   f"b·s x V x (e + 4) = {tokens}x{v}x({e}+4): logits + fp32 log-softmax saved for the loss"
-                  f" + int64 labels{' + head input' if head_input else ''}")
+                  f" + int64 labels{' + head input' if head_input else ''}"
+                  + (f" + the head's weight cast to {settings.compute_dtype} ({head_cast:,} B)" if head_cast else ""))
     transient = Term("loss_backward", 2 * 4 * v * tokens,
                      "log-softmax backward: fp32 gradients of the log-probabilities and of the logits")
     return logits, transient
@@ -219,6 +236,12 @@ def plan(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, settings
     trained = method.trains_base(spec, knobs)
     tensors = trainable_tensors(spec, method, knobs, settings)
     trainable_params = sum(g.total for g, _ in tensors)
+    if settings.loss_scaling and not settings.mixed and not settings.strategy.startswith("deepspeed"):
+        half = [g.label for g, b in tensors if b == 2]
+        if half:
+            raise SettingsError(f"precision fp16 keeps {method.name}'s trained weights ({', '.join(half[:3])}"
+                                f"{', ...' if len(half) > 3 else ''}) in float16, and the Trainer's GradScaler "
+                                "cannot unscale fp16 gradients; choose fp16-mixed (fp32 master weights) or bf16")
 
     weights = weights_term(spec, method, knobs, settings, quant)
     trainable_w = trainable_weights_term(tensors)
@@ -226,7 +249,7 @@ def plan(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, settings
     opt = optimizer_term(settings.optimizer, tensors)
     acts = estimate_activations(spec, method, knobs, settings, trained, tokens_per_example, quant)
     activations = Term("activations", acts.saved_bytes, acts.formula)
-    logits, loss_bwd = _logits(spec, settings, tokens, acts.head_input_saved)
+    logits, loss_bwd = _logits(spec, settings, tokens, acts.head_input_saved, acts.head_cast_bytes)
     if settings.device == "cuda":
         c = device_constants()["cuda"]
         overhead = Term("overhead", c["cublas_workspace_bytes"],
@@ -236,9 +259,11 @@ def plan(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, settings
     step_tmp = optimizer_step_transient(settings.optimizer, settings.device, tensors)
     emb_bwd, emb_grad = _embedding_backward(spec, settings, tensors, trained)
     # the logits tensor (e x V per token): the Trainer drops the model output before backward
-    logits_tensor = e * spec.vocab_size * tokens
-    # inference runs on one GPU: taken before partitioning
-    inference_weights = weights.bytes + trainable_w.bytes
+    logits_tensor = settings.compute_bytes * spec.vocab_size * tokens
+    # inference runs on one GPU: taken before partitioning, with the weights in the compute dtype
+    # (a model trained in mixed precision is served in 16-bit)
+    inference_weights = trainable_w.bytes + (weights.bytes if not settings.mixed else weights_term(
+        spec, method, knobs, replace(settings, dtype=settings.autocast, autocast=None), quant).bytes)
     distributed = is_distributed(settings)
     comm_persistent = comm_backward = 0
     host_bytes, host_formula = 0, "nothing offloaded"
@@ -289,14 +314,14 @@ def plan(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, settings
     )
     peak = persistent + max(backward, end_of_backward, step)
 
-    kv_cache = 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * tokens * e
+    kv_cache = 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * tokens * settings.compute_bytes
     inference = inference_weights + kv_cache
     return Plan(
         model=spec.name, model_label=spec.label or spec.name, method=method.name, knobs=knobs,
-        settings={**settings.as_dict(), "quant": quant}, quant=quant, total_params=spec.total_params,
+        settings={**settings.as_dict(), "quant": quant, "precision": settings.precision}, quant=quant, total_params=spec.total_params,
         trainable_params=trainable_params, components=components, peak_terms=peak_terms, peak_bytes=peak,
         inference_bytes=inference,
         inference_formula=f"weights + adapters + KV cache 2·L·kv_heads·d·b·s·e = {kv_cache:,} B",
         activations_exact=acts.exact_architecture, world_size=settings.world_size, per_gpu=distributed,
-        host_bytes=host_bytes, host_formula=host_formula,
+        host_bytes=host_bytes, host_formula=host_formula, activations_note=acts.approximate_because,
     )

@@ -103,6 +103,7 @@ class AdapterContext:
     input_requires_grad: bool  # autograd saves a dropout mask only when the input needs a gradient
     device: str  # dropout masks are bool (1 B) on CUDA, input-typed on CPU
     adapter_bytes: int = 4  # adapters are fp32 (peft autocast_adapter_dtype=True)
+    autocast_bytes: int | None = None  # the autocast dtype's size under torch.autocast, else None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -138,6 +139,8 @@ class Method:
     summary: str = ""
     knobs: tuple[Knob, ...] = ()
     quantization: str | None = None  # "4bit" | "8bit" | None: how the base weights are stored
+    #: its activation rules hold under autocast (measured: tests/test_planner_exact.py)
+    autocast_exact: bool = False
     uses_peft: bool = True
     supports_gradient_checkpointing: bool = True
     #: can train on a bitsandbytes 8-bit/4-bit base (peft has quantized layers for it)

@@ -11,6 +11,7 @@ from .lora import LoraMethod
 
 
 class DoraMethod(LoraMethod):
+    autocast_exact = False  # not yet measured under autocast
     name = "dora"
     title = "DoRA"
     summary = "LoRA plus a trained magnitude per output channel; closer to full fine-tuning, more activations."

@@ -15,6 +15,7 @@ class FullMethod(Method):
     summary = "Train every weight: the best quality ceiling and the largest memory."
     uses_peft = False
     supports_quantization = False  # quantized weights cannot be trained
+    autocast_exact = True
 
     def trains_base(self, spec: ModelSpec, knobs: dict[str, Any]) -> set[str]:
         return {p.name for p in spec.inventory.params}

@@ -25,6 +25,7 @@ class LoraMethod(Method):
     knobs = LORA_KNOBS
     use_dora = False
     use_rslora = False
+    autocast_exact = True
 
     def trainable_groups(self, spec: ModelSpec, knobs: dict[str, Any]) -> list[TensorGroup]:
         """r·(in + out) per targeted linear (A is r×in, B is out×r); DoRA adds a magnitude
@@ -45,9 +46,33 @@ class LoraMethod(Method):
         output of lora_A. Without dropout and without a cast, lora_A saves ``x`` itself, which
         the q/k/v adapters of one block share."""
         a = ctx.adapter_bytes
+        if ctx.autocast_bytes:
+            return self._autocast_saved(linear, knobs, ctx)
         saved = dropout_saved(linear, ctx) if knobs["dropout"] > 0 else input_saved(linear, ctx)
         saved.append(Saved(f"{linear.name}: lora_A output ({a} B x r)", a * knobs["rank"], f"{linear.name}:a_out"))
         return saved
+
+    def _autocast_saved(self, linear: LinearInfo, knobs: dict[str, Any], ctx: AdapterContext) -> list[Saved]:
+        """Under autocast peft still casts ``x`` to the adapters' fp32 and applies dropout
+        there (the mask, when the input requires grad, is fp32 on CPU and bool on CUDA), but
+        lora_A then runs in the autocast dtype: it keeps its own c-byte copy of its input (never
+        shared: a cast of a non-leaf tensor is not cached), and lora_B keeps the c-byte
+        r-wide output of lora_A."""
+        c, a, name = ctx.autocast_bytes, ctx.adapter_bytes, linear.name
+        saved = [Saved(f"{name}: adapter input cast by autocast ({c} B x in)", c * linear.in_features, f"{name}:a_in")]
+        if knobs["dropout"] > 0 and ctx.input_requires_grad:
+            mask = 1 if ctx.device == "cuda" else a
+            saved.append(Saved(f"{name}: dropout mask ({mask} B x in)", mask * linear.in_features, f"{name}:mask"))
+        saved.append(Saved(f"{name}: lora_A output ({c} B x r)", c * knobs["rank"], f"{name}:a_out"))
+        return saved
+
+    def adapter_saved_constant(self, linear: LinearInfo, knobs: dict[str, Any], ctx: AdapterContext) -> int:
+        """Under autocast: the cast copies of lora_B's weight (kept to back-propagate into
+        lora_A's output) and, when the layer's input requires grad, of lora_A's."""
+        if not ctx.autocast_bytes:
+            return 0
+        r = knobs["rank"]
+        return ctx.autocast_bytes * r * (linear.out_features + (linear.in_features if ctx.input_requires_grad else 0))
 
     def peft_config(self, spec: ModelSpec, knobs: dict[str, Any]):
         import peft

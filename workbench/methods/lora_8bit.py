@@ -5,6 +5,7 @@ from .lora import LoraMethod
 
 
 class Lora8bitMethod(LoraMethod):
+    autocast_exact = False  # not yet measured under autocast
     name = "lora-8bit"
     title = "LoRA on an 8-bit base"
     summary = "LoRA on an int8 base model: half the weight memory of bf16."

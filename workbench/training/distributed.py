@@ -59,7 +59,8 @@ def accelerate_config(settings: TrainingSettings, ds_config_path: Path | None = 
         "compute_environment": "LOCAL_MACHINE", "debug": False, "num_processes": s.world_size,
         "num_machines": s.nodes, "machine_rank": 0, "main_process_ip": "127.0.0.1", "main_process_port": port,
         "rdzv_backend": "static", "same_network": True, "use_cpu": False, "downcast_bf16": "no",
-        "mixed_precision": "no",  # the model is loaded in the run's dtype; nothing is autocast
+        # the run's precision, as TrainingArguments' bf16/fp16 flags say (DeepSpeed: its 16-bit mode)
+        "mixed_precision": mixed_precision(s),
         "main_training_function": "main", "enable_cpu_affinity": False,
         "tpu_env": [], "tpu_use_cluster": False, "tpu_use_sudo": False,
     }
@@ -82,9 +83,14 @@ def accelerate_config(settings: TrainingSettings, ds_config_path: Path | None = 
         config["distributed_type"] = "DEEPSPEED"
         config["deepspeed_config"] = {"deepspeed_config_file": str(ds_config_path),
                                       "zero3_init_flag": s.strategy == "deepspeed-zero3"}
-        if s.dtype != "float32":
-            config["mixed_precision"] = {"bfloat16": "bf16", "float16": "fp16"}[s.dtype]
     return config
+
+
+def mixed_precision(settings: TrainingSettings) -> str:
+    """accelerate's ``mixed_precision`` for the run: the same mode as ``TrainingArguments``
+    (:meth:`TrainingSettings.trainer_flags`), so the launcher and the Trainer never disagree."""
+    flags = settings.trainer_flags()
+    return "bf16" if flags["bf16"] else "fp16" if flags["fp16"] else "no"
 
 
 def deepspeed_config(settings: TrainingSettings) -> dict[str, Any]:
@@ -109,7 +115,8 @@ def deepspeed_config(settings: TrainingSettings) -> dict[str, Any]:
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto", "train_batch_size": "auto",
         "gradient_clipping": "auto", "zero_optimization": zero,
-        "bf16": {"enabled": s.dtype == "bfloat16"}, "fp16": {"enabled": s.dtype == "float16"},
+        # the same flags TrainingArguments gets (transformers refuses a mismatch in trainer_config_finalize)
+        **{mode: {"enabled": on} for mode, on in s.trainer_flags().items()},
         "zero_force_ds_cpu_optimizer": False,
     }
     if DS_OPTIMIZERS[s.optimizer]:

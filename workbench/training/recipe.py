@@ -34,6 +34,7 @@ def training_arguments(run: RunSpec, output_dir: Path, has_validation: bool) -> 
         disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0,
         train_sampling_strategy="group_by_length" if s.batching == "group_by_length" else "random",
         ddp_find_unused_parameters=False if settings.strategy == "ddp" else None,
+        **settings.trainer_flags(),  # the precision: autocast (+ GradScaler for fp16), DeepSpeed's 16-bit mode
         # sharded runs let the Trainer (or DeepSpeed) build the optimizer: the same one, momentum included
         **({"optim": TRAINER_OPTIM[settings.optimizer], "optim_args": TRAINER_OPTIM_ARGS.get(settings.optimizer)}
            if sharded else {}),

@@ -13,14 +13,15 @@ from ..errors import WorkbenchError
 from ..devices import default_device
 from ..gpus import CARDS, LARGEST, RUNTIME_NOTE, gpu_card, menu_choices
 from ..memory import plan
-from ..memory.settings import DTYPE_BYTES, OFFLOADS, OPTIMIZERS, QUANTS, SETTING_HELP, SETTING_RANGES, default_dtype
+from ..memory.settings import (OFFLOADS, OPTIMIZERS, PRECISION_HELP, PRECISIONS, QUANTS, SETTING_HELP, SETTING_RANGES,
+                               default_precision)
 from ..methods import METHODS, get_method
 from ..runspec import allowed_range, fingerprint, label, plan_run
 from ..specs import bundled_names, default_model
 from .. import smollm2
 from ..smollm2 import INSTALL_HINT, SMOLLM2_LABEL, SMOLLM2_NAME
 from ..tiny import TINY_NAME
-from .views import APPROXIMATE_ACTIVATIONS, model_spec, run_from_inputs
+from .views import approximate_activations, model_spec, run_from_inputs
 
 #: the card the "Across GPUs" table marks fits for, until the user picks another (gpus.CARDS)
 PER_GPU_DEFAULT = "H100 80 GB"
@@ -180,7 +181,7 @@ def _summary(p: dict[str, Any], run, mark: str) -> str:
         f"**{p['trainable_params']:,}** of {p['total_params']:,} parameters trained ({p['trainable_percent']:.3f}%).  \n"
         f"Predicted peak **{p['peak_bytes'] / GIB:.2f} GiB**; inference needs "
         f"{p['inference_bytes'] / GIB:.2f} GiB: training takes **{p['peak_over_inference']:.2f}x** the memory of inference.  \n"
-        + ("" if p["activations_exact_architecture"] else APPROXIMATE_ACTIVATIONS) +
+        + approximate_activations(p) +
         f"{machine_verdict(run)}  \n"
         f"{gpu_line(p['peak_bytes'])}  \nPlan `{mark}` (the run started from these settings records the same "
         f"fingerprint)." + accuracy + demo
@@ -259,8 +260,10 @@ def build_plan_tab() -> dict[str, Any]:
                     widget = _knob_widget(knob)
                     widget.visible = name in lora_knobs
                     knob_widgets.append(widget)
-            dtype = gr.Dropdown(list(DTYPE_BYTES), value=default_dtype(default_device()), label="dtype",
-                                info=SETTING_HELP["dtype"])
+            # custom values: the API and old pages may spell a precision their way (bfloat16, mixed-bf16)
+            dtype = gr.Dropdown([(f"{k}: {PRECISION_HELP[k]}", k) for k in PRECISIONS],
+                                value=default_precision(default_device()), label="Precision",
+                                info=SETTING_HELP["precision"], allow_custom_value=True)
             quant = gr.Dropdown(["auto", *QUANTS], value="auto", label="Quantization", info=SETTING_HELP["quant"])
             # no precision/minimum: gradio would round 2.5 to 2 or refuse 0 before the server could say why
             batch = gr.Number(4, label=label("batch_size"), info=_number_info("batch_size"))
@@ -297,7 +300,7 @@ def build_plan_tab() -> dict[str, Any]:
         plan_page, ordered, [summary, chart, table], api_visibility="private").then(
         per_gpu_view, gpu_inputs, [per_gpu_summary, per_gpu_rows], api_visibility="private").then(
         per_gpu_shown, per_gpu_summary, per_gpu_rows, api_visibility="private")
-    device.input(default_dtype, device, dtype, api_visibility="private")  # the user's switch: its dtype too
+    device.input(default_precision, device, dtype, api_visibility="private")  # the user's switch: its precision too
     for control in ordered:
         if control is not method:
             control.change(plan_page, ordered, [summary, chart, table], api_visibility="private")

@@ -27,7 +27,7 @@ import gradio as gr
 
 from ..data.formats import FORMATS
 from ..errors import SettingsError, WorkbenchError
-from ..memory.settings import DTYPE_BYTES, OFFLOADS, OPTIMIZERS, QUANTS, STRATEGIES
+from ..memory.settings import OFFLOADS, OPTIMIZERS, PRECISIONS, QUANTS, STRATEGIES, parse_precision
 from ..methods import METHODS, get_method
 from ..paths import DEMO_DATASET, is_demo_dataset
 from ..runspec import MAX_STEPS, form_number, whole_number
@@ -42,7 +42,7 @@ VERSION = 1
 _SECRET = secrets.token_bytes(32)  # signs dataset paths for this server process only
 MAX_TEXT = 500
 
-_CHOICES = {"dtype": tuple(DTYPE_BYTES), "quant": ("auto", *QUANTS), "optim": tuple(OPTIMIZERS),
+_CHOICES = {"dtype": tuple(PRECISIONS), "quant": ("auto", *QUANTS), "optim": tuple(OPTIMIZERS),
             "device": ("cuda", "cpu"), "strategy": tuple(STRATEGIES), "offload": tuple(OFFLOADS),
             "format": ("auto", *[f for f in FORMATS if f != "mapped"]), "method": tuple(METHODS)}
 _COUNTS = {"batch": "batch_size", "seq": "seq_len", "accum": "grad_accum", "gpus": "gpus"}
@@ -112,6 +112,8 @@ def clean_value(name: str, value: Any) -> Any:
     """The saved ``value`` of field ``name`` if the field accepts it, else None (not restored)."""
     if name.startswith("knob:"):
         return _knob(name[5:], value)
+    if name == "dtype" and isinstance(value, str) and len(value) <= MAX_TEXT:  # a page saved before precisions:
+        value = _checked(value, parse_precision)  # its dtype (float32, bfloat16) is that precision
     if name in _CHOICES:
         return value if isinstance(value, str) and value in _CHOICES[name] else None
     if name in _COUNTS:
@@ -200,7 +202,7 @@ def form_of_run(session_id: str, user: str | None) -> tuple[dict[str, Any], str]
     job = TrainJob.load(check_access(session_id, user) / "job.json")
     run, s = job.run, job.run.settings
     d = job.data
-    form = {"model": run.model, "method": run.method, "dtype": s.dtype, "quant": s.quant or "auto",
+    form = {"model": run.model, "method": run.method, "dtype": s.precision, "quant": s.quant or "auto",
             "batch": s.batch_size, "seq": s.seq_len, "accum": s.grad_accum, "ckpt": s.gradient_checkpointing,
             "optim": s.optimizer, "device": s.device, "gpus": s.gpus, "strategy": s.strategy, "offload": s.offload,
             "format": d.format or "auto", "mapping": ",".join(f"{k}={v}" for k, v in (d.mapping or {}).items()),

@@ -83,7 +83,7 @@ def run_summary(model, method, dtype, quant, batch, seq, accum, ckpt, optim, dev
         return (f"**Cannot start yet:** {exc}", "", "", "", "")
     s = run.settings
     knobs = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in run.knobs.items()) or "no knobs"
-    precision = s.dtype + (f", base weights in {s.quant}" if s.quant else "")
+    precision = s.precision + (f", base weights in {s.quant}" if s.quant else "")
     processes = f" · {s.gpus} GPUs, {s.strategy}" + (f", offload {s.offload}" if s.offload != "none" else "") \
         if s.gpus > 1 or s.strategy != "single" else ""
     per_step = s.batch_size * s.grad_accum * s.gpus

@@ -18,6 +18,16 @@ APPROXIMATE_ACTIVATIONS = ("⚠ **Activations approximate** for this architectur
                            "gradients, optimizer and logits are exact.  \n")
 
 
+def approximate_activations(plan: dict) -> str:
+    """The plan's "activations approximate" line ("" when they follow a measured walk)."""
+    if plan.get("activations_exact", plan["activations_exact_architecture"]):
+        return ""
+    if not plan["activations_exact_architecture"]:
+        return APPROXIMATE_ACTIVATIONS
+    return (f"⚠ **Activations approximate**: {plan['activations_note']} (the adapters' rules without autocast are "
+            "used); weights, gradients, optimizer and logits are exact.  \n")
+
+
 def settings_from(dtype: str, quant: str, batch_size: float, seq_len: float, grad_accum: float,
                   gradient_checkpointing: bool, optimizer: str, device: str) -> TrainingSettings:
     """Settings from the form, through the one run builder (every message names its field)."""
