@@ -199,10 +199,12 @@ def test_the_buttons_and_the_note_name_the_value_they_set():
 def _figures():
     from workbench import charts
 
-    plan = {"method": "lora", "model_label": "tiny", "peak_bytes": 3 * 2**30, "inference_bytes": 2**30,
-            "peak_over_inference": 3.0, "components": [
-                {"name": n, "bytes": 2**29, "formula": "f"} for n in charts.COLORS]}
-    rows = [{"method": m, "peak_bytes": peak, "components": {n: peak // 7 for n in charts.COLORS}}
+    plan = {"method": "lora", "model_label": "tiny", "peak_bytes": 4 * 2**30, "inference_bytes": 2**30,
+            "inference_formula": "f", "peak_over_inference": 4.0, "peak_phase_label": "the optimizer step",
+            "components": [{"name": n, "bytes": 2**29, "formula": "f"} for n in charts.COLORS],
+            "peak_parts": [{"name": n, "bytes": 2**29, "formula": "f"} for n in charts.PART_COLORS]}
+    rows = [{"method": m, "peak_bytes": peak, "components": {n: peak // 7 for n in charts.COLORS},
+             "peak_parts": [{"name": n, "bytes": peak // 8} for n in charts.PART_COLORS]}
             for m, peak in (("lora", 2**30), ("full", 5 * 2**30))]
     logs = [{"step": 1, "loss": 2.0, "learning_rate": 1e-3, "tokens_per_second": 900}, {"step": 1, "eval_loss": 2.1}]
     samples = [{"time": t, "source": "cpu", "rss": 2**30} for t in range(3)]
@@ -226,7 +228,12 @@ def test_no_chart_tells_a_component_or_a_state_by_colour_alone():
     figures = _figures()
     for name in ("plan_bar", "compare_bar"):
         bars = [t for t in figures[name].data if t.type == "bar"]
-        assert len({t.marker.pattern.shape for t in bars}) == len(bars), name  # one fill pattern each
+        for x in {v for t in bars for v in t.x}:  # within one stack: one fill pattern per part
+            stack = [t for t in bars if x in t.x]
+            assert len({t.marker.pattern.shape for t in stack}) == len(stack), (name, x)
+    from workbench.charts import PART_COLORS
+
+    assert len([t for t in figures["plan_bar"].data if t.type == "bar"]) == len(PART_COLORS) + 1
     marks = {t.name: t for t in figures["compare_bar_with_limit"].data if t.type == "scatter"}
     assert set(marks) == {"predicted peak: ✓ fits", "predicted peak: ✗ over"}
     assert list(marks["predicted peak: ✓ fits"].text) == ["✓ fits"]

@@ -15,33 +15,40 @@ COLORS = {
     "weights": "#4C78A8", "trainable_weights": "#72B7B2", "gradients": "#F58518", "optimizer": "#E45756",
     "activations": "#54A24B", "logits": "#EECA3B", "overhead": "#9D755D",
 }
+#: what is alive at the peak (``Plan.peak_parts``): the components, the runtime's buffers
+#: (cuBLAS workspace, a strategy's communication buffers) and the phase's temporaries
+PART_COLORS = {**{k: v for k, v in COLORS.items() if k != "overhead"}, "buffers": "#9D755D",
+               "temporaries": "#B279A2"}
 GIB = 1024**3
 PATTERNS = {  # a second, colour-free cue per component (legend and bars)
     "weights": "", "trainable_weights": "/", "gradients": "\\", "optimizer": "x", "activations": ".",
-    "logits": "-", "overhead": "|",
+    "logits": "-", "overhead": "|", "buffers": "|", "temporaries": "+",
 }
 MEMORY_AXIS = "predicted memory (GiB)"
 
 
 def plan_bar(plan: dict[str, Any]) -> go.Figure:
-    """One stacked bar of the resident components, the peak and inference as reference lines.
-    Hover shows bytes and the formula of each component."""
+    """What is alive when the step peaks, stacked (the stack reaches the peak line), beside
+    inference (weights + KV cache). Hover shows bytes and the formula of each part."""
     fig = go.Figure()
-    for c in plan["components"]:
+    step = "training step at its peak"
+    for c in plan["peak_parts"]:
         fig.add_bar(
-            name=c["name"], x=[plan["method"]], y=[c["bytes"] / GIB], marker_color=COLORS.get(c["name"]),
+            name=c["name"], x=[step], y=[c["bytes"] / GIB], marker_color=PART_COLORS.get(c["name"]),
             marker_pattern_shape=PATTERNS.get(c["name"], ""), text=[f"{c['name']} {c['bytes'] / GIB:.2f} GiB"],
             textposition="inside", insidetextanchor="middle",
             customdata=[[f"{c['bytes']:,}", c["formula"]]],
             hovertemplate="<b>%{fullData.name}</b><br>%{y:.3f} GiB (%{customdata[0]} B)<br>%{customdata[1]}<extra></extra>",
         )
+    fig.add_bar(name="inference", x=["inference"], y=[plan["inference_bytes"] / GIB], marker_color="#BAB0AC",
+                marker_pattern_shape=".", marker_pattern_fgcolor="#555", text=[f"{plan['inference_bytes'] / GIB:.2f} GiB"],
+                textposition="inside", customdata=[[f"{plan['inference_bytes']:,}", plan["inference_formula"]]],
+                hovertemplate="<b>inference</b><br>%{y:.3f} GiB (%{customdata[0]} B)<br>%{customdata[1]}<extra></extra>")
     fig.add_hline(y=plan["peak_bytes"] / GIB, line_dash="dash", line_color="black",
                   annotation_text=f"predicted peak {plan['peak_bytes'] / GIB:.2f} GiB")
-    fig.add_hline(y=plan["inference_bytes"] / GIB, line_dash="dot", line_color="gray",
-                  annotation_text=f"inference {plan['inference_bytes'] / GIB:.2f} GiB", annotation_position="bottom right")
     fig.update_layout(barmode="stack", yaxis_title=MEMORY_AXIS,
-                      xaxis_title="method (what one training step holds, stacked)", legend_title_text="component", uniformtext=dict(minsize=10, mode="hide"),
-                      height=420, margin=dict(l=50, r=20, t=40, b=40),
+                      xaxis_title=f"alive at {plan.get('peak_phase_label') or 'the peak'}", legend_title_text="part",
+                      uniformtext=dict(minsize=10, mode="hide"), height=420, margin=dict(l=50, r=20, t=40, b=40),
                       title=f"{plan['method']} on {plan['model_label']}: peak / inference = {plan['peak_over_inference']:.2f}x")
     return fig
 
@@ -53,8 +60,12 @@ def compare_bar(rows: list[dict[str, Any]], title: str, limit_bytes: int | None 
     rows = [r for r in rows if "error" not in r]
     methods = [r["method"] for r in rows]
     fig = go.Figure()
-    for name, color in COLORS.items():
-        fig.add_bar(name=name, x=methods, y=[r["components"].get(name, 0) / GIB for r in rows], marker_color=color,
+    # what is alive at each method's peak (its phase may differ), so each stack reaches its peak
+    parts = [{p["name"]: p["bytes"] for p in r["peak_parts"]} if "peak_parts" in r else r["components"] for r in rows]
+    for name, color in PART_COLORS.items():
+        if not any(p.get(name) for p in parts):
+            continue
+        fig.add_bar(name=name, x=methods, y=[p.get(name, 0) / GIB for p in parts], marker_color=color,
                     marker_pattern_shape=PATTERNS.get(name, ""),
                     hovertemplate="%{x}: %{y:.2f} GiB<extra>" + name + "</extra>")
     if limit_bytes is None:
@@ -181,4 +192,52 @@ def eval_bars(results: list[dict[str, Any]]) -> go.Figure:
     fig.update_layout(barmode="group", title="Held-out prompts, greedy: higher is better", yaxis_title="% of prompts",
                       xaxis_title="model (base or adapter)", legend_title_text="metric",
                       yaxis_range=[0, 100], height=320, margin=dict(t=40, b=30, l=50, r=10))
+    return fig
+
+
+BAND_STYLE = {"low-memory PEFT": ("#72B7B2", "."), "PEFT": ("#54A24B", "/"), "full fine-tuning": ("#E45756", "x")}
+
+
+def _wrap(text: str, width: int = 110) -> str:
+    """Hover text, escaped, in lines of at most ``width`` characters."""
+    import html
+    import textwrap
+
+    return "<br>".join(html.escape(line) for line in textwrap.wrap(text, width))
+
+
+def teach_bar(t: dict[str, Any]) -> go.Figure:
+    """Peak training memory / inference memory per method (log scale), against the quoted
+    bands (shaded, named). Each bar is drawn in its method's band style and says its ratio;
+    hover gives the sentence and the formula."""
+    import math
+
+    fig = go.Figure()
+    order = sorted(t["rows"], key=lambda r: r["ratio"])
+    for band, (low, high) in t["bands"].items():
+        color, _ = BAND_STYLE[band]
+        # over the bars, faintly, with dotted edges; plotly.js 3 places shapes on a log axis by data
+        # value, annotations by log10 (checked in chromium)
+        fig.add_vrect(x0=low, x1=high, fillcolor="#777", opacity=0.10, layer="above", line_width=0)
+        for edge in (low, high):
+            fig.add_vline(x=edge, line=dict(color="#333", width=1, dash="dot"), layer="above")
+        fig.add_annotation(x=math.log10((low * high) ** 0.5), y=1.0, xref="x", yref="paper", yanchor="bottom",
+                           showarrow=False, text=f"<b>{band}</b><br>{low:g}–{high:g}x", font=dict(size=11))
+    for band, (color, pattern) in BAND_STYLE.items():
+        mine = [r for r in order if r["band"] == band]
+        if not mine:
+            continue
+        fig.add_bar(name=f"usually {band}", orientation="h", y=[r["method"] for r in mine], base=1,
+                    x=[r["ratio"] - 1 for r in mine], marker_color=color, marker_pattern_shape=pattern,
+                    text=[f"{r['ratio']:.2f}x" for r in mine], textposition="outside",
+                    customdata=[[_wrap(r["why"].replace("**", "")), _wrap(r["formula"])] for r in mine],
+                    hovertemplate="<b>%{y}</b>: %{text} inference<br>%{customdata[0]}<br>"
+                                  "<i>%{customdata[1]}</i><extra></extra>")
+    top = max([25.0] + [r["ratio"] * 1.4 for r in order])
+    fig.update_layout(xaxis=dict(type="log", range=[0, math.log10(top)], title="training peak / inference memory "
+                                 "(x, log scale; a bar starts at 1x, the memory of inference)"),
+                      yaxis=dict(title="method", categoryorder="array", categoryarray=[r["method"] for r in order]),
+                      legend_title_text="method family", barmode="overlay", height=max(420, 28 * len(order) + 120),
+                      margin=dict(l=80, r=40, t=100, b=50), hoverlabel=dict(align="left"),
+                      title=f"Training / inference memory per method: {t['model']} ({t['precision']})")
     return fig

@@ -50,6 +50,9 @@ def compare_methods(spec: ModelSpec, settings: TrainingSettings) -> list[dict[st
             "inference_bytes": p["inference_bytes"], "peak_over_inference": p["peak_over_inference"],
             "adapter_file_bytes": adapter_file_bytes(p), "quant": p["quant"],
             "components": {c["name"]: c["bytes"] for c in p["components"]},
+            "peak_parts": p["peak_parts"], "peak_phase": p["peak_phase"],
+            "model_state_bytes": p["model_state_bytes"], "activations_note": p["activations_note"],
+            "activations_exact_architecture": p["activations_exact_architecture"],
         })
     return rows
 

@@ -52,6 +52,11 @@ from .optimizer import optimizer_step_transient, optimizer_term
 from .settings import TrainingSettings
 from .weights import Term, gradients_term, trainable_tensors, trainable_weights_term, weights_term
 
+#: the phases of a step whose memory the plan follows, as a user reads them
+PHASES = {"backward": "the start of backward (the forward's saved activations all alive)",
+          "end_of_backward": "the end of backward (every gradient exists)",
+          "step": "the optimizer step (gradients and the step's temporaries)"}
+
 COMPONENTS = ("weights", "trainable_weights", "gradients", "optimizer", "activations", "logits", "overhead",
               "communication")
 
@@ -78,6 +83,10 @@ class Plan:
     host_formula: str = "nothing offloaded"
     #: why the activations are approximate ("" when architecture, method and precision all follow a measured walk)
     activations_note: str = ""
+    #: the phase of the step that sets the peak (a key of :data:`PHASES`) and what is alive then:
+    #: the parts sum to ``peak_bytes``
+    peak_phase: str = ""
+    peak_parts: tuple[Term, ...] = ()
 
     @property
     def trainable_percent(self) -> float:
@@ -115,6 +124,8 @@ class Plan:
             "activations_exact": not self.activations_note, "activations_note": self.activations_note,
             "per_gpu": self.per_gpu, "world_size": self.world_size,
             "host_bytes": self.host_bytes, "host_formula": self.host_formula,
+            "peak_phase": self.peak_phase, "peak_phase_label": PHASES.get(self.peak_phase, ""),
+            "peak_parts": [asdict(t) for t in self.peak_parts],
         }
 
 
@@ -313,6 +324,25 @@ def plan(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, settings
         Term("step", step, "gradients + " + step_tmp.formula),
     )
     peak = persistent + max(backward, end_of_backward, step)
+    phase = max((("backward", backward), ("end_of_backward", end_of_backward), ("step", step)), key=lambda x: x[1])[0]
+    comm = comm_persistent + (comm_backward if phase != "step" else 0)
+    parts = [weights, trainable_w, opt,
+             Term("buffers", overhead.bytes + comm, overhead.formula + (f"; the strategy's buffers {comm:,} B" if comm else ""))]
+    if phase == "backward":
+        parts.append(activations)
+        kept = logits.bytes - logits_tensor + loss_bwd.bytes
+        if recompute > kept:
+            parts.append(Term("temporaries", recompute, "one checkpointed block recomputed (with the gradients after it)"))
+        else:
+            parts.append(Term("logits", kept, "what the loss saved, and the loss backward's fp32 temporaries "
+                                              f"({loss_bwd.bytes:,} B); the Trainer freed the logits tensor itself"))
+        if settings.grad_accum > 1:
+            parts.append(Term("gradients", grads.bytes, "accumulated over the micro-batches"))
+    elif phase == "end_of_backward":
+        parts += [grads, Term("temporaries", emb_bwd.bytes, emb_bwd.formula)]
+    else:
+        parts += [grads, Term("temporaries", step_tmp.bytes, step_tmp.formula)]
+    parts = tuple(t for t in parts if t.bytes)
 
     kv_cache = 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * tokens * settings.compute_bytes
     inference = inference_weights + kv_cache
@@ -324,4 +354,5 @@ def plan(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, settings
         inference_formula=f"weights + adapters + KV cache 2·L·kv_heads·d·b·s·e = {kv_cache:,} B",
         activations_exact=acts.exact_architecture, world_size=settings.world_size, per_gpu=distributed,
         host_bytes=host_bytes, host_formula=host_formula, activations_note=acts.approximate_because,
+        peak_phase=phase, peak_parts=parts,
     )

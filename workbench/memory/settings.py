@@ -19,10 +19,10 @@ PRECISIONS = {"fp32": ("float32", "none"), "bf16": ("bfloat16", "none"), "fp16":
               "bf16-mixed": ("float32", "bfloat16"), "fp16-mixed": ("float32", "float16")}
 PRECISION_HELP = {
     "fp32": "float32 weights and compute",
-    "bf16": "bfloat16 weights and compute (pure)",
-    "fp16": "float16 weights, fp16 autocast and loss scaling (trains fp32 adapters only)",
-    "bf16-mixed": "fp32 master weights, gradients and optimizer; bfloat16 autocast compute",
-    "fp16-mixed": "fp32 master weights, gradients and optimizer; float16 autocast compute and loss scaling",
+    "bf16": "bfloat16 weights and compute",
+    "fp16": "float16 weights, loss scaling; adapters only",
+    "bf16-mixed": "fp32 master weights, bf16 autocast",
+    "fp16-mixed": "fp32 master weights, fp16 autocast, loss scaling",
 }
 _SPELLINGS = {"fp32": "fp32", "float32": "fp32", "float": "fp32", "32": "fp32", "full": "fp32",
               "bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16", "float16": "fp16", "half": "fp16", "16": "fp16"}

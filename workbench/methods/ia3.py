@@ -13,6 +13,7 @@ class Ia3Method(Method):
     name = "ia3"
     title = "IA3"
     summary = "Train one scaling vector per targeted layer; the fewest trainable parameters."
+    autocast_exact = True
     knobs = (
         Knob("target_modules", str, "k_proj,v_proj,down_proj", "layers whose activations are rescaled"),
         Knob("feedforward_modules", str, "down_proj", "of those, the ones scaled on their input side"),
@@ -32,10 +33,13 @@ class Ia3Method(Method):
     def adapter_saved(self, linear: LinearInfo, knobs: dict[str, Any], ctx: AdapterContext) -> list[Saved]:
         """The scaled tensor is saved for the vector's gradient: the input (feed-forward) or
         the base output, in the compute dtype. Feed-forward inputs are multiplied by the fp32
-        vector, so a 16-bit input is kept as an fp32 copy."""
+        vector, so a 16-bit input is kept as an fp32 copy. Under autocast the base output is in
+        the autocast dtype whatever the input's (the product with the fp32 vector is fp32)."""
         if self._is_ff(linear, knobs):
             return input_saved(linear, ctx)
-        return [Saved(f"{linear.name}: output scaled by ia3", ctx.input_bytes * linear.out_features, f"{linear.name}:out")]
+        out = ctx.autocast_bytes or ctx.input_bytes
+        return [Saved(f"{linear.name}: output scaled by ia3 ({out} B x out)", out * linear.out_features,
+                      f"{linear.name}:out")]
 
     def adapter_saved_constant(self, linear: LinearInfo, knobs: dict[str, Any], ctx: AdapterContext) -> int:
         """The flattened fp32 vector is saved once per forward."""

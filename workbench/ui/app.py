@@ -19,6 +19,7 @@ from .data_tab import build_data_tab
 from .plan_tab import build_plan_tab, plan_view
 from .runs_tab import build_runs_tab
 from .state import TABS, wire as wire_state
+from .teach_tab import build_teach_tab
 from .train_tab import build_train_tab, run_summary
 
 __all__ = ["SLOW_EVENTS", "build_app", "limit_slow_events", "plan_view", "warm_up"]
@@ -68,6 +69,8 @@ def build_app() -> gr.Blocks:
                 plan_tab = build_plan_tab()
             with gr.Tab(TABS["compare"], id="compare") as blocks["compare"]:
                 build_compare_tab(plan_tab["inputs"])
+            with gr.Tab(TABS["teach"], id="teach") as blocks["teach"]:
+                build_teach_tab(plan_tab["inputs"], blocks["teach"])
             with gr.Tab(TABS["data"], id="data") as blocks["data"]:
                 data = build_data_tab(plan_tab["inputs"])
             with gr.Tab(TABS["train"], id="train") as blocks["train"]:

@@ -1,4 +1,4 @@
-"""Tab 5, Chat: the base model and finished adapters answer the same prompt, side by side,
+"""Tab 6, Chat: the base model and finished adapters answer the same prompt, side by side,
 with the same seed and sampling, streamed token by token. One base model in memory per
 base name (``workbench.chat.ChatEngine``), loaded lazily in the UI process on the CPU.
 

@@ -1,4 +1,4 @@
-"""Tab 3, Data: upload, detected format and why, column mapping, preview with the loss
+"""Tab 4, Data: upload, detected format and why, column mapping, preview with the loss
 highlighted, token-length histogram with the cutoff, dropped rows.
 
 There is one cutoff: the run's sequence length (the Model & method tab's field). The report

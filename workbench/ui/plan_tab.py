@@ -181,11 +181,17 @@ def _summary(p: dict[str, Any], run, mark: str) -> str:
         f"**{p['trainable_params']:,}** of {p['total_params']:,} parameters trained ({p['trainable_percent']:.3f}%).  \n"
         f"Predicted peak **{p['peak_bytes'] / GIB:.2f} GiB**; inference needs "
         f"{p['inference_bytes'] / GIB:.2f} GiB: training takes **{p['peak_over_inference']:.2f}x** the memory of inference.  \n"
-        + approximate_activations(p) +
+        + peak_line(p) + approximate_activations(p) +
         f"{machine_verdict(run)}  \n"
         f"{gpu_line(p['peak_bytes'])}  \nPlan `{mark}` (the run started from these settings records the same "
         f"fingerprint)." + accuracy + demo
     )
+
+
+def peak_line(p: dict[str, Any]) -> str:
+    """What sets the peak: its phase and what is alive then (the parts add up to the peak)."""
+    parts = " + ".join(f"{t['name'].replace('_', ' ')} {t['bytes'] / GIB:.2f}" for t in p["peak_parts"])
+    return f"The peak is at **{p['peak_phase_label']}**: {parts} GiB alive then.  \n"
 
 
 def _rows(p: dict[str, Any]) -> list[list[Any]]:

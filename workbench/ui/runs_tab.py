@@ -1,4 +1,4 @@
-"""Tab 6, Runs: the sessions store -- list, open (plan vs measured, charts), cancel,
+"""Tab 7, Runs: the sessions store -- list, open (plan vs measured, charts), cancel,
 resume, delete, export the adapter or merged model (a private download link, served only to the
 run's owner by the export route of serving.py). Reloading the page reattaches: it is all files."""
 

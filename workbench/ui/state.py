@@ -35,7 +35,7 @@ from .plan_tab import KNOB_NAMES, all_knobs
 from .views import latest_active_run, safe_upload_name, user_of
 
 #: the page's tabs: id -> label (app.py builds them in this order)
-TABS = {"plan": "Model & method", "compare": "Compare", "data": "Data", "train": "Train", "chat": "Chat",
+TABS = {"plan": "Model & method", "compare": "Compare", "teach": "Why so much memory", "data": "Data", "train": "Train", "chat": "Chat",
         "runs": "Runs"}
 STORAGE_KEY = "peft-workbench-page"
 VERSION = 1

@@ -1,4 +1,4 @@
-"""Tab 4, Train: what Start will train (the run definition, read-only, with a button to the
+"""Tab 5, Train: what Start will train (the run definition, read-only, with a button to the
 tab where each part is set), queue a run (its worker starts when the device is free), its
 progress line ("step 27 / 60 · epoch 0.45 · 1 min 12 s left"), predicted vs live memory, loss,
 learning rate and tokens/s, cancel (enabled only while the page's run is active). Polls the

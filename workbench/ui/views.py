@@ -10,6 +10,7 @@ from ..charts import GIB, compare_bar, length_histogram
 from ..compare import compare_methods, what_fits
 from ..errors import WorkbenchError
 from ..memory import TrainingSettings
+from ..memory.activations import is_llama_like
 from ..specs import load_model_spec
 
 
@@ -97,8 +98,6 @@ def compare_view(model: str, dtype: str, batch_size: float, seq_len: float, grad
         lesson = (f"Full fine-tuning needs **{full['peak_over_inference']:.1f}x** the memory of inference ({split(full)}); "
                   f"LoRA **{lora['peak_over_inference']:.1f}x** ({split(lora)}). LoRA keeps gradients and optimizer "
                   "states only for its adapters; what remains is the activations, which grow with batch x sequence.")
-    from ..memory.activations import is_llama_like
-
     if not is_llama_like(spec):
         lesson += "\n\n" + APPROXIMATE_ACTIVATIONS.strip()
     summary = f"### Every method on {spec.label}\n{lesson}\n\n" + (
@@ -191,3 +190,22 @@ def latest_active_run(user: str | None) -> str | None:
 
 def safe_upload_name(path: str | None) -> str:
     return Path(path).name if path else ""
+
+
+def teach_view(model: str, dtype: str, batch_size: float, seq_len: float, gradient_checkpointing: bool,
+               optimizer: str):
+    """(summary, chart, per-method lines) of the teacher's view: every method's training peak over inference,
+    against the quoted bands, with what dominates each (planned for a GPU, like Compare)."""
+    from ..charts import teach_bar
+    from ..teach import teach, teach_markdown
+
+    try:
+        spec = model_spec(model)
+        settings = settings_from(dtype, "auto", batch_size, seq_len, 1, gradient_checkpointing, optimizer, "cuda")
+        t = teach(spec, settings)
+    except (WorkbenchError, ValueError) as exc:
+        return f"**Cannot explain:** {exc}", None, ""
+    text, details = teach_markdown(t)
+    if not is_llama_like(spec):
+        text += "\n\n" + APPROXIMATE_ACTIVATIONS.strip()
+    return text, teach_bar(t), details
