@@ -171,7 +171,9 @@ def precision_matrix() -> list[dict]:
             _cfg("tiny", "ia3", **mix), _cfg("tiny", "dora", **mix),
             _cfg("smollm2-135m-4L", "full", **s), _cfg("smollm2-135m-4L", "lora", **{**s, "seq_len": 256},
                                                        gradient_checkpointing=True),
-            _cfg("qwen2.5-0.5b-2L", "lora", **s, grad_accum=2), _cfg("qwen2.5-0.5b-2L", "full", **s, optimizer="sgd")]
+            # Qwen2's 151,936-token vocabulary makes its bf16 steps slow on a CPU without bf16 kernels (a
+            # b2x128 one took 30 min): one short configuration
+            _cfg("qwen2.5-0.5b-2L", "lora", **{**s, "batch_size": 1, "seq_len": 64}, grad_accum=2)]
 
 
 def cuda_matrix() -> list[dict]:
@@ -218,8 +220,7 @@ HELD_OUT = (
     "tiny freeze b2x64 float32+autocast-bfloat16 adamw gc",
     "smollm2-135m-4L full b2x128 float32+autocast-bfloat16 adamw",
     "smollm2-135m-4L lora b2x256 float32+autocast-bfloat16 adamw gc",
-    "qwen2.5-0.5b-2L lora b2x128 float32+autocast-bfloat16 adamw ga2",
-    "qwen2.5-0.5b-2L full b2x128 float32+autocast-bfloat16 sgd",
+    "qwen2.5-0.5b-2L lora b1x64 float32+autocast-bfloat16 adamw ga2",
 )
 
 

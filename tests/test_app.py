@@ -16,7 +16,10 @@ def test_plan_view_for_tiny():
     assert "H100 80 GB (79.6 GiB) ✓ fits" in summary and "no visible GPU" in summary  # planning for a GPU not here is fine
     cpu_summary, _, _ = plan_view("tiny", "lora", "bfloat16", "auto", 4, 512, 1, False, "adamw", "cpu")
     assert "✓ Fits here" in cpu_summary and "RAM available now" in cpu_summary
-    assert [r[0] for r in rows][:7] == ["weights", "trainable_weights", "gradients", "optimizer", "activations",
+    assert rows[0][0].startswith("PEAK (at ") and rows[0][3].startswith("alive at ")  # the deciding row first
+    assert f"Predicted peak **{rows[0][1]:.2f} GiB**" in summary
+    assert sum(1 for r in rows if r[0].endswith("◀ sets the peak")) == 1
+    assert [r[0] for r in rows][1:8] == ["weights", "trainable_weights", "gradients", "optimizer", "activations",
                                         "logits", "overhead"]
     assert {trace.name for trace in figure.data} >= {"weights", "activations"}
 

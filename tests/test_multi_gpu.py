@@ -300,3 +300,27 @@ def test_a_quantized_base_under_sharding_is_stored_so_it_can_shard_or_refused(st
             plan_run(build_run("tiny", "lora-8bit", settings=settings))
     else:
         plan_run(build_run("tiny", "lora-8bit", settings=settings))
+
+
+@pytest.mark.parametrize("strategy, sharded", [("ddp", False), ("fsdp-grad-op", True), ("fsdp", True),
+                                               ("deepspeed-zero2", False), ("deepspeed-zero3", True)])
+def test_sharded_runs_make_their_arguments_before_loading(tmp_path, monkeypatch, strategy, sharded):
+    """Issue 16, defect 3: under FSDP and ZeRO-3 the TrainingArguments exist, and the process
+    group is joined (``args.device``), before ``from_pretrained``, so that each rank loads only
+    its share; the Trainer then takes those same arguments."""
+    import workbench.training.recipe as recipe
+    from workbench.runspec import build_run
+    from workbench.training.worker import sharded_loading_arguments
+
+    touched = []
+
+    class Args:
+        @property
+        def device(self):
+            touched.append("device")
+            return "cuda:0"
+
+    monkeypatch.setattr(recipe, "training_arguments", lambda run, out, val: Args())
+    run = build_run("tiny", "lora", None, {"strategy": strategy, "gpus": 2, "device": "cuda"})
+    args = sharded_loading_arguments(run, tmp_path, False)
+    assert (args is not None) == sharded and touched == (["device"] if sharded else [])

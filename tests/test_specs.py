@@ -61,7 +61,8 @@ def test_only_measured_blocks_claim_exact_activations():
     says so beside the peak."""
     from workbench.memory.activations import is_llama_like
     from workbench.runspec import build_run, plan_run
-    from workbench.ui.plan_tab import APPROXIMATE_ACTIVATIONS, KNOB_NAMES, plan_view
+    from workbench.ui.plan_tab import KNOB_NAMES, plan_view
+    from workbench.ui.views import APPROXIMATE_ACTIVATIONS
     from workbench.ui.views import compare_view
 
     exact = ["meta-llama/Llama-2-7b-hf", "mistralai/Mistral-Nemo-Base-2407", "Qwen/Qwen2.5-0.5B", "tiny"]

@@ -92,7 +92,9 @@ def make_collator(run: RunSpec, tokenizer, counter=None):
 
 
 def build_trainer(run: RunSpec, model, tokenizer, train, validation, output_dir: Path, callbacks: list,
-                  counter=None) -> Trainer:
+                  counter=None, args: TrainingArguments | None = None) -> Trainer:
+    """The Trainer of the run; ``args``: its arguments when they were made before the model was
+    loaded (sharded strategies, :func:`workbench.training.worker.sharded_loading_arguments`)."""
     from ..optimizers import build_optimizer
 
     settings = run.settings
@@ -101,7 +103,7 @@ def build_trainer(run: RunSpec, model, tokenizer, train, validation, output_dir:
     optimizer = None if sharded else build_optimizer(model.parameters(), settings.optimizer,
                                                      lr=run.schedule.learning_rate)
     return WorkbenchTrainer(
-        model=model, args=training_arguments(run, output_dir, validation is not None), train_dataset=train,
+        model=model, args=args or training_arguments(run, output_dir, validation is not None), train_dataset=train,
         eval_dataset=validation, processing_class=tokenizer, data_collator=make_collator(run, tokenizer, counter),
         optimizers=(optimizer, None), callbacks=callbacks,
         longest_first=settings.batch_size * settings.grad_accum if probes(run) else 0,

@@ -234,6 +234,7 @@ def setup(job, session: Path, events: EventWriter, main_rank: bool = True, cap: 
                     dropped=report.dropped["count"])
     torch.manual_seed(run.schedule.seed)  # right before the adapters are initialised: nothing above may move it
     limit = cap if settings.device == "cpu" else gpu_limit()  # before the model takes its share
+    args = sharded_loading_arguments(run, session / ".staging", val is not None)
     model = load_for_training(spec, get_method(run.method), run.knobs, settings)
     at_setup()
     at_step = probe_step_of(run, len(train))
@@ -246,8 +247,27 @@ def setup(job, session: Path, events: EventWriter, main_rank: bool = True, cap: 
     callbacks = (([EventCallback(events, counter)] if main_rank else []) + [step_peaks, cancel, FaultCallback()]
                  + ([TrimCallback()] if settings.device == "cpu" else [])
                  + ([CheckpointPublisher(session / "checkpoints", run.schedule.keep_checkpoints)] if main_rank else []))
-    trainer = build_trainer(run, model, tokenizer, train, val, session / ".staging", callbacks, counter)
+    trainer = build_trainer(run, model, tokenizer, train, val, session / ".staging", callbacks, counter, args=args)
     return Setup(trainer, cancel, step_peaks, predicted, limit)
+
+
+def sharded_loading_arguments(run, output_dir: Path, has_validation: bool):
+    """For a strategy that shards the parameters (FSDP, ZeRO-3): the run's ``TrainingArguments``,
+    made -- and the process group joined -- *before* the model is loaded, so that
+    ``from_pretrained`` sees them: under ZeRO-3 the arguments register DeepSpeed's config
+    (``is_deepspeed_zero3_enabled``: each rank builds only its partition inside ``zero.Init``),
+    under FSDP the joined group lets every rank but the first load on the meta device
+    (``fsdp_cpu_ram_efficient_loading``). Loaded first, every rank would hold the whole model in
+    host RAM (a 70B model on 8 ranks: about 1.1 TB). None for the other strategies (their
+    arguments are made with the Trainer)."""
+    from ..memory.planner import PARAM_SHARDING
+    from .recipe import training_arguments
+
+    if run.settings.strategy not in PARAM_SHARDING:
+        return None
+    args = training_arguments(run, output_dir, has_validation)
+    args.device  # noqa: B018 -- initialises accelerate's state: the process group, before the load
+    return args
 
 
 def _save(trainer, job, folder: Path) -> None:

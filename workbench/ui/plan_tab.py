@@ -195,8 +195,14 @@ def peak_line(p: dict[str, Any]) -> str:
 
 
 def _rows(p: dict[str, Any]) -> list[list[Any]]:
-    rows = [[c["name"], round(c["bytes"] / GIB, 4), f"{c['bytes']:,}", c["formula"]] for c in p["components"]]
-    rows += [[f"peak: {t['name']}", round(t["bytes"] / GIB, 4), f"{t['bytes']:,}", t["formula"]] for t in p["peak_terms"]]
+    """The peak first (the row that decides whether a run fits), what is alive then, then every
+    component and each phase of the step; the phase that sets the peak is marked."""
+    parts = " + ".join(f"{t['name']} {t['bytes']:,}" for t in p["peak_parts"])
+    rows = [[f"PEAK (at {p['peak_phase'].replace('_', ' ')})", round(p["peak_bytes"] / GIB, 4),
+             f"{p['peak_bytes']:,}", f"alive at {p['peak_phase_label']}: {parts} B"]]
+    rows += [[c["name"], round(c["bytes"] / GIB, 4), f"{c['bytes']:,}", c["formula"]] for c in p["components"]]
+    rows += [[f"peak: {t['name']}" + (" ◀ sets the peak" if t["name"] == p["peak_phase"] else ""),
+              round(t["bytes"] / GIB, 4), f"{t['bytes']:,}", t["formula"]] for t in p["peak_terms"]]
     return rows
 
 
@@ -283,7 +289,9 @@ def build_plan_tab() -> dict[str, Any]:
         with gr.Column(scale=2):
             summary = gr.Markdown()
             chart = gr.Plot(label="Predicted memory of one training step")
-            table = gr.Dataframe(headers=["component", "GiB", "bytes", "formula"], wrap=True, label="Breakdown")
+            # the formula column takes the room left, wrapped (never clipped)
+            table = gr.Dataframe(headers=["component", "GiB", "bytes", "formula"], wrap=True, label="Breakdown",
+                                 column_widths=["20%", "9%", "15%", "56%"])
             with gr.Accordion("Across GPUs", open=False) as across:
                 gr.Markdown("Per-GPU memory of the same training under each strategy on 1, 2, 4 and 8 GPUs of one "
                             "node: where a large model starts to fit. Every figure is per GPU; offloaded bytes are "
