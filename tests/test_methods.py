@@ -67,7 +67,8 @@ def test_trainable_params_equal_peft_count(model, name):
     fused = {lin.short_name for lin in spec.inventory.linears} >= {"qkv_proj", "gate_up_proj"}  # Phi-3, Phi-4
     if fused and name in ("ia3", "vera"):  # their defaults name k_proj / q_proj, v_proj: Phi fuses them
         with pytest.raises(MethodError, match=r"not found in .*choose from: all-linear, down_proj, gate_up_proj, "
-                                              r"o_proj, qkv_proj"):
+                                              r"o_proj, qkv_proj \(q_proj, k_proj, v_proj are fused into qkv_proj "
+                                              r"here; adapting qkv_proj adapts all of them\)"):
             method.trainable_groups(spec, knobs)
         return
     ours = sum(g.total for g in method.trainable_groups(spec, knobs))

@@ -234,9 +234,22 @@ def resolve_targets(spec: ModelSpec, targets: str) -> list[LinearInfo]:
     if missing or not wanted:
         raise MethodError(
             f"target modules {', '.join(missing) or '(none)'} not found in {spec.name}; "
-            f"choose from: all-linear, {', '.join(known)}"
+            f"choose from: all-linear, {', '.join(known)}" + _fused_hint(missing, known)
         )
     return [lin for lin in in_blocks if lin.short_name in wanted]
+
+
+#: layers some architectures fuse (Phi-3, Phi-4): the separate names a method's defaults use -> the fused one
+FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+
+
+def _fused_hint(missing: list[str], known: list[str]) -> str:
+    """Where the missing layers are fused into one (Phi-3's qkv_proj), say so. The defaults are
+    not mapped onto the fused layer on purpose: adapting qkv_proj also adapts q (and IA3 would
+    scale queries too), which is another method than the one whose defaults name k and v."""
+    hints = [f"{', '.join(parts)} are fused into {fused} here; adapting {fused} adapts all of them"
+             for fused, parts in FUSED.items() if fused in known and any(m in parts for m in missing)]
+    return f" ({'; '.join(hints)})" if hints else ""
 
 
 def peft_targets(targets: str) -> str | list[str]:
