@@ -40,6 +40,13 @@ def test_unknown_precision_is_refused_with_the_choices(bad):
     assert len(str(err.value)) < 200  # a long value is not echoed whole
 
 
+@pytest.mark.parametrize("field", ["dtype", "precision"])
+@pytest.mark.parametrize("bad", [["bf16"], {"a": 1}, 3.5, True])
+def test_a_precision_that_is_not_text_is_refused_in_a_message(field, bad):
+    with pytest.raises(SettingsError, match="choose from fp32, bf16"):
+        build_run("tiny", "lora", None, {field: bad, "device": "cpu"})
+
+
 def test_the_dtype_alone_keeps_its_old_meaning():
     """Jobs and callers that give only a dtype: float32 / bfloat16 are pure, float16 trains
     under fp16 autocast with loss scaling (the only way the Trainer trains fp16)."""

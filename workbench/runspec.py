@@ -288,6 +288,11 @@ def _precision(raw: dict[str, Any]) -> None:
     (``bf16``, ``bf16-mixed``) counts as that precision."""
     given = raw.pop("precision", None)
     dtype = raw.get("dtype")
+    if dtype is not None and not isinstance(dtype, str):  # a list or a number from an API caller
+        given, dtype = dtype, None
+        raw.pop("dtype")
+    if not isinstance(given, (str, type(None))):
+        given = str(given)  # refused by parse_precision with its choices, the value shortened
     if given in (None, "", "auto") and dtype not in (None, "", "auto") and dtype not in DTYPE_BYTES:
         given = dtype
     if given in (None, "", "auto"):
