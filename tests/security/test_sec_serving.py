@@ -240,7 +240,7 @@ def test_only_the_documented_endpoints_are_callable_by_clients():
     info = build_app().get_api_info()
     assert sorted(info["named_endpoints"]) == ["/adapters", "/cancel_run", "/chat", "/compare", "/evaluate", "/inspect",
                                                "/per_gpu", "/plan", "/run_status", "/sessions", "/start_run",
-                                               "/what_changed"]
+                                               "/teach", "/what_changed"]
     assert not info.get("unnamed_endpoints")
 
 

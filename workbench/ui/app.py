@@ -31,7 +31,7 @@ SLOW_EVENTS: dict[str, tuple[int, frozenset[str]]] = {
     # a base model in this process: load, generate, score
     "generation": (2, frozenset({"chat", "arena_next", "evaluate", "what_changed"})),
     # a whole dataset tokenized, every method planned, a worker started, an export written
-    "heavy": (2, frozenset({"inspect", "inspect_view", "compare", "start_run", "run_action"})),
+    "heavy": (2, frozenset({"inspect", "inspect_view", "compare", "teach", "teach_view", "start_run", "run_action"})),
 }
 
 
