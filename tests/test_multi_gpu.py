@@ -259,11 +259,15 @@ def _cmdline(pid: str) -> str:
 
 @pytest.mark.parametrize("strategy", ["fsdp", "deepspeed-zero2"])
 @pytest.mark.parametrize("optimizer", ["sgd", "sgd_momentum", "adamw"])
-def test_a_sharded_run_gets_the_planned_optimizer_from_the_trainer(tmp_path, strategy, optimizer):
+def test_a_sharded_run_gets_the_planned_optimizer_from_the_trainer(tmp_path, monkeypatch, strategy, optimizer):
     """Sharded runs let the Trainer build the optimizer (issue 16, defect 5): sgd_momentum is
     SGD with the momentum buffer the planner counts, not the Trainer's plain ``sgd``."""
     import torch
+    import transformers.training_args
     from transformers import Trainer
+
+    # a GPU run's arguments (DeepSpeed's bf16 mode sets bf16=True); this machine has no GPU to check
+    monkeypatch.setattr(transformers.training_args, "is_torch_bf16_gpu_available", lambda: True)
 
     from workbench.optimizers import SGD_MOMENTUM, build_optimizer
     from workbench.runspec import build_run

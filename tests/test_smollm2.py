@@ -49,10 +49,10 @@ def test_the_page_preselects_it_and_says_what_it_is(monkeypatch):
     app = build_app()
     [model] = [b for b in app.blocks.values() if isinstance(b, gr.Dropdown) and b.label == "Model"]
     assert model.value == SMOLLM2_NAME and "real pretrained weights" in model.info
-    [dtype] = [b for b in app.blocks.values() if isinstance(b, gr.Dropdown) and b.label == "dtype"]
+    [precision] = [b for b in app.blocks.values() if isinstance(b, gr.Dropdown) and b.label == "Precision"]
     from workbench.devices import default_device
 
-    assert dtype.value == ("float32" if default_device() == "cpu" else "bfloat16")  # the device's fast dtype
+    assert precision.value == ("fp32" if default_device() == "cpu" else "bf16")  # the device's fast precision
     summary = plan_view(SMOLLM2_NAME, "lora", "float32", "auto", 4, 128, 1, False, "adamw", "cpu")[0]
     assert "dequantized from Q4_1" in summary
 
