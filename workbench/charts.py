@@ -61,7 +61,7 @@ def compare_bar(rows: list[dict[str, Any]], title: str, limit_bytes: int | None 
     methods = [r["method"] for r in rows]
     fig = go.Figure()
     # what is alive at each method's peak (its phase may differ), so each stack reaches its peak
-    parts = [{p["name"]: p["bytes"] for p in r["peak_parts"]} if "peak_parts" in r else r["components"] for r in rows]
+    parts = [{p["name"]: p["bytes"] for p in r["peak_parts"]} for r in rows]
     for name, color in PART_COLORS.items():
         if not any(p.get(name) for p in parts):
             continue

@@ -129,9 +129,7 @@ def teach(spec: ModelSpec, settings: TrainingSettings) -> dict[str, Any]:
                                 + f"; inference {p['inference_bytes']:,} B = {p['inference_formula']}; "
                                 f"{top['name']}: {top['formula']}",
                      "model_state_bytes_per_param": p["model_state_bytes_per_param"],
-                     "activations_note": p["activations_note"] or (
-                         "" if p["activations_exact_architecture"] else "activations approximate for this "
-                                                                         "architecture"),
+                     "activations_note": p["activations_note"],
                      "what_if": _what_if(spec, name, settings, p) if name in ("full", "lora") else []})
     return {"model": spec.label or spec.name, "settings": settings.as_dict(), "precision": settings.precision,
             "bands": BANDS, "rows": rows, "refused": refused}

@@ -70,7 +70,7 @@ class ActivationEstimate:
     formula: str
     exact_architecture: bool
     head_cast_bytes: int = 0  # autocast's copy of the output head's weight, kept for backward
-    exact: bool = True  # architecture, method and precision all follow a measured walk
+    #: why the activations are approximate ("" when architecture, method and precision follow a measured walk)
     approximate_because: str = ""
 
 
@@ -258,7 +258,7 @@ def estimate_activations(spec: ModelSpec, method: Method, knobs: dict, settings:
         saved = L * per_layer if not settings.gradient_checkpointing else L * tokens * h * r
         return ActivationEstimate(saved, per_layer if settings.gradient_checkpointing else 0, (per_layer,) * L,
                                   head_trained, "Korthikanti et al. 2022: s·b·h·(34 + 5·a·s/h) per layer (approximate)",
-                                  False, head_cast_bytes=_head_cast(spec, settings, True), exact=False,
+                                  False, head_cast_bytes=_head_cast(spec, settings, True),
                                   approximate_because="this architecture's blocks have no measured walk yet")
     adapted = {lin.name: lin for lin in method.adapted_linears(spec, knobs)}
     embed = next(p.name for p in inv.params if "embed" in p.name)
@@ -304,11 +304,11 @@ def estimate_activations(spec: ModelSpec, method: Method, knobs: dict, settings:
         return ActivationEstimate(saved, recompute, tuple(per_layer), head_trained,
                                   f"checkpointing: {spec.num_layers} block inputs x b·s·h·e = {block_inputs:,} B "
                                   f"+ final norm {final:,} B" + (f" + int8 matmul inputs {kept:,} B" if kept else "")
-                                  + "; one block recomputed at a time", True, head_cast, not why, why)
+                                  + "; one block recomputed at a time", True, head_cast, why)
     saved = ids_bytes + sum(per_layer) + rope_bytes + final
     formula = (f"sum over {spec.num_layers} blocks of saved tensors x b·s = {b}x{s} tokens "
                f"({sum(per_layer):,} B) + rotary cos/sin {rope_bytes:,} B + final norm {final:,} B")
     if e != r:
         formula += (f"; autocast to {settings.compute_dtype}: each linear keeps its own {e}-byte copy of its input "
                     f"and of its weight")
-    return ActivationEstimate(saved, 0, tuple(per_layer), head_trained, formula, True, head_cast, not why, why)
+    return ActivationEstimate(saved, 0, tuple(per_layer), head_trained, formula, True, head_cast, why)
