@@ -182,7 +182,8 @@ def test_cancel_stops_the_pages_long_operations(run_id):
 
     cancel = CancelAt("perplexity", 3)
     message, rows = what_changed("tiny", [run_id], progress=cancel)
-    assert message == CANCELLED and rows == [] and len(cancel.calls) == 3  # stopped before the next text
+    # the cancel crosses to the inference worker while it scores: it stops within a text or two
+    assert message == CANCELLED and rows == [] and 3 <= len(cancel.calls) <= 5
     message, rows = what_changed("tiny", [run_id])  # the engine serves the next request
     assert "lower is better" in message and len(rows) == 2
 

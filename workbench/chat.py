@@ -134,8 +134,8 @@ def _stopper(*events: threading.Event):
 
 class ChatEngine:
     def __init__(self, model: str, dtype: str = "float32", *, max_prompt_chars: int | None = None,
-                 wait_seconds: float | None = None) -> None:
-        self.model_name, self.dtype = model, dtype
+                 wait_seconds: float | None = None, device: str = "cpu") -> None:
+        self.model_name, self.dtype, self.device = model, dtype, device
         self.max_prompt_chars = int(max_prompt_chars if max_prompt_chars is not None
                                     else _setting(PROMPT_CHARS_VARIABLE, DEFAULT_MAX_PROMPT_CHARS))
         self.wait_seconds = float(wait_seconds if wait_seconds is not None
@@ -144,6 +144,9 @@ class ChatEngine:
         self._context: int | None = None  # tokens the model attends to, where known
         self._adapters: dict[str, Path] = {}
         self._lock = threading.Lock()  # a plain Lock: a stream's generate thread releases it
+        #: called as ``(batch, tokens, scoring)`` with the lock held, before each generate or
+        #: scoring pass (the inference worker claims the memory it needs there; raising refuses it)
+        self.before_run: Callable[[int, int, bool], None] | None = None
 
     @property
     def adapters(self) -> list[str]:
@@ -198,13 +201,17 @@ class ChatEngine:
                     folder, dtype=getattr(torch, self.dtype), use_safetensors=True, trust_remote_code=False)
             except (OSError, ValueError, KeyError) as exc:  # broken or foreign files: a message, not a crash
                 raise WorkbenchError(f"cannot load {self.model_name}: {type(exc).__name__}: {str(exc)[:300]}") from None
-            model.eval()
+            model.to(self.device).eval()
             limits = [getattr(model.config, name, None) for name in ("max_position_embeddings", "n_positions")]
             known = [int(x) for x in [*limits, getattr(tok, "model_max_length", None)]
                      if isinstance(x, int) and 0 < x < 10**8]  # transformers says "unknown" with 1e30
             self._context = min(known) if known else None
             self._model, self._tokenizer = model, tok
         return self._model
+
+    def _before_run(self, batch: int, tokens: int, scoring: bool = False) -> None:
+        if self.before_run is not None:
+            self.before_run(batch, tokens, scoring)
 
     def _check_who(self, who: str) -> None:
         if who != BASE and who not in self._adapters:
@@ -288,7 +295,9 @@ class ChatEngine:
             model, tok = self._base(), self._tokenizer
             text = apply_template(tok, messages, add_generation_prompt=True)
             ids = tok(text, return_tensors="pt", add_special_tokens=False, verbose=False)  # too long: our message
+            ids = ids.to(model.device)
             self._check_tokens(ids["input_ids"].shape[1], sampling.max_new_tokens)
+            self._before_run(1, ids["input_ids"].shape[1] + sampling.max_new_tokens)
             streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
             torch.manual_seed(sampling.seed)
             kwargs = dict(**ids, streamer=streamer, max_new_tokens=sampling.max_new_tokens,
@@ -355,6 +364,8 @@ class ChatEngine:
                         verbose=False)
             for length, name in zip(batch["attention_mask"].sum(dim=1).tolist(), names):
                 self._check_tokens(int(length), max_new_tokens, name)
+            self._before_run(len(texts), batch["input_ids"].shape[1] + max_new_tokens)
+            batch = batch.to(model.device)
             kwargs = dict(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
             if stop is not None:
                 kwargs["stopping_criteria"] = _stopper(stop)
@@ -380,10 +391,12 @@ class ChatEngine:
             model = self._base()
             keep = min(PERPLEXITY_TOKENS, self._context or PERPLEXITY_TOKENS)
             total, count = 0.0, 0
+            self._before_run(1, keep, scoring=True)
             with torch.no_grad(), self._weights_of(model, who):
                 for done, text in enumerate(texts, 1):
                     check_stop(stop, f"perplexity of {who}")
                     ids = self._tokenizer(text[:self.max_prompt_chars], return_tensors="pt")["input_ids"][:, :keep]
+                    ids = ids.to(model.device)
                     if ids.shape[1] >= 2:
                         loss = model(input_ids=ids, labels=ids).loss
                         total += float(loss) * (ids.shape[1] - 1)

@@ -62,7 +62,8 @@ def main(argv: list[str]) -> int:
         cap = _cap_memory(settings.device, quantized=job.training_settings.quant not in (None, "none")
                           or bool(get_method(job.method).quantization))  # before set-up: loading counts too
         if not launched:
-            turn = wait_for_turn(session, settings.device)  # the queue started it when the device was free
+            turn = wait_for_turn(session, settings.device, need_bytes=_predicted_peak(job),
+                                 on_wait=lambda why: events.status("queued", waiting_for=_waiting_line(why)))
             if turn.gpus:  # before anything touches CUDA: cuda:0 is the GPU granted
                 os.environ.update(worker_gpu_env(turn.gpus))
             threads = _cpu_threads() if settings.device == "cpu" else None
@@ -107,6 +108,25 @@ def main(argv: list[str]) -> int:
         restore_address_space(address_space)
 
 
+def _predicted_peak(job, per_device: bool = True) -> int | None:
+    """The run's predicted peak per device (what it claims when it takes its turn; a
+    multi-process CPU run: every process's, ``per_device=False``); None when it cannot be
+    planned here (the worker then fails with the planner's message)."""
+    from ..errors import WorkbenchError
+    from ..runspec import plan_run
+
+    try:
+        peak = plan_run(job.run).peak_bytes
+    except WorkbenchError:
+        return None
+    return peak if per_device else peak * job.training_settings.gpus
+
+
+def _waiting_line(why: str) -> str:
+    return (f"the chat model's memory is in the way ({why}); the run starts when it is released (Release the "
+            "model on the Chat tab, or after the chat worker's idle time)")
+
+
 def _cpu_threads() -> int:
     """Compute threads of a CPU run: ``$WORKBENCH_WORKER_THREADS``, else every core but one.
     The spare core keeps the web server answering; and with every core busy, torch's
@@ -137,7 +157,9 @@ def _supervise(job, session: Path, events: EventWriter, resume: bool) -> int:
     if settings.nodes > 1:
         raise SettingsError(f"a {settings.nodes}-node run is started by hand on every node with the generated config "
                             "(launch_command.txt in the run's folder); the workbench starts runs on this machine only")
-    turn = wait_for_turn(session, settings.device, count=settings.gpus if settings.device == "cuda" else 1)
+    turn = wait_for_turn(session, settings.device, count=settings.gpus if settings.device == "cuda" else 1,
+                         need_bytes=_predicted_peak(job, per_device=settings.device == "cuda"),
+                         on_wait=lambda why: events.status("queued", waiting_for=_waiting_line(why)))
     try:
         env = {**os.environ, **(worker_gpu_env(turn.gpus) if turn.gpus else {})}
         write_launch_files(session, settings, _layer_class(job.model))  # a fresh rendezvous port

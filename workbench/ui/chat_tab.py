@@ -1,6 +1,8 @@
 """Tab 6, Chat: the base model and finished adapters answer the same prompt, side by side,
 with the same seed and sampling, streamed token by token. One base model in memory per
-base name (``workbench.chat.ChatEngine``), loaded lazily in the UI process on the CPU.
+base name, in an inference worker process (``workbench.inference``: the server sends it
+requests and streams its answers; it claims its memory on its device beside training runs,
+and its line on the tab says what it claimed and holds).
 
 What a model writes is shown as plain text (a read-only textbox per contender, labelled
 with its name), never as Markdown: a dataset could otherwise teach an adapter to answer
@@ -17,9 +19,10 @@ from contextlib import closing
 
 import gradio as gr
 
-from ..chat import BASE, ChatEngine, ModelBusyError, OperationCancelled, PromptTooLongError, Sampling
+from ..chat import BASE, ModelBusyError, OperationCancelled, PromptTooLongError, Sampling
 from ..errors import WorkbenchError
 from ..evaluation import TABLE_HEADERS
+from ..inference.client import InferenceClient, describe
 from ..methods import METHODS
 from .chat_long import (CANCELLED, MAX_ADAPTERS, SAMPLE_HEADERS, cancel_work, general_text, run_texts, sample_rows,
                         stop_flag, task_evaluation, what_changed)
@@ -28,14 +31,14 @@ from .views import user_of
 __all__ = ["MAX_ADAPTERS", "adapter_columns", "arena_next", "arena_vote", "build_chat_tab", "chat_answers",
            "engine_with", "finished_adapters", "general_text", "model_note", "refreshed_adapters", "run_texts",
            "sample_rows", "task_evaluation", "what_changed"]
-MAX_ENGINES = 2  # base models kept in memory at once
-_ENGINES: dict[str, ChatEngine] = {}
+MAX_ENGINES = 2  # base models kept in inference workers at once
+_ENGINES: dict[str, InferenceClient] = {}
 _ENGINES_LOCK = threading.Lock()
 
 
-def engine_with(model: str, run_ids: list[str], user: str | None = None) -> ChatEngine:
-    """The one engine of ``model``, with the adapters of ``run_ids`` attached: runs of
-    ``user`` (when signed in) trained on this model."""
+def engine_with(model: str, run_ids: list[str], user: str | None = None) -> InferenceClient:
+    """The one inference worker of ``model`` (started by its first request), with the
+    adapters of ``run_ids`` attached: runs of ``user`` (when signed in) trained on this model."""
     from ..safety import check_model_name
     from ..sessions import check_access
     from ..training.job import TrainJob
@@ -48,13 +51,28 @@ def engine_with(model: str, run_ids: list[str], user: str | None = None) -> Chat
     with _ENGINES_LOCK:
         if model not in _ENGINES:
             while len(_ENGINES) >= MAX_ENGINES:  # the least recently added base model goes
-                _ENGINES.pop(next(iter(_ENGINES)))
-            _ENGINES[model] = ChatEngine(model)
+                _ENGINES.pop(next(iter(_ENGINES))).close()
+            _ENGINES[model] = InferenceClient(model)
         engine = _ENGINES[model]
     for run_id in run_ids:
         if run_id not in engine.adapters:
             engine.add_adapter(run_id, adapter_folder(run_id))
     return engine
+
+
+def worker_line(model: str | None) -> str:
+    """What the tab says about ``model``'s inference worker: where it runs, what it claimed
+    (the plan's parts) and holds now; never starts one."""
+    client = _ENGINES.get(model) if isinstance(model, str) else None
+    return describe(client.info() if client is not None else None, client)
+
+
+def release_worker(model: str | None) -> str:
+    """Stop ``model``'s inference worker now (its memory goes back to training runs)."""
+    client = _ENGINES.get(model) if isinstance(model, str) else None
+    if client is not None:  # kept, with its adapters: the next answer starts a worker again
+        client.close()
+    return worker_line(model)
 
 
 def finished_adapters(model: str, user: str | None = None) -> list[tuple[str, str]]:
@@ -262,6 +280,9 @@ def build_chat_tab(plan_inputs: dict, app: gr.Blocks) -> None:
         runs = gr.CheckboxGroup([], label=f"Adapters (finished runs on this model, up to {MAX_ADAPTERS}; the list "
                                           "updates by itself when a run finishes)", scale=4)
         refresh = gr.Button("Refresh adapters", size="sm", variant="secondary", scale=0, min_width=140)
+    with gr.Row(equal_height=True):
+        worker = gr.Markdown(worker_line(model.value))
+        release = gr.Button("Release the model", size="sm", variant="secondary", scale=0, min_width=160)
     prompt = gr.Textbox(label="Prompt", lines=2, placeholder="Ask all of them the same thing")
     with gr.Row():
         seed = gr.Number(0, label="Seed", precision=0)
@@ -288,14 +309,18 @@ def build_chat_tab(plan_inputs: dict, app: gr.Blocks) -> None:
         return gr.update(choices=finished_adapters(m, user_of(request)))
 
     refresh.click(adapter_list, model, runs, api_name="adapters")
+    gr.on([gr.Timer(ADAPTER_POLL_SECONDS).tick, model.change], worker_line, model, worker,
+          api_visibility="private", show_progress="hidden")
+    release.click(release_worker, model, worker, api_name="release_model")
     def label_columns(selected: list[str], m: str, request: gr.Request):  # each answer box names its run
         return adapter_columns(selected, finished_adapters(m, user_of(request)))
 
     runs.change(label_columns, [runs, model], outputs[1:], api_visibility="private", show_progress="hidden")
     model.change(lambda m: gr.update(value=model_note(m), visible=bool(model_note(m))), model, note,
                  api_visibility="private", show_progress="hidden")
-    _cancellable(ask, stop_chat, "chat", None, chat_answers, [model, runs, prompt, seed, temperature, max_tokens],
-                 outputs, api_name="chat")
+    chat = _cancellable(ask, stop_chat, "chat", None, chat_answers,
+                        [model, runs, prompt, seed, temperature, max_tokens], outputs, api_name="chat")
+    chat.then(worker_line, model, worker, api_visibility="private", show_progress="hidden")
     with gr.Accordion("Task evaluation: base vs adapters on held-out prompts", open=True):
         gr.Markdown("Greedy answers to held-out prompts, scored: exact match; for JSON or Python-literal answers "
                     "the parse rate and per-field accuracy. Held-out prompts: the file below, else "

@@ -139,6 +139,9 @@ def progress_line(session_id: str, state: str, events: list[dict[str, Any]]) -> 
             line = describe(session_id)
         except (WorkbenchError, OSError):
             line = None
+        waits = statuses[-1].get("waiting_for") if statuses else None
+        if waits:  # its worker holds the device's lock but a chat model's memory is in the way
+            line = f"queued: {waits}"
         return (line or "queued: waiting for its turn") + "; no time estimate until it starts"
     if state == "loading":
         return "loading the model and the data" + (f" (resuming after {where})" if where else "")

@@ -1,0 +1,2 @@
+"""Generation out of the web server: the inference worker process (:mod:`.worker`) and the
+server's handle on it (:mod:`.client`)."""
