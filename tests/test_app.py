@@ -101,3 +101,25 @@ def test_plan_a_local_folder_typed_as_the_model(tmp_path, monkeypatch):
     monkeypatch.setenv("WORKBENCH_MODEL_ROOTS", str(tmp_path.parent))
     summary, _figure, rows = plan_view(str(tmp_path), *args)
     assert "Predicted peak" in summary and rows
+
+
+def test_the_server_answers_while_a_model_generates(client):
+    """Generation runs in the inference worker, not the server: /plan answers in under a
+    second while a long answer streams (issue 16)."""
+    plan = ("tiny", "lora", "bfloat16", "auto", 2, 256, 1, True, "adamw", "cuda", *knobs())
+    client.predict(*plan, api_name="/plan")  # warm: the timing below is the server's, not a first import
+    job = client.submit("tiny", [], "Tell me a long story about the sky.", 0, 0.7, 512, api_name="/chat")
+    deadline = time.time() + 180
+    while time.time() < deadline and not (job.outputs() and job.outputs()[-1][0]):
+        time.sleep(0.05)  # until the first piece: the worker is up and generating
+    assert job.outputs(), "no answer started"
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        summary, _figure, _table = client.predict(*plan, api_name="/plan")
+        times.append(time.perf_counter() - started)
+        assert "Predicted peak" in summary
+    generating = not job.done()
+    job.cancel()
+    assert generating, "the answer ended before the plans were asked: nothing was measured"
+    assert max(times) < 1.0, times

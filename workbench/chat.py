@@ -4,8 +4,10 @@ adapters attached by name and switched in place (peft multi-adapter, ``disable_a
 Every answer is generated with the same prompt, seed and sampling settings, so differences
 come from the adapters. Adapters on one base share a peft type (LoRA beside LoRA, IA3
 beside IA3): peft cannot combine types in one model, and a second base copy is not an option.
-The model loads lazily on first use, on the CPU in the UI process (the tiny model answers in
-well under a second per token; larger models belong on a GPU worker).
+The model loads lazily on first use. The web server never runs this engine itself: it runs
+inside the inference worker process (:mod:`workbench.inference.worker`), which the page
+talks to through :class:`workbench.inference.client.InferenceClient` (the same calls); the
+CLI's ``eval``, a process of its own, uses it directly.
 
 Generation safety (issue 15, finding 7):
 
@@ -241,15 +243,10 @@ class ChatEngine:
                 model.set_adapter(who)
             yield
 
-    def add_adapter(self, name: str, folder: str | Path) -> None:
-        """Attach a finished run's adapter (or a complete checkpoint) under ``name``."""
-        from peft import PeftModel
-
+    def check_adapter(self, folder: Path) -> None:
+        """Refuse a folder that is not a peft adapter of this base, in safetensors."""
         from .training.artifacts import read_meta
 
-        folder = Path(folder)
-        if name == BASE or not name or name in self._adapters:
-            raise WorkbenchError(f"adapter name {name!r} is taken or reserved")
         if not (folder / "adapter_config.json").is_file():
             raise WorkbenchError(f"{folder}: no peft adapter here (full/freeze/BitFit results are whole models)")
         if not (folder / "adapter_model.safetensors").is_file():
@@ -257,6 +254,15 @@ class ChatEngine:
         meta_file = folder / "workbench_meta.json"
         if meta_file.is_file() and read_meta(folder)["base_model"] != self.model_name:
             raise WorkbenchError(f"{folder}: trained on {read_meta(folder)['base_model']}, not {self.model_name}")
+
+    def add_adapter(self, name: str, folder: str | Path) -> None:
+        """Attach a finished run's adapter (or a complete checkpoint) under ``name``."""
+        from peft import PeftModel
+
+        folder = Path(folder)
+        if name == BASE or not name or name in self._adapters:
+            raise WorkbenchError(f"adapter name {name!r} is taken or reserved")
+        self.check_adapter(folder)
         kind = json.loads((folder / "adapter_config.json").read_text()).get("peft_type")
         with self._hold():
             if name in self._adapters:  # attached by another caller while this one waited

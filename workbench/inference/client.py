@@ -76,7 +76,8 @@ class InferenceClient:
         self._send_lock = threading.Lock()
         self._tokenizer = None
         self.ready: dict | None = None  # the worker's ready message (pid, device, plan)
-        self.last_exit: str | None = None  # why the previous worker stopped
+        self.last_exit: str | None = None  # how the previous worker stopped, e.g. "pid 7 was killed by SIGKILL"
+        self._released: set[int] = set()  # workers stopped by close()
 
     # -- the process -----------------------------------------------------------------------
 
@@ -151,7 +152,12 @@ class InferenceClient:
         if code != 0:
             tail = self._log_tail()
             why += f"; it starts again on the next request{f'. Its log ends: {tail}' if tail else ''}"
-        self.last_exit = why
+        if proc.pid in self._released:
+            self.last_exit = f"pid {proc.pid} was released"
+        elif code == 0:
+            self.last_exit = f"pid {proc.pid} stopped after {self.idle_seconds / 60:g} min idle"
+        else:
+            self.last_exit = f"pid {proc.pid} {_exit_reason(code)}"
         startup.put({"fatal": {"kind": "WorkerGone", "message": why}})
         for box in list(self._pending.values()):
             box.put({"gone": why})
@@ -161,6 +167,7 @@ class InferenceClient:
         with self._start_lock:
             proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
+            self._released.add(proc.pid)
             try:
                 proc.stdin.close()  # the worker exits at the end of its input
                 proc.wait(timeout=10)
@@ -316,8 +323,7 @@ def describe(info: dict | None, client: InferenceClient | None = None) -> str:
     GIB = 1024**3
     if info is None:
         gone = client.last_exit if client is not None else None
-        return ("Model worker: not running (it starts with the next answer)" + (f"; the last one {gone.split(') ', 1)[-1]}"
-                if gone else "") + ".")
+        return "Model worker: not running (it starts with the next answer)" + (f"; the last one, {gone}." if gone else ".")
     plan = info["plan"]
     parts = ", ".join(f"{p['name'].replace('_', ' ')} {p['bytes'] / GIB:.2f}" for p in plan["parts"] if p["bytes"])
     held = info.get("measured") or {}

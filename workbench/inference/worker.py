@@ -180,8 +180,11 @@ class Worker:
     def _add_adapter(self, name: str, folder: str) -> None:
         from ..memory.inference import adapter_numel
 
+        from pathlib import Path
+
         if name in self.engine.adapters:
             return
+        self.engine.check_adapter(Path(folder))  # its files first, then its memory
         elements = self.serving.adapter_elements + adapter_numel(folder)
         self.serving.need(*self.serving.shape, adapter_elements=elements)
         self.engine.add_adapter(name, folder)

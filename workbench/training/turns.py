@@ -17,7 +17,8 @@ With its locks a run claims its predicted peak on its devices (:mod:`workbench.r
 so an inference worker (chat) started later sees it. When a chat model's claim leaves too
 little room, the run gives its locks back and waits -- still ``queued``, with the reason in
 an event -- until the chat model is released (its worker stops after a while idle, or with
-*Release the model* on the Chat tab). Without a chat model in the way it never waits on
+*Release the model* on the Chat tab). It waits only when releasing the chat models would
+make it fit; otherwise (no chat model, or a run too big even without one) it never waits on
 claims: the preflight and the worker's memory cap judge the device as before.
 """
 
@@ -51,18 +52,21 @@ class Turn:
         self.locks = []
 
 
-def _claim(turn: Turn, devices: list[tuple[str, object]], need_bytes: int, what: str) -> str | None:
+def _claim(turn: Turn, devices: list[tuple[str, object]], need_bytes: int, what: str) -> tuple | None:
     """Claim ``need_bytes`` on each of ``devices`` ((key, GpuInfo or None)) for this run;
-    the reason it must wait (a chat model in the way), or None when it may go on."""
-    from ..reservations import NoRoom, claim, claims
+    (the reason it must wait, the chat models in the way) or None when it may go on."""
+    from ..reservations import NoRoom, claim, claims, room
 
     for key, gpu in devices:
         try:
             claim(key, need_bytes, what, "training", gpu=gpu)
             turn.claims.append(key)
         except NoRoom as exc:
-            if any(c.kind == "inference" for c in claims(key)):
-                return str(exc)
+            chat = [c for c in claims(key) if c.kind == "inference"]
+            # wait only for what releasing the chat models would make fit; a run too big even
+            # then goes on (the preflight and the memory cap judge it), it would wait forever
+            if chat and need_bytes <= room(key, gpu=gpu)[0] + sum(c.bytes for c in chat):
+                return str(exc), tuple(sorted(c.what for c in chat))
     return None
 
 
@@ -123,8 +127,8 @@ def wait_for_turn(folder: Path, device: str, count: int = 1, poll: float = 0.5, 
                 blocked = _claim(turn, chosen, need_bytes, f"run {folder.name}") if need_bytes else None
                 if blocked is None:
                     return turn
-                if blocked != said and on_wait is not None:
-                    on_wait(blocked)
-                said = blocked
+                if blocked[1] != said and on_wait is not None:  # said once per chat model in the way
+                    on_wait(blocked[0])
+                said = blocked[1]
             turn.close()  # not enough free at once: hold none while waiting
         time.sleep(poll)

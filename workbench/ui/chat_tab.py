@@ -22,7 +22,8 @@ import gradio as gr
 from ..chat import BASE, ModelBusyError, OperationCancelled, PromptTooLongError, Sampling
 from ..errors import WorkbenchError
 from ..evaluation import TABLE_HEADERS
-from ..inference.client import InferenceClient, describe
+from ..inference.client import InferenceClient, WorkerGone, describe
+from ..reservations import NoRoom
 from ..methods import METHODS
 from .chat_long import (CANCELLED, MAX_ADAPTERS, SAMPLE_HEADERS, cancel_work, general_text, run_texts, sample_rows,
                         stop_flag, task_evaluation, what_changed)
@@ -148,7 +149,7 @@ def chat_answers(model: str, run_ids: list[str] | None, prompt: str, seed: float
                     for piece in pieces:
                         columns[column] += piece
                         yield tuple(columns)
-            except (PromptTooLongError, ModelBusyError) as exc:  # the same for the columns left: said once
+            except (PromptTooLongError, ModelBusyError, NoRoom, WorkerGone) as exc:  # the same for the rest: said once
                 columns[column] += f"Cannot answer: {exc}"
                 yield tuple(columns)
                 return
