@@ -264,6 +264,9 @@ def run_one(c: dict, spec, device: str, steps: int) -> dict:
                            if device == "cpu" else "StepPeakCallback: torch.cuda.max_memory_allocated over the step")
     row["peak"] = {"predicted": planned.peak_bytes, "measured": meas_peak,
                    "error_pct": _err(planned.peak_bytes, meas_peak) if meas_peak else None}
+    if device == "cuda":  # every CUDA quantity beside the one the planner predicts (allocated)
+        row["cuda_memory"] = {k: peak.get(k) for k in ("allocated_after_setup", "max_memory_allocated",
+                                                       "max_memory_reserved", "memory_reserved", "nvml_used_bytes")}
     row["dominant_term"] = max((t for t in planned.peak_terms if t.name in ("backward", "end_of_backward", "step")),
                                key=lambda t: t.bytes).name
     row["status"] = "measured"

@@ -292,7 +292,9 @@ def test_the_cli_refuses_a_run_without_weights_in_one_line(tmp_path):
 
 
 def test_gpu_cards_are_real_sizes_in_binary_units():
-    from workbench.gpus import BY_NAME, CARDS, GpuCard, gpu_card
+    import math
+
+    from workbench.gpus import BY_NAME, CARDS, GpuCard, gpu_card, on_device
 
     mib = {c.name: c.total_mib for c in CARDS}
     assert mib == {"RTX 4060 8 GB": 8188, "T4 16 GB": 15360, "L4 24 GB": 23034, "RTX 4090 24 GB": 24564,
@@ -302,7 +304,13 @@ def test_gpu_cards_are_real_sizes_in_binary_units():
     assert h100.label == "H100 80 GB (79.6 GiB usable)" and h100.total_bytes == 81559 * 2**20
     assert gpu_card("H100 80 GB") is h100 and gpu_card(h100.label) is h100
     assert gpu_card(80).total_bytes == 80 * GIB and gpu_card("24").total_bytes == 24 * GIB  # a number is GiB
-    assert h100.fits(h100.total_bytes) and not h100.fits(h100.total_bytes + 1)  # bytes against bytes
+    # a fit is what nvidia-smi would show (allocated x the allocator's reserve + the CUDA context) against the card
+    limit = h100.peak_limit_bytes
+    assert h100.fits(limit) and not h100.fits(limit + 1)  # bytes against bytes
+    assert on_device(limit)[0] <= h100.total_bytes < on_device(limit + 1)[0]
+    ratio, context = 1.1, 512 * 2**20  # memory/constants.json, uncalibrated
+    assert on_device(10 * GIB)[0] == math.ceil(10 * GIB * ratio) + context
+    assert "x 1.1 (caching allocator, uncalibrated) + 0.50 GiB CUDA context (uncalibrated)" in on_device(GIB)[1]
     assert GpuCard("x", 8, 8188).usable == "7.9 GiB"  # rounded down: never shown larger than it is
     with pytest.raises(WorkbenchError, match="not a card listed here"):
         gpu_card("Voodoo 3")
@@ -317,7 +325,7 @@ def _without_card_names(text: str) -> str:
 
 
 def test_plan_summary_lists_cards_with_marks_decided_in_bytes():
-    from workbench.gpus import CARDS
+    from workbench.gpus import CARDS, on_device
     from workbench.runspec import build_run, plan_run
     from workbench.ui.plan_tab import plan_view
 
@@ -325,9 +333,9 @@ def test_plan_summary_lists_cards_with_marks_decided_in_bytes():
     peak = plan_run(build_run("meta-llama/Llama-2-7b-hf", "lora", None,
                               {"batch_size": 1, "seq_len": 512, "device": "cpu", "dtype": "float32"})).peak_bytes
     for card in CARDS:
-        mark = "✓ fits" if peak <= card.total_bytes else "✗ too big"
+        mark = "✓ fits" if on_device(peak)[0] <= card.total_bytes else "✗ too big"
         assert f"{card.name} ({card.usable}) {mark}" in summary
-    assert "CUDA context and the driver take a few hundred MiB" in summary
+    assert f"as nvidia-smi would show it: {on_device(peak)[1]}" in summary and "CUDA context" in summary
     assert not re.search(r"\d\s*GB\b", _without_card_names(summary))  # memory in GiB; GB only in a card's name
 
 
@@ -344,7 +352,7 @@ def test_per_gpu_cells_carry_a_mark_that_agrees_with_their_bytes():
     card = BY_NAME["L4 24 GB"]
     assert "✓ = fits one L4 24 GB (22.4 GiB usable), ✗ = too big for it" in summary
     run = build_run(model, "lora", None, {"batch_size": 1, "seq_len": 512, "dtype": "float32"})
-    table = per_gpu_table(load_model_spec(model), "lora", run.knobs, run.settings, gpu_bytes=card.total_bytes)
+    table = per_gpu_table(load_model_spec(model), "lora", run.knobs, run.settings, gpu_bytes=card.peak_limit_bytes)
     cells = {(r["strategy"], r["gpus"]): r for r in table}
     marks = set()
     for line in rows:
@@ -353,7 +361,7 @@ def test_per_gpu_cells_carry_a_mark_that_agrees_with_their_bytes():
             if r["error"]:
                 assert cell == "n/a"
                 continue
-            expected = "✓" if r["peak_bytes"] <= card.total_bytes else "✗"
+            expected = "✓" if card.fits(r["peak_bytes"]) else "✗"
             assert cell.endswith(" " + expected) and "GiB" in cell
             marks.add(expected)
     assert marks == {"✓", "✗"}  # both kinds occur here, each a symbol
@@ -377,9 +385,10 @@ def test_compare_marks_each_method_against_the_card_in_bytes():
     for line in table:
         if line[3] == "-":
             continue
-        assert line[4] == ("✓ fits" if rows[line[0]]["peak_bytes"] <= card.total_bytes else "✗ too big"), line[0]
+        assert line[4] == ("✓ fits" if card.fits(rows[line[0]]["peak_bytes"]) else "✗ too big"), line[0]
     assert {line[4] for line in table} >= {"✓ fits", "✗ too big"}
-    assert fits and all(f"GiB of {gib_down(card.total_bytes, 2)}" in f[-1] and f[4] <= card.total_gib for f in fits)
+    assert fits and all(f"GiB of at most {gib_down(card.peak_limit_bytes, 2)} allocated" in f[-1]
+                        and f[4] * GIB <= card.peak_limit_bytes + 0.005 * GIB for f in fits)
     assert not re.search(r"\d\s*GB\b", _without_card_names(summary + json.dumps(fits)))
     # a number still works (API callers): GiB
     assert "methods fit one GPU of 24 GiB" in compare_view("tiny", "bfloat16", 4, 512, False, "adamw", 24)[0]

@@ -69,8 +69,10 @@ def relative_speed(total_params: int, trainable_params: int, trains_base: bool, 
 
 def what_fits(spec: ModelSpec, budget_bytes: int, settings: TrainingSettings, limit: int = 12) -> list[dict[str, Any]]:
     """The fastest fitting configuration of each method, fastest first, each with a reason.
-    ``budget_bytes``: the GPU's memory (:attr:`workbench.gpus.GpuCard.total_bytes`); a plan
-    fits when its peak bytes are at most that, and the reason gives both in GiB."""
+    ``budget_bytes``: the largest allocated peak the GPU takes
+    (:attr:`workbench.gpus.GpuCard.peak_limit_bytes`: its memory less the CUDA context, over
+    the caching allocator's reserve); a plan fits when its peak bytes are at most that, and
+    the reason gives both in GiB."""
     from .gpus import GIB, gib_down
 
     best: dict[str, dict[str, Any]] = {}
@@ -92,7 +94,7 @@ def what_fits(spec: ModelSpec, budget_bytes: int, settings: TrainingSettings, li
                                            gc, p.quant, batch)
                     row = {"method": name, "quant": p.quant, "batch_size": batch, "gradient_checkpointing": gc,
                            "peak_bytes": p.peak_bytes, "relative_speed": round(speed, 3),
-                           "reason": f"peak {p.peak_bytes / GIB:.2f} GiB of {gib_down(budget_bytes, 2)}; "
+                           "reason": f"peak {p.peak_bytes / GIB:.2f} GiB of at most {gib_down(budget_bytes, 2)} allocated; "
                                      f"batch {batch}{', checkpointing' if gc else ''}"
                                      f"{', ' + p.quant + ' base' if p.quant != 'none' else ''}; "
                                      f"{p.trainable_percent:.2f}% of weights trained"}

@@ -6,8 +6,10 @@ A card sold as "80 GB" does not hold 80 GiB: the H100 80 GB has 81,559 MiB = 79.
 total memory as ``nvidia-smi --query-gpu=memory.total --format=csv`` reports it (MiB =
 2**20 bytes) for the common board of each model; what ``torch.cuda.mem_get_info`` sees as
 total is the same figure. At run time the CUDA context and the driver take a few hundred
-MiB of it, which the plan does not count yet (:data:`RUNTIME_NOTE`; the preflight of a real
-GPU subtracts it from the free memory NVML reports).
+MiB of it, and the caching allocator reserves more than the tensors it holds: a card fits a
+plan when the plan's peak *as nvidia-smi would show it* (:func:`on_device`: the allocated
+peak x the allocator's reserve ratio + the CUDA context, ``memory/constants.json``,
+uncalibrated until the GPU check has measured them) is at most the card's total.
 
 Every figure here is in binary units: bytes, MiB, GiB (2**30 bytes). "GB" appears only in
 a card's marketing name. A fit is decided in bytes (peak bytes <= total bytes), never by
@@ -16,8 +18,10 @@ comparing rounded figures.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from .errors import SettingsError
 
@@ -50,7 +54,13 @@ class GpuCard:
         return f"{self.name} ({self.usable} usable)" if self.marketing_gb else self.name
 
     def fits(self, peak_bytes: int) -> bool:
-        return peak_bytes <= self.total_bytes
+        """Whether a plan of allocated peak ``peak_bytes`` fits, as nvidia-smi would show it."""
+        return on_device(peak_bytes)[0] <= self.total_bytes
+
+    @property
+    def peak_limit_bytes(self) -> int:
+        """The largest allocated peak that fits (the limit searches for what fits use)."""
+        return allocatable(self.total_bytes)
 
 
 #: smallest first; total memory in MiB as nvidia-smi reports it
@@ -68,8 +78,34 @@ CARDS: tuple[GpuCard, ...] = (
 BY_NAME = {c.name: c for c in CARDS}
 LARGEST = max(CARDS, key=lambda c: c.total_bytes)
 
-RUNTIME_NOTE = ("Card sizes are the total memory nvidia-smi reports; at run time the CUDA context and the driver "
-                "take a few hundred MiB of it, which this plan does not count yet.")
+def _runtime() -> tuple[float, int]:
+    """(the caching allocator's reserve ratio, the CUDA context's bytes) from constants.json."""
+    c = json.loads((Path(__file__).parent / "memory" / "constants.json").read_text())["cuda"]
+    return float(c["reserved_over_allocated"]), int(c["cuda_context_bytes"])
+
+
+def on_device(peak_bytes: int) -> tuple[int, str]:
+    """(bytes, formula): what nvidia-smi would show for a plan of allocated peak
+    ``peak_bytes``: reserved by the caching allocator (the peak x its reserve ratio) + the
+    CUDA context with its kernels, neither counted by ``max_memory_allocated``."""
+    ratio, context = _runtime()
+    reserved = math.ceil(peak_bytes * ratio)
+    return reserved + context, (f"{peak_bytes / GIB:.2f} GiB allocated peak x {ratio:g} (caching allocator, "
+                                f"uncalibrated) + {context / GIB:.2f} GiB CUDA context (uncalibrated) = "
+                                f"{(reserved + context) / GIB:.2f} GiB")
+
+
+def allocatable(device_bytes: int, contexts: int = 1) -> int:
+    """The largest allocated peak that ``device_bytes`` of GPU memory hold once ``contexts``
+    CUDA contexts are taken from them (0: they are taken already, as in free memory a
+    process reads after its own context exists), the inverse of :func:`on_device`."""
+    ratio, context = _runtime()
+    return max(0, math.floor((device_bytes - contexts * context) / ratio))
+
+
+RUNTIME_NOTE = (f"Card sizes are the total memory nvidia-smi reports; a fit counts what nvidia-smi would show: the "
+                f"predicted peak x {_runtime()[0]:g} for the caching allocator + {_runtime()[1] / GIB:.1f} GiB CUDA "
+                "context (both uncalibrated until measured on a GPU).")
 
 
 def gib_down(n_bytes: int, digits: int = 1) -> str:

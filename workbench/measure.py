@@ -186,14 +186,19 @@ def measure(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, setti
     knobs = method.resolve(knobs)
     torch.manual_seed(seed)
     device = torch.device(settings.device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
     model = load_for_training(spec, method, knobs, settings)
     if device.type == "cuda" and not method.quantization:
         model.to(device)
     params = dict(model.named_parameters())
     trainable = {n: p for n, p in params.items() if p.requires_grad}
-    before = {n: p.detach().float().clone() for n, p in params.items()}
+    # copies to tell later whether each tensor moved: on the host, never on the measured device
+    before = {n: p.detach().to("cpu", copy=True) for n, p in params.items()}
+    at_start = 0
+    if device.type == "cuda":  # loading and the copies are set-up, not training: the peak starts here
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        at_start = int(torch.cuda.memory_allocated())
 
     base_names = {p.name for p in spec.inventory.params}
     adapter_params = [p for n, p in trainable.items() if base_name(n, base_names) not in base_names]
@@ -251,13 +256,16 @@ def measure(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, setti
     if device.type == "cpu":
         device_peak["peak_tensor_bytes"] = stepped["peak_bytes"]
         device_peak["peak_at_op"] = stepped["peak_op"]
-    else:
-        device_peak.update(max_memory_allocated=stepped["peak_bytes"], memory_reserved=torch.cuda.memory_reserved())
+    else:  # each quantity named: the planner predicts the allocated peak
+        top = max((r for r in stepped["records"] if r["peak_bytes"] == stepped["peak_bytes"]), key=lambda r: r["step"])
+        device_peak.update(max_memory_allocated=stepped["peak_bytes"], allocated_after_setup=at_start,
+                           memory_reserved=int(torch.cuda.memory_reserved()),
+                           max_memory_reserved=top.get("max_reserved_bytes"), nvml_used_bytes=top.get("nvml_used_bytes"))
     device_peak["peak_step"] = stepped["peak_step"]
     device_peak["widest_batch"] = max(stepped["widths"])
     device_peak["peak_width"] = stepped["peak_width"]  # plan at this seq_len to compare the peak
-    changed = all(not torch.equal(before[n], p.detach().float()) for n, p in trainable.items())
-    frozen_same = all(torch.equal(before[n], p.detach().float()) for n, p in params.items() if n not in trainable)
+    changed = all(not torch.equal(before[n], p.detach().cpu()) for n, p in trainable.items())
+    frozen_same = all(torch.equal(before[n], p.detach().cpu()) for n, p in params.items() if n not in trainable)
     return Measurement(
         model=spec.name, method=method.name, knobs=knobs, settings=settings.as_dict(), components=components,
         per_block_bytes=per_block, losses=stepped["losses"], total_params=sum(

@@ -11,9 +11,9 @@ The budget of a device:
   Python, torch and tokenizer (about 0.5 GiB resident), the dataset and allocator slack.
   The CPU worker caps itself at the same figure (:func:`worker_memory_cap`), so a run that
   outgrows its plan fails as ``oom`` instead of summoning the kernel's OOM killer.
-- CUDA: the free memory of the emptiest visible GPU as NVML reports it, less the CUDA
-  context (``constants.json``: uncalibrated until measured on a GPU) and 10% for the caching
-  allocator's rounding and fragmentation.
+- CUDA: the free memory of the emptiest visible GPU as NVML reports it, as
+  :func:`workbench.gpus.allocatable` reads it: less the CUDA context, over the caching
+  allocator's reserve ratio (``constants.json``: both uncalibrated until measured on a GPU).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from .runspec import RunSpec, plan_run
 GIB = 1024**3
 CPU_MARGIN_FRACTION = 0.10
 CPU_MARGIN_MIN = 1 * GIB
-CUDA_MARGIN_FRACTION = 0.10
 LORA_FAMILY = ("lora", "rslora", "dora", "lora-8bit")
 
 
@@ -84,17 +83,18 @@ def device_budget(device: str) -> Budget:
                       f"RAM available now {gib(available)} less a margin of {gib(margin)} (10%, at least 1 GiB) "
                       "for the worker's runtime, data and allocator")
     from .devices import visible_gpus
-    from .memory.planner import device_constants
+    from .gpus import _runtime, allocatable
 
     gpus = visible_gpus()
     if not gpus:
         raise SettingsError("Device: no visible GPU on this machine")
     best = max(gpus, key=lambda g: g.free_bytes)
-    context = int(device_constants()["cuda"]["cuda_context_bytes"])
-    margin = context + int(best.free_bytes * CUDA_MARGIN_FRACTION)
-    return Budget("cuda", best.free_bytes, margin,
-                  f"GPU {best.index} ({best.name}) free {gib(best.free_bytes)} (NVML) less the CUDA context "
-                  f"{gib(context)} (uncalibrated) and 10% for the caching allocator")
+    limit = allocatable(best.free_bytes)
+    ratio, context = _runtime()
+    return Budget("cuda", best.free_bytes, best.free_bytes - limit,
+                  f"GPU {best.index} ({best.name}) free {gib(best.free_bytes)} (NVML); a peak fits when it x {ratio:g} "
+                  f"for the caching allocator + the {gib(context)} CUDA context (both uncalibrated) is within it: "
+                  f"at most {gib(limit)} allocated")
 
 
 def worker_memory_cap() -> tuple[int, str]:

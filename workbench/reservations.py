@@ -10,11 +10,12 @@ SIGKILL) is ignored and removed, so nothing has to clean up after a crash.
 
 Room on a device, for a claim by process ``pid`` (its own earlier claim does not count):
 
-- a GPU: its total memory (NVML) less the CUDA context and 10% for the caching allocator
-  (the margins of :mod:`workbench.preflight`), less every other live claim on it; never more
-  than what NVML reports free now less the same margin (programs outside the workbench
-  count too; a claimed process's use is already inside its claim, so this never counts it
-  twice while it stays under its claim);
+- a GPU: what its total memory (NVML) holds as allocated tensors once every claimant's
+  CUDA context is taken, over the caching allocator's reserve ratio
+  (:func:`workbench.gpus.allocatable`), less every other live claim on it; never more than
+  NVML's free memory now holds the same way (programs outside the workbench count too; a
+  claimed process's use is already inside its claim, so this never counts it twice while it
+  stays under its claim);
 - the CPU: the RAM available now (psutil) less the preflight margin, less what the other
   live claims have still to grow (their claim less their resident set now).
 
@@ -123,7 +124,7 @@ def _resident(pid: int) -> int:
 def room(device: str, pid: int | None = None, gpu=None) -> tuple[int, str]:
     """(bytes, explanation): what a claim of ``pid`` may take on ``device`` (see the module
     docstring). ``gpu``: the :class:`workbench.devices.GpuInfo` of a GPU key."""
-    from .preflight import CPU_MARGIN_FRACTION, CPU_MARGIN_MIN, CUDA_MARGIN_FRACTION
+    from .preflight import CPU_MARGIN_FRACTION, CPU_MARGIN_MIN
 
     others = [c for c in claims(device) if c.pid != pid]
     named = "; ".join(f"{c.what} {c.bytes / GIB:.2f} GiB" for c in others) or "none"
@@ -138,15 +139,15 @@ def room(device: str, pid: int | None = None, gpu=None) -> tuple[int, str]:
                       f"{growing / GIB:.2f} GiB the other claims may still grow into (claims: {named})")
     if gpu is None:
         raise WorkbenchError(f"room on {device}: the GPU is not known")
-    from .memory.planner import device_constants
+    from .gpus import allocatable
 
-    context = int(device_constants()["cuda"]["cuda_context_bytes"])
-    margin = context + int(gpu.total_bytes * CUDA_MARGIN_FRACTION)
+    # every process on the GPU has its own CUDA context: this one's and each claimant's
     promised = sum(c.bytes for c in others)
-    left = max(0, min(gpu.total_bytes - margin - promised, gpu.free_bytes - margin))
-    return left, (f"GPU {gpu.index} ({gpu.name}) {gpu.total_bytes / GIB:.2f} GiB less the CUDA context and 10% for the "
-                  f"allocator ({margin / GIB:.2f} GiB) less {promised / GIB:.2f} GiB claimed by others ({named}); "
-                  f"NVML free now {gpu.free_bytes / GIB:.2f} GiB")
+    left = max(0, min(allocatable(gpu.total_bytes, contexts=1 + len(others)) - promised,
+                      allocatable(gpu.free_bytes)))
+    return left, (f"GPU {gpu.index} ({gpu.name}) {gpu.total_bytes / GIB:.2f} GiB less {1 + len(others)} CUDA "
+                  f"context(s), over the caching allocator's reserve, less {promised / GIB:.2f} GiB claimed by "
+                  f"others ({named}); NVML free now {gpu.free_bytes / GIB:.2f} GiB")
 
 
 def claim(device: str, nbytes: int, what: str, kind: str, pid: int | None = None, gpu=None) -> Path:

@@ -117,14 +117,14 @@ def record_plans(job, train, val, session: Path, events: EventWriter | None) -> 
 
 def gpu_limit() -> int:
     """What the run may allocate on its GPU, read in the worker before the model is loaded:
-    the device's free memory now (the CUDA context already taken), less the preflight's
-    margin for the caching allocator (:data:`workbench.preflight.CUDA_MARGIN_FRACTION`)."""
+    the device's free memory now (the CUDA context already taken) over the caching
+    allocator's reserve ratio (:func:`workbench.gpus.allocatable`, as the preflight reads it)."""
     import torch
 
-    from ..preflight import CUDA_MARGIN_FRACTION
+    from ..gpus import allocatable
 
     free, _ = torch.cuda.mem_get_info()
-    return int(free - CUDA_MARGIN_FRACTION * free)
+    return allocatable(free, contexts=0)
 
 
 def memory_setting() -> int | None:

@@ -193,7 +193,10 @@ class StepPeakCallback(TrainerCallback):
             import torch
 
             record = {"step": step, "source": "cuda", "peak_bytes": int(torch.cuda.max_memory_allocated()),
-                      "reserved_bytes": int(torch.cuda.memory_reserved()), "quantity": "cuda max_memory_allocated"}
+                      "reserved_bytes": int(torch.cuda.memory_reserved()),
+                      "max_reserved_bytes": int(torch.cuda.max_memory_reserved()),
+                      "nvml_used_bytes": _nvml_used(torch.cuda.current_device())(),
+                      "quantity": "cuda max_memory_allocated"}
         else:
             if self._tracker is None:
                 return

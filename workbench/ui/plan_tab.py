@@ -11,7 +11,7 @@ from ..charts import GIB, plan_bar
 from ..compare import GPU_COUNTS, per_gpu_table
 from ..errors import WorkbenchError
 from ..devices import default_device
-from ..gpus import CARDS, LARGEST, RUNTIME_NOTE, gpu_card, menu_choices
+from ..gpus import CARDS, LARGEST, RUNTIME_NOTE, gpu_card, menu_choices, on_device
 from ..memory import plan
 from ..memory.settings import (OFFLOADS, OPTIMIZERS, PRECISION_HELP, PRECISIONS, QUANTS, SETTING_HELP, SETTING_RANGES,
                                default_precision)
@@ -88,7 +88,7 @@ def per_gpu_view(model: str, method: str, dtype: str, quant: str, batch_size: fl
             raise WorkbenchError(f"offload {offload!r}: choose from {', '.join(OFFLOADS)}")
         card = gpu_card(gpu)
         plan(spec, chosen, knobs, settings)  # what no strategy can fix (a 4-bit base for full training ...)
-        rows = per_gpu_table(spec, chosen, knobs, settings, gpu_bytes=card.total_bytes, offload=offload)
+        rows = per_gpu_table(spec, chosen, knobs, settings, gpu_bytes=card.peak_limit_bytes, offload=offload)
     except (WorkbenchError, ValueError, TypeError) as exc:
         return f"**Cannot plan across GPUs:** {exc}", []
     table, reasons, first = [], {}, []
@@ -152,7 +152,7 @@ def too_big_for_every_card(run, peak_bytes: int) -> str:
 
     head = (f"**Too big for every GPU listed:** the predicted peak, {gib(peak_bytes)}, is more than the largest card "
             f"here, the {LARGEST.label}.")
-    found = suggestions_under(run, LARGEST.total_bytes)
+    found = suggestions_under(run, LARGEST.peak_limit_bytes)
     if not found:
         return (head + " No smaller batch, gradient checkpointing, 8-bit optimizer, 4-bit base or shorter sequence "
                 "brings it under: choose a smaller model or a PEFT method, or spread it over several GPUs (Across GPUs, "
@@ -162,9 +162,10 @@ def too_big_for_every_card(run, peak_bytes: int) -> str:
 
 
 def gpu_line(peak_bytes: int) -> str:
-    """Every card of :data:`workbench.gpus.CARDS` with a fit mark, decided in bytes."""
+    """What nvidia-smi would show for the peak, and every card of :data:`workbench.gpus.CARDS`
+    with a fit mark, decided in bytes on that figure."""
     marks = [f"{c.name} ({c.usable}) {'✓ fits' if c.fits(peak_bytes) else '✗ too big'}" for c in CARDS]
-    return f"GPU cards: {'; '.join(marks)}. {RUNTIME_NOTE}"
+    return f"On a GPU, as nvidia-smi would show it: {on_device(peak_bytes)[1]}.  \nGPU cards: {'; '.join(marks)}. {RUNTIME_NOTE}"
 
 
 def _summary(p: dict[str, Any], run, mark: str) -> str:

@@ -67,8 +67,8 @@ def run_from_inputs(model: str, method: str, dtype: str, quant: str, batch_size:
 def compare_view(model: str, dtype: str, batch_size: float, seq_len: float, gradient_checkpointing: bool,
                  optimizer: str, gpu: str | float):
     """(summary, chart, method table, what-fits table) for one model and settings; ``gpu``:
-    a card of :data:`workbench.gpus.CARDS` by name, or a number of GiB. A fit is peak bytes
-    <= the card's total bytes (nvidia-smi's memory.total)."""
+    a card of :data:`workbench.gpus.CARDS` by name, or a number of GiB. A fit is the peak as
+    nvidia-smi would show it (:func:`workbench.gpus.on_device`) <= the card's total bytes."""
     from ..gpus import RUNTIME_NOTE, gpu_card
 
     try:
@@ -76,7 +76,7 @@ def compare_view(model: str, dtype: str, batch_size: float, seq_len: float, grad
         settings = settings_from(dtype, "auto", batch_size, seq_len, 1, gradient_checkpointing, optimizer, "cuda")
         card = gpu_card(gpu)
         rows = compare_methods(spec, settings)
-        fits = what_fits(spec, card.total_bytes, settings)
+        fits = what_fits(spec, card.peak_limit_bytes, settings)
     except (WorkbenchError, ValueError) as exc:
         return f"**Cannot compare:** {exc}", None, [], []
     table = [[r["method"], f"{r['trainable_params']:,}", f"{r['trainable_percent']:.3f}",
