@@ -31,6 +31,7 @@ parser.add_argument("--lr", type=float, default=2e-4)
 parser.add_argument("--seed", type=int, default=42)
 parser.add_argument("--padding-free", action="store_true")
 parser.add_argument("--threads", type=int, default=0, help="torch compute threads (0: torch's default)")
+parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
 args = parser.parse_args()
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -52,7 +53,7 @@ with tempfile.TemporaryDirectory() as out:
         args=TrainingArguments(output_dir=out, per_device_train_batch_size=args.batch_size,
                                num_train_epochs=args.epochs, learning_rate=args.lr, lr_scheduler_type="linear",
                                optim="adamw_torch", weight_decay=0.0, logging_steps=1, save_strategy="no",
-                               report_to=[], use_cpu=True, seed=args.seed, disable_tqdm=True,
+                               report_to=[], use_cpu=args.device == "cpu", seed=args.seed, disable_tqdm=True,
                                remove_unused_columns=False, dataloader_num_workers=0),
     )
     result = trainer.train()

@@ -90,6 +90,7 @@ CUDA_MODELS = {
     "smollm2-135m": ("HuggingFaceTB/SmolLM2-135M", {}, "SmolLM2-135M config, full size"),
     "qwen2.5-0.5b": ("Qwen/Qwen2.5-0.5B", {}, "Qwen2.5-0.5B config, full size"),
     "llama-3.2-1b": ("meta-llama/Llama-3.2-1B", {}, "Llama-3.2-1B config, full size"),
+    "llama-3.1-8b": ("meta-llama/Llama-3.1-8B", {}, "Llama-3.1-8B config, full size (GQA 32/8, 128,256 vocab)"),
 }
 
 
@@ -111,7 +112,9 @@ def build_model(key: str, models: dict, root: Path):
         config.update(overrides)
         hf_config = AutoConfig.for_model(**config)
         torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.bfloat16)
+        # initialised on the GPU when there is one: an 8B model's random init takes minutes on a CPU
+        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+            model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.bfloat16)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
         model.save_pretrained(tmp, safe_serialization=True)
         del model
@@ -177,14 +180,40 @@ def precision_matrix() -> list[dict]:
 
 
 def cuda_matrix() -> list[dict]:
-    """Run only where CUDA is present. Longer sequences, full-size models."""
-    m = []
-    for model in ("tiny", "smollm2-135m", "qwen2.5-0.5b", "llama-3.2-1b"):
-        s = {"dtype": "bfloat16", "batch_size": 4, "seq_len": 512}
-        m += [_cfg(model, "full", **s), _cfg(model, "lora", **s, grad_accum=2), _cfg(model, "qlora", **s),
-              _cfg(model, "dora", **s), _cfg(model, "ia3", **s), _cfg(model, "lora", **s, gradient_checkpointing=True),
-              _cfg(model, "lora", **{**s, "batch_size": 1, "seq_len": 2048})]
+    """Run only where CUDA is present (bench/gpu_check.py): real architectures at full depth with
+    random weights, bf16 and bf16-mixed, sequences 512-4096, checkpointing on and off, AdamW and
+    8-bit AdamW, every method family."""
+    bf, mix = {"dtype": "bfloat16"}, {"dtype": "float32", "autocast": "bfloat16"}
+    gc, a8 = {"gradient_checkpointing": True}, {"optimizer": "adamw_8bit"}
+    s = {"batch_size": 4, "seq_len": 512}
+    m = [_cfg("tiny", "lora", **mix), _cfg("tiny", "full")]
+    m += [_cfg("smollm2-135m", "full", **bf, **s), _cfg("smollm2-135m", "lora", **bf, **s, grad_accum=2),
+          _cfg("smollm2-135m", "qlora", **bf, **s), _cfg("smollm2-135m", "dora", **bf, **s),
+          _cfg("smollm2-135m", "ia3", **bf, **s), _cfg("smollm2-135m", "prefix", **bf, **s),
+          _cfg("smollm2-135m", "lora", **bf, **s, **gc), _cfg("smollm2-135m", "lora", **bf, batch_size=1, seq_len=4096),
+          _cfg("smollm2-135m", "full", **mix, **s), _cfg("smollm2-135m", "lora", **mix, batch_size=4, seq_len=1024),
+          _cfg("smollm2-135m", "full", **bf, **s, **a8), _cfg("smollm2-135m", "lora", batch_size=1, seq_len=2048)]
+    m += [_cfg("qwen2.5-0.5b", "full", **bf, batch_size=2, seq_len=512, **gc),
+          _cfg("qwen2.5-0.5b", "lora", **bf, batch_size=4, seq_len=1024),
+          _cfg("qwen2.5-0.5b", "qlora", **bf, batch_size=4, seq_len=2048, **gc),
+          _cfg("qwen2.5-0.5b", "dora", **bf, batch_size=2, seq_len=512),
+          _cfg("qwen2.5-0.5b", "ia3", **mix, **s), _cfg("qwen2.5-0.5b", "lora", **bf, batch_size=2, seq_len=512, **a8),
+          _cfg("qwen2.5-0.5b", "prompt", **bf, **s)]
+    m += [_cfg("llama-3.2-1b", "full", **bf, batch_size=2, seq_len=512, **a8, **gc),
+          _cfg("llama-3.2-1b", "lora", **bf, batch_size=4, seq_len=1024),
+          _cfg("llama-3.2-1b", "qlora", **bf, batch_size=4, seq_len=4096, **gc),
+          _cfg("llama-3.2-1b", "lora", **mix, batch_size=2, seq_len=2048, **gc),
+          _cfg("llama-3.2-1b", "dora", **bf, batch_size=2, seq_len=1024, **gc), _cfg("llama-3.2-1b", "ia3", **bf, **s)]
+    m += [_cfg("llama-3.1-8b", "lora", **bf, batch_size=1, seq_len=1024, **gc),
+          _cfg("llama-3.1-8b", "qlora", **bf, batch_size=2, seq_len=2048, **gc),
+          _cfg("llama-3.1-8b", "qlora", **bf, batch_size=1, seq_len=4096, **gc, **a8),
+          _cfg("llama-3.1-8b", "ia3", **bf, batch_size=1, seq_len=1024, **gc)]
     return m
+
+
+def quick_matrix() -> list[dict]:
+    """``--quick``: two small configurations on ``tiny`` (the dry run of bench/gpu_check.py)."""
+    return [_cfg("tiny", "lora", batch_size=2, seq_len=32), _cfg("tiny", "full", dtype="bfloat16", seq_len=32)]
 
 
 def config_id(c: dict) -> str:
@@ -221,6 +250,18 @@ HELD_OUT = (
     "smollm2-135m-4L full b2x128 float32+autocast-bfloat16 adamw",
     "smollm2-135m-4L lora b2x256 float32+autocast-bfloat16 adamw gc",
     "qwen2.5-0.5b-2L lora b1x64 float32+autocast-bfloat16 adamw ga2",
+    # the CUDA matrix's held-out block, chosen 2026-12-02 before any configuration ran on a GPU
+    "smollm2-135m dora b4x512 bfloat16 adamw",
+    "smollm2-135m lora b1x4096 bfloat16 adamw",
+    "smollm2-135m lora b4x1024 float32+autocast-bfloat16 adamw",
+    "smollm2-135m lora b1x2048 float32 adamw",
+    "qwen2.5-0.5b qlora b4x2048 bfloat16 adamw gc",
+    "qwen2.5-0.5b ia3 b4x512 float32+autocast-bfloat16 adamw",
+    "qwen2.5-0.5b prompt b4x512 bfloat16 adamw",
+    "llama-3.2-1b full b2x512 bfloat16 adamw_8bit gc",
+    "llama-3.2-1b lora b2x2048 float32+autocast-bfloat16 adamw gc",
+    "llama-3.1-8b qlora b2x2048 bfloat16 adamw gc",
+    "llama-3.1-8b ia3 b1x1024 bfloat16 adamw gc",
 )
 
 
@@ -571,6 +612,9 @@ def main() -> int:
     parser.add_argument("--only", default="", help="run only configurations whose id contains this")
     parser.add_argument("--label", default="", help="write planner_accuracy.<label>.json only (e.g. before)")
     parser.add_argument("--no-write", action="store_true", help="print only; keep the committed results")
+    parser.add_argument("--quick", action="store_true", help="two tiny configurations (a dry run)")
+    parser.add_argument("--out", default="", help="write the rows and summary to OUT/planner_accuracy.json only "
+                                                  "(the committed results are left alone)")
     parser.add_argument("--merge", action="store_true",
                         help="with --only: replace (or add) just these configurations in the committed results, "
                              "each row keeping the commit and date it was measured at, and recompute the summary")
@@ -583,7 +627,7 @@ def main() -> int:
     from workbench.paths import cache_dir
 
     models = CUDA_MODELS if args.device == "cuda" else CPU_MODELS
-    matrix = cuda_matrix() if args.device == "cuda" else cpu_matrix()
+    matrix = quick_matrix() if args.quick else cuda_matrix() if args.device == "cuda" else cpu_matrix()
     matrix = [c for c in matrix if args.only in config_id(c)]
     root = cache_dir() / "bench-models"
     root.mkdir(parents=True, exist_ok=True)
@@ -612,6 +656,12 @@ def main() -> int:
     if summary.get("measured"):
         print("\n" + _line("all", summary) + "\n" + _line("held out", summary["held_out"]) + "\n"
               + _line("fitted", summary["fitted"]) + f"\n{meta['seconds']} s")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "planner_accuracy.json").write_text(json.dumps({"meta": meta, "summary": summary, "configs": rows},
+                                                               indent=1, default=str))
+        return 0
     if args.merge and not args.no_write:
         entry = merged(args.device, rows, meta)
         summary = entry["summary"]

@@ -67,7 +67,8 @@ def run_plain(model_dir: Path, tokens_file: Path, args) -> dict:
     start = time.perf_counter()
     out = subprocess.run([sys.executable, str(HERE / "baseline_plain.py"), "--model", str(model_dir), "--data",
                           str(tokens_file), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
-                          "--lr", str(args.lr), "--threads", str(args.threads)], capture_output=True, text=True,
+                          "--lr", str(args.lr), "--threads", str(args.threads), "--device", args.device],
+                         capture_output=True, text=True,
                          env=os.environ.copy())
     wall = time.perf_counter() - start
     if out.returncode != 0:
@@ -84,7 +85,7 @@ def run_worker(data: Path, batching: str, args) -> dict:
     from workbench.training.launcher import make_job, prepare, spawn
 
     job = make_job("tiny", "lora", str(data),
-                   settings={"device": "cpu", "dtype": "float32", "batch_size": args.batch_size},
+                   settings={"device": args.device, "dtype": "float32", "batch_size": args.batch_size},
                    schedule=Schedule(epochs=args.epochs, learning_rate=args.lr, batching=batching))
     start = time.perf_counter()
     sid = prepare(job)
@@ -112,6 +113,9 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma list (plain is always run)")
     parser.add_argument("--no-write", action="store_true", help="print only; keep the committed results")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where both sides train")
+    parser.add_argument("--out", default="", help="write throughput.json to this folder only (bench/gpu_check.py); "
+                                                  "the committed results are left alone")
     parser.add_argument("--threads", type=int, default=0,
                         help="compute threads per training process, the same for every side (0: what the worker "
                              "uses by default, every core but one)")
@@ -182,7 +186,13 @@ def main() -> int:
         return 0
     from _meta import markdown_header, run_metadata
 
-    meta = run_metadata("cpu")
+    meta = run_metadata(args.device)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "throughput.json").write_text(json.dumps({"meta": meta, "device": args.device, "variants": rows,
+                                                         "runs": runs, "summary": summary}, indent=1))
+        return 0
     meta["seconds"] = round(time.perf_counter() - started, 1)
     threads_seen = sorted({r.get("threads") for rs in runs.values() for r in rs}, key=str)
     setup = {"threads_per_process": args.threads, "threads_seen": threads_seen, "model": "tiny",

@@ -179,3 +179,41 @@ def test_adafactor_full_fine_tuning_step_peak(dtype):
     assert planned.peak_bytes == _peak_term(planned, "persistent") + _peak_term(planned, "step")
     largest = 4096 * 256  # embed_tokens / lm_head
     assert _peak_term(planned, "step") - planned.component("gradients") == 4 * largest * (2 if dtype == "float32" else 4)
+
+
+def test_the_cuda_attention_kernel_follows_torchs_selection_rules(monkeypatch):
+    """flash/cuDNN for 16-bit, memory-efficient for fp32, math (the s x s probabilities saved)
+    where no fused kernel takes the inputs; CPU keeps the measured CPU flash walk; every CUDA
+    choice says it is not yet measured on a GPU (issue 16, defect 9)."""
+    from dataclasses import replace as swap
+
+    from workbench.memory import attention
+    from workbench.memory.attention import attention_kernel
+    from workbench.runspec import build_run, plan_run
+    from workbench.specs import load_model_spec
+
+    smol = load_model_spec("HuggingFaceTB/SmolLM2-135M-Instruct")  # 9 heads, 3 kv heads, head dim 64
+    run = build_run(smol.name, "lora", None, {"device": "cuda", "dtype": "bfloat16", "batch_size": 1, "seq_len": 1024})
+    s = run.settings
+    assert attention_kernel(smol, s, masked=False).shown == "flash (or cuDNN)"
+    assert attention_kernel(smol, s, masked=True).shown == "cuDNN (or memory-efficient)"
+    fp32 = swap(s, dtype="float32")
+    assert attention_kernel(smol, fp32, masked=False).shown == "memory-efficient"
+    assert attention_kernel(smol, swap(s, device="cpu"), masked=True).name == "cpu-flash"
+    assert attention_kernel(smol, swap(s, attention="eager"), masked=False).name == "eager"
+    assert not attention_kernel(smol, s, False).measured and attention_kernel(smol, swap(s, device="cpu"), False).measured
+    fused = plan_run(swap(run, settings=fp32))
+    assert "not yet measured on a GPU" in fused.attention and "memory-efficient" in fused.attention
+    # before torch had a grouped-query memory-efficient kernel, fp32 + GQA without a mask ran math
+    monkeypatch.setattr(attention, "_torch_version", lambda: (2, 9))
+    assert attention_kernel(smol, fp32, masked=False).name == "math"
+    assert attention_kernel(smol, fp32, masked=True).shown == "memory-efficient"  # k/v repeated: no GQA to refuse
+    math_plan = plan_run(swap(run, settings=fp32))
+    assert math_plan.attention.startswith("math")
+    grown = math_plan.component("activations") - fused.component("activations")
+    L, heads, seq = smol.num_layers, smol.num_heads, 1024
+    assert grown >= L * heads * seq * seq * 4  # at least the fp32 probabilities of every layer
+    # a head dim no fused kernel aligns to: math in 16-bit too
+    odd = load_model_spec("tiny")
+    monkeypatch.setattr(type(odd), "head_dim", property(lambda self: 36))
+    assert attention_kernel(odd, s, masked=False).name == "math"

@@ -323,7 +323,8 @@ def describe(info: dict | None, client: InferenceClient | None = None) -> str:
     GIB = 1024**3
     if info is None:
         gone = client.last_exit if client is not None else None
-        return "Model worker: not running (it starts with the next answer)" + (f"; the last one, {gone}." if gone else ".")
+        return ("Model worker: not running (it starts with the next answer)"
+                + (f"; the last one, {gone}." if gone else "."))
     plan = info["plan"]
     parts = ", ".join(f"{p['name'].replace('_', ' ')} {p['bytes'] / GIB:.2f}" for p in plan["parts"] if p["bytes"])
     held = info.get("measured") or {}

@@ -12,7 +12,8 @@ i = intermediate, kv = kv_heads x head_dim, e = compute dtype bytes:
 - a linear layer saves its input (e·in) only when its weight is trained -- or, for an int8
   base (bitsandbytes ``MatMul8bitLt``), whenever its input requires grad;
 - rotary embedding: cos and sin, once per forward (2 x s x head_dim x e);
-- SDPA (flash / memory-efficient / CPU flash kernels): q and the output (e·h each), k and v
+- SDPA (flash / cuDNN / memory-efficient / CPU flash kernels, :mod:`.attention` says which
+  runs; CUDA's math fallback saves the fp32 s x s probabilities instead): q and the output (e·h each), k and v
   (e·kv each, grouped-query heads are not repeated without a mask) and the fp32 logsumexp
   (4 x heads); a padded batch (:func:`padded_batch`) brings an attention mask: k and v are
   repeated per head and each layer saves an additive e x s x s mask per example; eager
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 
 from ..methods.base import AdapterContext, Method
 from ..specs import ModelSpec
+from .attention import Kernel, attention_kernel
 from .settings import TrainingSettings
 
 LLAMA_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -72,6 +74,7 @@ class ActivationEstimate:
     head_cast_bytes: int = 0  # autocast's copy of the output head's weight, kept for backward
     #: why the activations are approximate ("" when architecture, method and precision follow a measured walk)
     approximate_because: str = ""
+    kernel: Kernel | None = None  # the attention kernel the walk planned (memory/attention.py)
 
 
 def _head_cast(spec: ModelSpec, settings: TrainingSettings, needed: bool) -> int:
@@ -82,8 +85,11 @@ def _head_cast(spec: ModelSpec, settings: TrainingSettings, needed: bool) -> int
     return settings.compute_bytes * spec.vocab_size * spec.hidden_size
 
 
-def _approximation(method: Method, knobs: dict, settings: TrainingSettings) -> str:
+def _approximation(method: Method, knobs: dict, settings: TrainingSettings, quant: str = "none") -> str:
     """Why a Llama-like walk is not exact for this method and precision ("" when it is)."""
+    if quant == "8bit" and settings.device == "cuda":
+        return ("bitsandbytes' int8 matmul (MatMul8bitLt) keeps other tensors for backward on CUDA than on the CPU "
+                "it was measured on; not yet measured on a GPU")
     if settings.autocast == "none":
         return ""
     if settings.attention == "eager":
@@ -121,7 +127,8 @@ def is_llama_like(spec: ModelSpec) -> bool:
 
 
 def _walk_block(i: int, rg: bool, spec: ModelSpec, method: Method, knobs: dict, settings: TrainingSettings,
-                trained: set[str], adapted: dict[str, object], quant: str) -> tuple[LayerSaved, bool, bool]:
+                trained: set[str], adapted: dict[str, object], quant: str,
+                kernel: str = "cpu-flash") -> tuple[LayerSaved, bool, bool]:
     """Saved tensors of block ``i``; returns (saved, output requires grad, rope saved).
 
     ``e`` is the compute dtype's size, ``r`` the storage dtype's: the residual stream, the
@@ -178,7 +185,17 @@ def _walk_block(i: int, rg: bool, spec: ModelSpec, method: Method, knobs: dict, 
     prefix = method.extra_kv_positions(knobs)
     attn_rg = q_rg or k_rg or v_rg or prefix > 0  # trained prefix keys/values enter here
     if attn_rg:
-        if settings.attention == "sdpa" and not prefix and padded_batch(settings):
+        if kernel == "math":
+            # CUDA's math kernel (torch _scaled_dot_product_attention_math): q and k scaled, q·kᵀ,
+            # softmax, probs·v, with k/v repeated per head; 16-bit inputs are upcast to fp32 first
+            # (allow_fp16_bf16_reduction_math_sdp is off by default). Not yet measured on a GPU.
+            m = 4
+            seq = settings.seq_len + prefix
+            out.save(f"{p}.q", "math sdpa: scaled q (fp32 x heads x d)", m * q_width)
+            out.save(f"{p}.k", "math sdpa: scaled k, repeated per head (fp32)", m * q_width * seq / settings.seq_len)
+            out.save(f"{p}.v", "math sdpa: v, repeated per head (fp32)", m * q_width * seq / settings.seq_len)
+            out.save(f"{p}.probs", "math sdpa: softmax probabilities (fp32 x heads x s)", m * nh * seq)
+        elif settings.attention == "sdpa" and not prefix and padded_batch(settings):
             # the padded batch's attention mask: transformers then repeats k/v per head (use_gqa_in_sdpa
             # needs no mask) and torch turns the boolean mask into an additive one in the compute dtype,
             # per layer (sdp_utils convert_boolean_attn_mask), which the CPU flash kernel saves
@@ -261,12 +278,14 @@ def estimate_activations(spec: ModelSpec, method: Method, knobs: dict, settings:
                                   False, head_cast_bytes=_head_cast(spec, settings, True),
                                   approximate_because="this architecture's blocks have no measured walk yet")
     adapted = {lin.name: lin for lin in method.adapted_linears(spec, knobs)}
+    kernel = attention_kernel(spec, settings, padded_batch(settings) or method.extra_kv_positions(knobs) > 0)
     embed = next(p.name for p in inv.params if "embed" in p.name)
     rg = embed in trained or method.extra_tokens(knobs) > 0
     per_layer, rope, transient, kept = [], False, 0, 0
     ids_bytes = 8 * tokens if embed in trained else 0
     for i in range(spec.num_layers):
-        layer, rg_out, layer_rope = _walk_block(i, rg, spec, method, knobs, settings, trained, adapted, quant)
+        layer, rg_out, layer_rope = _walk_block(i, rg, spec, method, knobs, settings, trained, adapted, quant,
+                                                kernel.name)
         per_layer.append(layer.bytes(tokens))
         transient = max(transient, layer.transient, layer.backward_transient)
         kept += layer.kept_outside_autograd(tokens)
@@ -277,7 +296,7 @@ def estimate_activations(spec: ModelSpec, method: Method, knobs: dict, settings:
     if prefix:  # the (b, 1, s, p + s) additive mask, in the compute dtype, once per forward
         rope_bytes += b * s * (s + prefix) * e
     head_cast = _head_cast(spec, settings, rg or head_trained)
-    why = _approximation(method, knobs, settings)
+    why = _approximation(method, knobs, settings, quant)
     final = 0
     if rg:
         final += (4 * spec.hidden_size + 4) * tokens
@@ -304,11 +323,11 @@ def estimate_activations(spec: ModelSpec, method: Method, knobs: dict, settings:
         return ActivationEstimate(saved, recompute, tuple(per_layer), head_trained,
                                   f"checkpointing: {spec.num_layers} block inputs x b·s·h·e = {block_inputs:,} B "
                                   f"+ final norm {final:,} B" + (f" + int8 matmul inputs {kept:,} B" if kept else "")
-                                  + "; one block recomputed at a time", True, head_cast, why)
+                                  + "; one block recomputed at a time", True, head_cast, why, kernel)
     saved = ids_bytes + sum(per_layer) + rope_bytes + final
     formula = (f"sum over {spec.num_layers} blocks of saved tensors x b·s = {b}x{s} tokens "
                f"({sum(per_layer):,} B) + rotary cos/sin {rope_bytes:,} B + final norm {final:,} B")
     if e != r:
         formula += (f"; autocast to {settings.compute_dtype}: each linear keeps its own {e}-byte copy of its input "
                     f"and of its weight")
-    return ActivationEstimate(saved, 0, tuple(per_layer), head_trained, formula, True, head_cast, why)
+    return ActivationEstimate(saved, 0, tuple(per_layer), head_trained, formula, True, head_cast, why, kernel)

@@ -46,7 +46,8 @@ from ..errors import SettingsError
 from ..methods.base import Method
 from ..paths import PACKAGE_DIR
 from ..specs import ModelSpec
-from .activations import estimate_activations
+from .activations import estimate_activations, padded_batch
+from .attention import attention_kernel
 from .distributed import embedding_backward_per_gpu, is_distributed, per_gpu, recompute_per_gpu
 from .optimizer import optimizer_step_transient, optimizer_term
 from .settings import TrainingSettings
@@ -87,6 +88,8 @@ class Plan:
     #: the parts sum to ``peak_bytes``
     peak_phase: str = ""
     peak_parts: tuple[Term, ...] = ()
+    #: the attention kernel planned and why (memory/attention.py); CUDA choices say they are unmeasured
+    attention: str = ""
 
     @property
     def trainable_percent(self) -> float:
@@ -125,7 +128,7 @@ class Plan:
             "per_gpu": self.per_gpu, "world_size": self.world_size,
             "host_bytes": self.host_bytes, "host_formula": self.host_formula,
             "peak_phase": self.peak_phase, "peak_phase_label": PHASES.get(self.peak_phase, ""),
-            "peak_parts": [asdict(t) for t in self.peak_parts],
+            "peak_parts": [asdict(t) for t in self.peak_parts], "attention": self.attention,
         }
 
 
@@ -355,4 +358,6 @@ def plan(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, settings
         activations_exact=acts.exact_architecture, world_size=settings.world_size, per_gpu=distributed,
         host_bytes=host_bytes, host_formula=host_formula, activations_note=acts.approximate_because,
         peak_phase=phase, peak_parts=parts,
+        attention=attention_kernel(spec, settings, padded_batch(settings) or method.extra_kv_positions(knobs) > 0
+                                   ).describe(),
     )

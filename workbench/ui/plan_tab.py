@@ -182,11 +182,16 @@ def _summary(p: dict[str, Any], run, mark: str) -> str:
         f"**{p['trainable_params']:,}** of {p['total_params']:,} parameters trained ({p['trainable_percent']:.3f}%).  \n"
         f"Predicted peak **{p['peak_bytes'] / GIB:.2f} GiB**; inference needs "
         f"{p['inference_bytes'] / GIB:.2f} GiB: training takes **{p['peak_over_inference']:.2f}x** the memory of inference.  \n"
-        + peak_line(p) + approximate_activations(p) +
+        + peak_line(p) + approximate_activations(p) + attention_line(p) +
         f"{machine_verdict(run)}  \n"
         f"{gpu_line(p['peak_bytes'])}  \nPlan `{mark}` (the run started from these settings records the same "
         f"fingerprint)." + accuracy + demo
     )
+
+
+def attention_line(p: dict[str, Any]) -> str:
+    """Which attention kernel the activations are planned for (CUDA: torch's rules, unmeasured)."""
+    return f"Attention kernel planned: {p['attention']}.  \n" if p.get("attention") else ""
 
 
 def peak_line(p: dict[str, Any]) -> str:
