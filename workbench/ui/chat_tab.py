@@ -150,11 +150,11 @@ def chat_answers(model: str, run_ids: list[str] | None, prompt: str, seed: float
                         columns[column] += piece
                         yield tuple(columns)
             except (PromptTooLongError, ModelBusyError, NoRoom, WorkerGone) as exc:  # the same for the rest: said once
-                columns[column] += f"Cannot answer: {exc}"
+                columns[column] += ("\n\n" if columns[column] else "") + f"Cannot answer: {exc}"
                 yield tuple(columns)
                 return
             except WorkbenchError as exc:
-                columns[column] += f"Cannot answer: {exc}"
+                columns[column] += ("\n\n" if columns[column] else "") + f"Cannot answer: {exc}"
                 yield tuple(columns)
 
 
