@@ -154,7 +154,8 @@ def part_inference(device: str, out: Path, root: Path, quick: bool = False) -> d
 
     key, tokens = CHAT[device]
     model, _ = _model_folder(key, root)
-    base = AutoModelForCausalLM.from_pretrained(weights_dir(load_model_spec(model)), dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(weights_dir(load_model_spec(model)), dtype=torch.float32,
+                                                use_safetensors=True, trust_remote_code=False)
     adapters = []
     for i, targets in enumerate((["q_proj", "v_proj"], ["q_proj", "k_proj", "v_proj", "o_proj"])):
         folder = out / f"adapter-{i + 1}"
@@ -201,26 +202,27 @@ def _run_part(part: str, args, out: Path) -> dict:
     limit = LIMITS[args.device][part]
     log = out / f"{part}.log"
     if part == "accuracy":
-        argv = [sys.executable, str(HERE / "planner_accuracy.py"), "--device", args.device, "--steps", "2",
+        argv = [str(HERE / "planner_accuracy.py"), "--device", args.device, "--steps", "2",
                 "--out", str(out / "accuracy")] + (["--quick"] if args.quick else [])
     elif part == "throughput":
-        argv = [sys.executable, str(HERE / "throughput.py"), "--device", args.device, "--variants", "workbench",
+        argv = [str(HERE / "throughput.py"), "--device", args.device, "--variants", "workbench",
                 "--repeat", "1" if args.quick else "2", "--rows", "48" if args.quick else "240",
                 "--out", str(out / "throughput")]
     else:
-        argv = [sys.executable, str(Path(__file__).resolve()), "--device", args.device, "--out", str(out),
+        argv = [str(Path(__file__).resolve()), "--device", args.device, "--out", str(out),
                 "--one", part] + (["--quick"] if args.quick else [])
     started = time.perf_counter()
     with open(log, "w") as fh:
         try:
-            rc = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, timeout=limit, cwd=REPO,
+            rc = subprocess.run([sys.executable, *argv], stdout=fh, stderr=subprocess.STDOUT, timeout=limit, cwd=REPO,
                                 env=_env()).returncode
             status = "done" if rc == 0 else f"failed (exit code {rc})"
         except subprocess.TimeoutExpired:
             status = f"stopped at its limit of {limit} s"
     result = {"part": part, "status": status, "seconds": round(time.perf_counter() - started, 1), "limit_s": limit}
     found = {"accuracy": out / "accuracy" / "planner_accuracy.json",
-             "throughput": out / "throughput" / "throughput.json", "models": out / "models.json", "worker": out / "worker.json", "inference": out / "inference.json"}[part]
+             "throughput": out / "throughput" / "throughput.json",
+             **{name: out / f"{name}.json" for name in ("models", "worker", "inference")}}[part]
     if found.is_file():
         result["result"] = json.loads(found.read_text())
     if status != "done":

@@ -217,3 +217,44 @@ def test_the_cuda_attention_kernel_follows_torchs_selection_rules(monkeypatch):
     odd = load_model_spec("tiny")
     monkeypatch.setattr(type(odd), "head_dim", property(lambda self: 36))
     assert attention_kernel(odd, s, masked=False).name == "math"
+
+
+@pytest.fixture(scope="module")
+def qwen3(tmp_path_factory):
+    """Qwen3-0.6B's real block widths (16 heads / 8 kv of head dim 128, q/k RMSNorms per head,
+    tied embeddings), cut to 2 blocks and an 8,192-token vocabulary, random weights."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = {k: v for k, v in load_model_spec("Qwen/Qwen3-0.6B").config.items()
+              if not k.startswith("_") and k not in ("architectures", "auto_map")}
+    config.update(num_hidden_layers=2, max_window_layers=2, vocab_size=8192)
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("qwen3")
+    AutoModelForCausalLM.from_config(AutoConfig.for_model(**config)).save_pretrained(folder, safe_serialization=True)
+    return load_model_spec(str(folder))
+
+
+@pytest.mark.parametrize("name, dtype, batch, seq, gc", [("full", "float32", 2, 64, False),
+                                                         ("lora", "float32", 2, 64, False),
+                                                         ("ia3", "bfloat16", 1, 96, False),
+                                                         ("lora", "bfloat16", 2, 64, True)])
+def test_qwen3_blocks_follow_the_measured_walk(qwen3, name, dtype, batch, seq, gc):
+    """Qwen3's q/k norms: an fp32 copy of each head's q and k and an rsqrt per head, as the
+    block's own RMSNorms (issue 17): exact, no longer the textbook fallback."""
+    from workbench.memory.activations import estimate_activations, is_llama_like
+
+    assert is_llama_like(qwen3)
+    settings = TrainingSettings(dtype=dtype, batch_size=batch, seq_len=seq, gradient_checkpointing=gc, device="cpu")
+    planned, measured = _compare(qwen3, METHODS[name], {}, settings)
+    assert planned.activations_exact and not planned.activations_note
+    peak = measured.device_peak["peak_tensor_bytes"]
+    assert abs(planned.peak_bytes - peak) <= 0.05 * peak, measured.device_peak["peak_at_op"]
+    if not gc:
+        knobs = METHODS[name].resolve({})
+        per_block = estimate_activations(qwen3, METHODS[name], knobs, settings, METHODS[name].trains_base(qwen3, knobs),
+                                         seq).per_layer_bytes
+        for p, m in zip(per_block, measured.per_block_bytes):
+            assert abs(p - m) <= 0.02 * m
+    mixed = plan(qwen3, METHODS[name], {}, replace(settings, dtype="float32", autocast="bfloat16"))
+    assert "Qwen3's q/k norms under autocast" in mixed.activations_note  # measured in pure precision only

@@ -56,7 +56,7 @@ def test_later_families_count_their_published_parameters(name):
 
 
 def test_only_measured_blocks_claim_exact_activations():
-    """Llama, Mistral and Qwen2 blocks have the measured op-by-op walk; Qwen3 (q/k norms), Gemma
+    """Llama, Mistral, Qwen2 and Qwen3 (q/k norms) blocks have the measured op-by-op walk; Gemma
     (extra norms, GeGLU) and Phi-3 (fused qkv_proj) keep the flagged fallback, and the plan tab
     says so beside the peak."""
     from workbench.memory.activations import is_llama_like
@@ -65,18 +65,20 @@ def test_only_measured_blocks_claim_exact_activations():
     from workbench.ui.views import APPROXIMATE_ACTIVATIONS
     from workbench.ui.views import compare_view
 
-    exact = ["meta-llama/Llama-2-7b-hf", "mistralai/Mistral-Nemo-Base-2407", "Qwen/Qwen2.5-0.5B", "tiny"]
-    approximate = ["Qwen/Qwen3-0.6B", "google/gemma-2-2b", "google/gemma-3-1b-pt", "microsoft/phi-4"]
+    exact = ["meta-llama/Llama-2-7b-hf", "mistralai/Mistral-Nemo-Base-2407", "Qwen/Qwen2.5-0.5B", "Qwen/Qwen3-0.6B",
+             "tiny"]
+    approximate = ["google/gemma-2-2b", "google/gemma-3-1b-pt", "microsoft/phi-4"]
     assert all(is_llama_like(load_model_spec(n)) for n in exact)
     assert not any(is_llama_like(load_model_spec(n)) for n in approximate)
-    for name in ("Qwen/Qwen3-0.6B", "Qwen/Qwen2.5-0.5B"):
+    for name in ("google/gemma-3-1b-pt", "Qwen/Qwen3-0.6B"):
+        flagged = name == "google/gemma-3-1b-pt"
         p = plan_run(build_run(name, "lora", settings={"device": "cuda"})).as_dict()
-        assert p["activations_exact_architecture"] is (name == "Qwen/Qwen2.5-0.5B")
+        assert p["activations_exact_architecture"] is not flagged
         summary = plan_view(name, "lora", "bfloat16", "auto", 1, 256, 1, False, "adamw", "cuda",
                             *[None] * len(KNOB_NAMES))[0]
-        assert (APPROXIMATE_ACTIVATIONS.strip() in summary) is (name == "Qwen/Qwen3-0.6B")
+        assert (APPROXIMATE_ACTIVATIONS.strip() in summary) is flagged
         compared = compare_view(name, "bfloat16", 1, 256, False, "adamw", "H100 80 GB")[0]
-        assert (APPROXIMATE_ACTIVATIONS.strip() in compared) is (name == "Qwen/Qwen3-0.6B")
+        assert (APPROXIMATE_ACTIVATIONS.strip() in compared) is flagged
 
 
 def test_unknown_model_lists_bundled_names():

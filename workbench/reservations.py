@@ -65,7 +65,8 @@ def _folder() -> Path:
     return folder
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Is process ``pid`` running (someone else's counts; a zombie does not)?"""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -98,7 +99,7 @@ def claims(device: str | None = None) -> list[Claim]:
                           str(data["kind"]))
         except (OSError, ValueError, KeyError, TypeError):
             continue  # being written (the rename makes this rare) or foreign: not a claim
-        if not _alive(claim.pid):
+        if not pid_alive(claim.pid):
             path.unlink(missing_ok=True)
             continue
         if device is None or claim.device == device:

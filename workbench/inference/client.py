@@ -105,11 +105,11 @@ class InferenceClient:
         with self._start_lock:
             if self.alive:
                 return self._proc
-            argv = [sys.executable, "-m", "workbench.inference.worker", "--model", self.model_name,
-                    "--device", self.device, "--idle", str(self.idle_seconds)]
             startup: queue.Queue = queue.Queue()
-            with open(self.log_path, "w", encoding="utf-8") as log:
-                proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+            with open(self.log_path, "w", encoding="utf-8") as log:  # an argument list: no shell
+                proc = subprocess.Popen([sys.executable, "-m", "workbench.inference.worker", "--model", self.model_name,
+                                         "--device", self.device, "--idle", str(self.idle_seconds)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
                                         text=True, encoding="utf-8", bufsize=1, close_fds=True)
             self._proc, self.ready = proc, None
             threading.Thread(target=self._read, args=(proc, startup), name=f"inference-{proc.pid}",

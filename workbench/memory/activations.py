@@ -85,8 +85,11 @@ def _head_cast(spec: ModelSpec, settings: TrainingSettings, needed: bool) -> int
     return settings.compute_bytes * spec.vocab_size * spec.hidden_size
 
 
-def _approximation(method: Method, knobs: dict, settings: TrainingSettings, quant: str = "none") -> str:
+def _approximation(method: Method, knobs: dict, settings: TrainingSettings, quant: str = "none",
+                   qk_norms: bool = False) -> str:
     """Why a Llama-like walk is not exact for this method and precision ("" when it is)."""
+    if qk_norms and settings.autocast != "none":
+        return "Qwen3's q/k norms under autocast have no measured walk yet"
     if quant == "8bit" and settings.device == "cuda":
         return ("bitsandbytes' int8 matmul (MatMul8bitLt) keeps other tensors for backward on CUDA than on the CPU "
                 "it was measured on; not yet measured on a GPU")
@@ -115,15 +118,25 @@ LLAMA_BLOCK = frozenset({"input_layernorm.weight", "post_attention_layernorm.wei
                          *(f"self_attn.{n}.weight" for n in LLAMA_LINEARS[:4]),
                          *(f"mlp.{n}.weight" for n in LLAMA_LINEARS[4:])})
 QWEN2_BIASES = frozenset(f"self_attn.{n}.bias" for n in ("q_proj", "k_proj", "v_proj"))
+#: Qwen3's RMSNorms over each head's q and k (before rotary), measured on a random-init Qwen3
+QWEN3_NORMS = frozenset({"self_attn.q_norm.weight", "self_attn.k_norm.weight"})
 
 
 def is_llama_like(spec: ModelSpec) -> bool:
-    """Is every block a Llama block (with or without Qwen2's q/k/v biases)? A block with more
-    (Qwen3's q/k norms, Gemma's extra norms) or other linears (Phi-3's fused qkv_proj) is not:
-    its activations take the flagged fallback until its own walk is measured."""
+    """Is every block a Llama block (with or without Qwen2's q/k/v biases, or with Qwen3's q/k
+    norms)? A block with more (Gemma's extra norms) or other linears (Phi-3's fused qkv_proj) is
+    not: its activations take the flagged fallback until its own walk is measured."""
+    block = _block_params(spec)
+    return LLAMA_BLOCK <= block and (block <= LLAMA_BLOCK | QWEN2_BIASES or block == LLAMA_BLOCK | QWEN3_NORMS)
+
+
+def _block_params(spec: ModelSpec) -> set[str]:
     prefix = f"{spec.inventory.block_prefix}.0."
-    block = {p.name[len(prefix):] for p in spec.inventory.params if p.name.startswith(prefix)}
-    return LLAMA_BLOCK <= block <= LLAMA_BLOCK | QWEN2_BIASES
+    return {p.name[len(prefix):] for p in spec.inventory.params if p.name.startswith(prefix)}
+
+
+def has_qk_norms(spec: ModelSpec) -> bool:
+    return QWEN3_NORMS <= _block_params(spec)
 
 
 def _walk_block(i: int, rg: bool, spec: ModelSpec, method: Method, knobs: dict, settings: TrainingSettings,
@@ -182,6 +195,19 @@ def _walk_block(i: int, rg: bool, spec: ModelSpec, method: Method, knobs: dict, 
     q_rg = linear("q_proj", f"{p}.y1", h, y1_rg, r)
     k_rg = linear("k_proj", f"{p}.y1", h, y1_rg, r)
     v_rg = linear("v_proj", f"{p}.y1", h, y1_rg, r)
+    if f"{p}.self_attn.q_norm.weight" in weights:  # Qwen3: an RMSNorm over each head's q and k, as the block's norms
+
+        def head_norm(name: str, x_rg: bool, width: int, heads: int) -> bool:
+            key = f"{p}.self_attn.{name}"
+            if x_rg:
+                out.save(f"{key}.x32", f"{name}: fp32 input (4 B x heads x d)", 4 * width)
+                out.save(f"{key}.rsqrt", f"{name}: rsqrt per head (4 B)", 4 * heads)
+            if f"{key}.weight" in trained:
+                out.save(f"{key}.normed", f"{name}: normalised input ({r} B x heads x d)", r * width)
+            return x_rg or f"{key}.weight" in trained
+
+        q_rg = head_norm("q_norm", q_rg, q_width, nh)
+        k_rg = head_norm("k_norm", k_rg, kv, spec.num_kv_heads)
     prefix = method.extra_kv_positions(knobs)
     attn_rg = q_rg or k_rg or v_rg or prefix > 0  # trained prefix keys/values enter here
     if attn_rg:
@@ -296,7 +322,7 @@ def estimate_activations(spec: ModelSpec, method: Method, knobs: dict, settings:
     if prefix:  # the (b, 1, s, p + s) additive mask, in the compute dtype, once per forward
         rope_bytes += b * s * (s + prefix) * e
     head_cast = _head_cast(spec, settings, rg or head_trained)
-    why = _approximation(method, knobs, settings, quant)
+    why = _approximation(method, knobs, settings, quant, has_qk_norms(spec))
     final = 0
     if rg:
         final += (4 * spec.hidden_size + 4) * tokens

@@ -312,7 +312,7 @@ def build_chat_tab(plan_inputs: dict, app: gr.Blocks) -> None:
     refresh.click(adapter_list, model, runs, api_name="adapters")
     gr.on([gr.Timer(ADAPTER_POLL_SECONDS).tick, model.change], worker_line, model, worker,
           api_visibility="private", show_progress="hidden")
-    release.click(release_worker, model, worker, api_name="release_model")
+    release.click(release_worker, model, worker, api_visibility="private")
     def label_columns(selected: list[str], m: str, request: gr.Request):  # each answer box names its run
         return adapter_columns(selected, finished_adapters(m, user_of(request)))
 

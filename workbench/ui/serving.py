@@ -263,6 +263,8 @@ def use_private_gradio_temp() -> Path | None:
     the operator chose one with ``GRADIO_TEMP_DIR``. Must run before gradio is imported (it reads
     the variable at import and when building the page). Also removes the folders of earlier
     servers of this user that are gone. Returns the folder made, or None."""
+    from ..reservations import pid_alive
+
     if os.environ.get("GRADIO_TEMP_DIR"):
         return None
     root = Path(tempfile.gettempdir())
@@ -272,7 +274,7 @@ def use_private_gradio_temp() -> Path | None:
             info = stale.lstat()
         except (ValueError, OSError):
             continue
-        if stale.is_symlink() or info.st_uid != os.getuid() or _alive(pid):
+        if stale.is_symlink() or info.st_uid != os.getuid() or pid_alive(pid):
             continue
         shutil.rmtree(stale, ignore_errors=True)
     folder = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-"))
@@ -280,16 +282,6 @@ def use_private_gradio_temp() -> Path | None:
     os.environ.setdefault("GRADIO_EXAMPLES_CACHE", str(folder / "examples"))
     atexit.register(shutil.rmtree, folder, True)
     return folder
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 @dataclass(frozen=True)
