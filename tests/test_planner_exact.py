@@ -258,3 +258,47 @@ def test_qwen3_blocks_follow_the_measured_walk(qwen3, name, dtype, batch, seq, g
             assert abs(p - m) <= 0.02 * m
     mixed = plan(qwen3, METHODS[name], {}, replace(settings, dtype="float32", autocast="bfloat16"))
     assert "Qwen3's q/k norms under autocast" in mixed.activations_note  # measured in pure precision only
+
+
+@pytest.fixture(scope="module")
+def phi3(tmp_path_factory):
+    """Phi-3-mini's block (fused qkv_proj and gate_up_proj, rotary ending in a cat) at its real
+    widths, 2 blocks, an 8,192-token vocabulary, random weights: as published (32 heads, no
+    grouping) and with 8 kv heads (Phi-4's grouped-query layout)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    base = {k: v for k, v in load_model_spec("microsoft/Phi-3-mini-4k-instruct").config.items()
+            if not k.startswith("_") and k not in ("architectures", "auto_map")}
+    specs = {}
+    for tag, extra in (("mha", {}), ("gqa", {"num_key_value_heads": 8})):
+        config = {**base, "num_hidden_layers": 2, "vocab_size": 8192, "pad_token_id": 0, "bos_token_id": 1,
+                  "eos_token_id": 2, **extra}
+        torch.manual_seed(0)
+        folder = tmp_path_factory.mktemp(f"phi3-{tag}")
+        AutoModelForCausalLM.from_config(AutoConfig.for_model(**config)).save_pretrained(folder, safe_serialization=True)
+        specs[tag] = load_model_spec(str(folder))
+    return specs
+
+
+@pytest.mark.parametrize("tag, name, dtype, batch, seq, gc", [("mha", "lora", "float32", 2, 64, False),
+                                                              ("mha", "full", "bfloat16", 1, 64, False),
+                                                              ("gqa", "lora", "float32", 2, 64, False),
+                                                              ("gqa", "full", "float32", 1, 64, False),
+                                                              ("gqa", "lora", "bfloat16", 2, 64, True)])
+def test_phi3_fused_blocks_follow_the_measured_walk(phi3, tag, name, dtype, batch, seq, gc):
+    """Fused projections (issue 17): v is a view of qkv_proj's output, so sdpa keeps that whole
+    output unless a mask with grouped heads makes a copy; gate and up are halves of one output;
+    o_proj gets a copy of sdpa's output. Exact, no longer the textbook fallback."""
+    from workbench.memory.activations import is_llama_like
+
+    spec = phi3[tag]
+    assert is_llama_like(spec)
+    settings = TrainingSettings(dtype=dtype, batch_size=batch, seq_len=seq, gradient_checkpointing=gc, device="cpu")
+    planned, measured = _compare(spec, METHODS[name], {}, settings)
+    assert not planned.activations_note
+    assert planned.component("activations") == measured.components["activations"]
+    peak = measured.device_peak["peak_tensor_bytes"]
+    assert abs(planned.peak_bytes - peak) <= 0.05 * peak, measured.device_peak["peak_at_op"]
+    mixed = plan(spec, METHODS[name], {}, replace(settings, dtype="float32", autocast="bfloat16"))
+    assert "fused projections" in mixed.activations_note  # measured in pure precision with sdpa only

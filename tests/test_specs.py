@@ -56,9 +56,9 @@ def test_later_families_count_their_published_parameters(name):
 
 
 def test_only_measured_blocks_claim_exact_activations():
-    """Llama, Mistral, Qwen2 and Qwen3 (q/k norms) blocks have the measured op-by-op walk; Gemma
-    (extra norms, GeGLU) and Phi-3 (fused qkv_proj) keep the flagged fallback, and the plan tab
-    says so beside the peak."""
+    """Llama, Mistral, Qwen2, Qwen3 (q/k norms) and Phi-3/Phi-4 (fused projections) blocks have
+    the measured op-by-op walk; Gemma (extra norms, GeGLU) keeps the flagged fallback, and the
+    plan tab says so beside the peak."""
     from workbench.memory.activations import is_llama_like
     from workbench.runspec import build_run, plan_run
     from workbench.ui.plan_tab import KNOB_NAMES, plan_view
@@ -66,8 +66,8 @@ def test_only_measured_blocks_claim_exact_activations():
     from workbench.ui.views import compare_view
 
     exact = ["meta-llama/Llama-2-7b-hf", "mistralai/Mistral-Nemo-Base-2407", "Qwen/Qwen2.5-0.5B", "Qwen/Qwen3-0.6B",
-             "tiny"]
-    approximate = ["google/gemma-2-2b", "google/gemma-3-1b-pt", "microsoft/phi-4"]
+             "microsoft/Phi-3-mini-4k-instruct", "microsoft/phi-4", "tiny"]
+    approximate = ["google/gemma-2-2b", "google/gemma-3-1b-pt"]
     assert all(is_llama_like(load_model_spec(n)) for n in exact)
     assert not any(is_llama_like(load_model_spec(n)) for n in approximate)
     for name in ("google/gemma-3-1b-pt", "Qwen/Qwen3-0.6B"):

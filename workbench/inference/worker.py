@@ -72,6 +72,7 @@ class Serving:
         self.claimed = 0
         self.plan = None  # the plan of the largest claim so far
         self.shape = (1, START_TOKENS, False)  # its request: batch, tokens, scoring
+        self._lock = threading.Lock()  # an adapter being attached and a request may claim at once
 
     def _gpu_now(self):
         if self.gpu is None:
@@ -86,12 +87,13 @@ class Serving:
         from ..memory.inference import plan_inference
         from ..reservations import claim
 
-        elements = self.adapter_elements if adapter_elements is None else adapter_elements
-        plan = plan_inference(self.spec, self.dtype, self.device, elements, batch, tokens, scoring)
-        if plan.total_bytes > self.claimed:
-            claim(self.key, plan.total_bytes, f"the chat model {self.model} ({plan.describe()})", "inference",
-                  gpu=self._gpu_now())
-            self.claimed, self.plan, self.shape = plan.total_bytes, plan, (batch, tokens, scoring)
+        with self._lock:
+            elements = self.adapter_elements if adapter_elements is None else adapter_elements
+            plan = plan_inference(self.spec, self.dtype, self.device, elements, batch, tokens, scoring)
+            if plan.total_bytes > self.claimed:
+                claim(self.key, plan.total_bytes, f"the chat model {self.model} ({plan.describe()})", "inference",
+                      gpu=self._gpu_now())
+                self.claimed, self.plan, self.shape = plan.total_bytes, plan, (batch, tokens, scoring)
 
     def release(self) -> None:
         from ..reservations import release

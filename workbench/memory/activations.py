@@ -86,10 +86,13 @@ def _head_cast(spec: ModelSpec, settings: TrainingSettings, needed: bool) -> int
 
 
 def _approximation(method: Method, knobs: dict, settings: TrainingSettings, quant: str = "none",
-                   qk_norms: bool = False) -> str:
+                   qk_norms: bool = False, fused: bool = False) -> str:
     """Why a Llama-like walk is not exact for this method and precision ("" when it is)."""
     if qk_norms and settings.autocast != "none":
         return "Qwen3's q/k norms under autocast have no measured walk yet"
+    if fused and (settings.autocast != "none" or settings.attention == "eager" or method.extra_kv_positions(knobs)):
+        return ("Phi-3's fused projections have a measured walk with sdpa in pure precision only (not under "
+                "autocast, with eager attention or a prefix)")
     if quant == "8bit" and settings.device == "cuda":
         return ("bitsandbytes' int8 matmul (MatMul8bitLt) keeps other tensors for backward on CUDA than on the CPU "
                 "it was measured on; not yet measured on a GPU")
@@ -120,14 +123,19 @@ LLAMA_BLOCK = frozenset({"input_layernorm.weight", "post_attention_layernorm.wei
 QWEN2_BIASES = frozenset(f"self_attn.{n}.bias" for n in ("q_proj", "k_proj", "v_proj"))
 #: Qwen3's RMSNorms over each head's q and k (before rotary), measured on a random-init Qwen3
 QWEN3_NORMS = frozenset({"self_attn.q_norm.weight", "self_attn.k_norm.weight"})
+#: Phi-3 / Phi-4 blocks: the Llama block with q/k/v fused into qkv_proj and gate/up into gate_up_proj
+FUSED_BLOCK = frozenset({"input_layernorm.weight", "post_attention_layernorm.weight", "self_attn.qkv_proj.weight",
+                         "self_attn.o_proj.weight", "mlp.gate_up_proj.weight", "mlp.down_proj.weight"})
+ATTENTION_LINEARS = (*LLAMA_LINEARS[:4], "qkv_proj")
 
 
 def is_llama_like(spec: ModelSpec) -> bool:
-    """Is every block a Llama block (with or without Qwen2's q/k/v biases, or with Qwen3's q/k
-    norms)? A block with more (Gemma's extra norms) or other linears (Phi-3's fused qkv_proj) is
-    not: its activations take the flagged fallback until its own walk is measured."""
+    """Is every block a Llama block (with or without Qwen2's q/k/v biases, with Qwen3's q/k
+    norms, or with Phi-3's fused qkv_proj and gate_up_proj)? A block with more (Gemma's extra
+    norms) is not: its activations take the flagged fallback until its own walk is measured."""
     block = _block_params(spec)
-    return LLAMA_BLOCK <= block and (block <= LLAMA_BLOCK | QWEN2_BIASES or block == LLAMA_BLOCK | QWEN3_NORMS)
+    return block == FUSED_BLOCK or LLAMA_BLOCK <= block and (block <= LLAMA_BLOCK | QWEN2_BIASES
+                                                              or block == LLAMA_BLOCK | QWEN3_NORMS)
 
 
 def _block_params(spec: ModelSpec) -> set[str]:
@@ -137,6 +145,10 @@ def _block_params(spec: ModelSpec) -> set[str]:
 
 def has_qk_norms(spec: ModelSpec) -> bool:
     return QWEN3_NORMS <= _block_params(spec)
+
+
+def has_fused_projections(spec: ModelSpec) -> bool:
+    return _block_params(spec) == FUSED_BLOCK
 
 
 def _walk_block(i: int, rg: bool, spec: ModelSpec, method: Method, knobs: dict, settings: TrainingSettings,
@@ -169,7 +181,7 @@ def _walk_block(i: int, rg: bool, spec: ModelSpec, method: Method, knobs: dict, 
         return x_rg or gain
 
     def linear(short: str, in_key: str, in_width: int, in_rg: bool, in_bytes: int) -> bool:
-        name = f"{p}.{'self_attn' if short in LLAMA_LINEARS[:4] else 'mlp'}.{short}"
+        name = f"{p}.{'self_attn' if short in ATTENTION_LINEARS else 'mlp'}.{short}"
         base = f"{name}.weight" in trained
         cast_key = f"{name}.input_cast" if in_bytes != e else in_key
         if base:
@@ -192,9 +204,13 @@ def _walk_block(i: int, rg: bool, spec: ModelSpec, method: Method, knobs: dict, 
         return in_rg or base or lin is not None
 
     y1_rg = norm("input_layernorm", rg)
-    q_rg = linear("q_proj", f"{p}.y1", h, y1_rg, r)
-    k_rg = linear("k_proj", f"{p}.y1", h, y1_rg, r)
-    v_rg = linear("v_proj", f"{p}.y1", h, y1_rg, r)
+    fused = f"{p}.self_attn.qkv_proj.weight" in weights
+    if fused:  # Phi-3/4: one projection; q, k and v are slices (views) of its output
+        q_rg = k_rg = v_rg = linear("qkv_proj", f"{p}.y1", h, y1_rg, r)
+    else:
+        q_rg = linear("q_proj", f"{p}.y1", h, y1_rg, r)
+        k_rg = linear("k_proj", f"{p}.y1", h, y1_rg, r)
+        v_rg = linear("v_proj", f"{p}.y1", h, y1_rg, r)
     if f"{p}.self_attn.q_norm.weight" in weights:  # Qwen3: an RMSNorm over each head's q and k, as the block's norms
 
         def head_norm(name: str, x_rg: bool, width: int, heads: int) -> bool:
@@ -221,6 +237,22 @@ def _walk_block(i: int, rg: bool, spec: ModelSpec, method: Method, knobs: dict, 
             out.save(f"{p}.k", "math sdpa: scaled k, repeated per head (fp32)", m * q_width * seq / settings.seq_len)
             out.save(f"{p}.v", "math sdpa: v, repeated per head (fp32)", m * q_width * seq / settings.seq_len)
             out.save(f"{p}.probs", "math sdpa: softmax probabilities (fp32 x heads x s)", m * nh * seq)
+        elif fused and settings.attention == "sdpa" and not prefix:
+            # v is a slice of qkv_proj's output: saving it keeps that whole output alive, unless a
+            # padding mask with grouped-query heads makes transformers repeat it (a copy per head)
+            masked, gqa = padded_batch(settings), nh != spec.num_kv_heads
+            out.save(f"{p}.q", "sdpa: rotated q (e x heads x d)", e * q_width)
+            out.save(f"{p}.k", "sdpa: rotated k" + (", repeated per head" if masked and gqa else ""),
+                     e * (q_width if masked and gqa else kv))
+            if masked and gqa:
+                out.save(f"{p}.v", "sdpa with a mask: v repeated per head", e * q_width)
+            else:
+                out.save(f"{p}.qkv_out", "sdpa: v, a view of qkv_proj's whole output (e x (q + 2 kv))",
+                         e * (q_width + 2 * kv))
+            out.save(f"{p}.attn_out", "sdpa: output (e x heads x d)", e * q_width)
+            out.save(f"{p}.lse", "sdpa: fp32 logsumexp per head", 4 * nh)
+            if masked:
+                out.save(f"{p}.mask", "sdpa: additive padding mask (e x s per token)", e * settings.seq_len)
         elif settings.attention == "sdpa" and not prefix and padded_batch(settings):
             # the padded batch's attention mask: transformers then repeats k/v per head (use_gqa_in_sdpa
             # needs no mask) and torch turns the boolean mask into an additive one in the compute dtype,
@@ -256,15 +288,23 @@ def _walk_block(i: int, rg: bool, spec: ModelSpec, method: Method, knobs: dict, 
             out.save(f"{p}.probs", "eager: softmax probabilities (e x heads x s)", e * nh * s)
             if e != 4:  # softmax runs in fp32 and is cast back: both copies are kept
                 out.save(f"{p}.probs32", "eager: fp32 softmax output (4 x heads x s)", 4 * nh * s)
-    o_rg = linear("o_proj", f"{p}.attn_out", q_width, attn_rg, e)
+    # Phi-3's rotary ends in a cat, so q is laid out (b, heads, s, d) and sdpa's output too: the
+    # transpose back for o_proj is a copy, a tensor of its own (Llama's is a view of the output)
+    o_rg = linear("o_proj", f"{p}.o_proj_input" if fused else f"{p}.attn_out", q_width, attn_rg, e)
     y2_rg = norm("post_attention_layernorm", rg or o_rg)
-    gate_rg = linear("gate_proj", f"{p}.y2", h, y2_rg, r)
-    up_rg = linear("up_proj", f"{p}.y2", h, y2_rg, r)
-    if gate_rg:
-        out.save(f"{p}.gate", "SiLU input: gate output (e x i)", e * inter)
-        out.save(f"{p}.up", "product: up output (e x i)", e * inter)
-    if up_rg:
-        out.save(f"{p}.act", "product: SiLU output (e x i)", e * inter)
+    if fused:  # gate and up are the two halves (views) of gate_up_proj's output
+        gate_rg = up_rg = linear("gate_up_proj", f"{p}.y2", h, y2_rg, r)
+        if gate_rg:
+            out.save(f"{p}.gate_up", "SiLU input and product: gate_up output (e x 2i)", e * 2 * inter)
+            out.save(f"{p}.act", "product: SiLU output (e x i)", e * inter)
+    else:
+        gate_rg = linear("gate_proj", f"{p}.y2", h, y2_rg, r)
+        up_rg = linear("up_proj", f"{p}.y2", h, y2_rg, r)
+        if gate_rg:
+            out.save(f"{p}.gate", "SiLU input: gate output (e x i)", e * inter)
+            out.save(f"{p}.up", "product: up output (e x i)", e * inter)
+        if up_rg:
+            out.save(f"{p}.act", "product: SiLU output (e x i)", e * inter)
     down_rg = linear("down_proj", f"{p}.prod", inter, gate_rg or up_rg, e)
     return out, rg or o_rg or down_rg, q_rg or k_rg
 
@@ -322,7 +362,7 @@ def estimate_activations(spec: ModelSpec, method: Method, knobs: dict, settings:
     if prefix:  # the (b, 1, s, p + s) additive mask, in the compute dtype, once per forward
         rope_bytes += b * s * (s + prefix) * e
     head_cast = _head_cast(spec, settings, rg or head_trained)
-    why = _approximation(method, knobs, settings, quant, has_qk_norms(spec))
+    why = _approximation(method, knobs, settings, quant, has_qk_norms(spec), has_fused_projections(spec))
     final = 0
     if rg:
         final += (4 * spec.hidden_size + 4) * tokens

@@ -112,12 +112,11 @@ def _predicted_peak(job, per_device: bool = True) -> int | None:
     """The run's predicted peak per device (what it claims when it takes its turn; a
     multi-process CPU run: every process's, ``per_device=False``); None when it cannot be
     planned here (the worker then fails with the planner's message)."""
-    from ..errors import WorkbenchError
     from ..runspec import plan_run
 
     try:
         peak = plan_run(job.run).peak_bytes
-    except WorkbenchError:
+    except Exception:  # a plan that cannot be made here never stops the run: it claims nothing
         return None
     return peak if per_device else peak * job.training_settings.gpus
 

@@ -15,8 +15,8 @@ from ..specs import load_model_spec
 
 
 APPROXIMATE_ACTIVATIONS = ("⚠ **Activations approximate** for this architecture: a textbook formula (Korthikanti et "
-                           "al. 2022), not the op-by-op count measured for Llama, Mistral, Qwen2 and Qwen3 blocks; weights, "
-                           "gradients, optimizer and logits are exact.  \n")
+                           "al. 2022), not the op-by-op count measured for Llama, Mistral, Qwen2/3 and Phi-3/4 "
+                           "blocks; weights, gradients, optimizer and logits are exact.  \n")
 
 
 def approximate_activations(plan: dict) -> str:
