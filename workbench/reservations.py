@@ -125,19 +125,16 @@ def _resident(pid: int) -> int:
 def room(device: str, pid: int | None = None, gpu=None) -> tuple[int, str]:
     """(bytes, explanation): what a claim of ``pid`` may take on ``device`` (see the module
     docstring). ``gpu``: the :class:`workbench.devices.GpuInfo` of a GPU key."""
-    from .preflight import CPU_MARGIN_FRACTION, CPU_MARGIN_MIN
-
     others = [c for c in claims(device) if c.pid != pid]
     named = "; ".join(f"{c.what} {c.bytes / GIB:.2f} GiB" for c in others) or "none"
     if device == "cpu":
-        from .devices import cpu_available_bytes
+        from .preflight import device_budget
 
-        available = cpu_available_bytes()
-        margin = max(CPU_MARGIN_MIN, int(available * CPU_MARGIN_FRACTION))
+        budget = device_budget("cpu")  # the preflight's RAM and margin, the same figures
         growing = sum(max(0, c.bytes - _resident(c.pid)) for c in others)
-        left = max(0, available - margin - growing)
-        return left, (f"RAM available now {available / GIB:.2f} GiB less a margin of {margin / GIB:.2f} GiB less "
-                      f"{growing / GIB:.2f} GiB the other claims may still grow into (claims: {named})")
+        left = max(0, budget.limit_bytes - growing)
+        return left, (f"{budget.explanation}, less {growing / GIB:.2f} GiB the other claims may still grow into "
+                      f"(claims: {named})")
     if gpu is None:
         raise WorkbenchError(f"room on {device}: the GPU is not known")
     from .gpus import allocatable

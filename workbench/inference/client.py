@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from ..chat import BASE, ModelBusyError, OperationCancelled, PromptTooLongError, Sampling, _setting, check_stop
+from ..chat import BASE, ChatEngine, ModelBusyError, OperationCancelled, PromptTooLongError, Sampling, _setting, check_stop
 from ..errors import WorkbenchError
 from ..reservations import NoRoom
 
@@ -297,11 +297,7 @@ class InferenceClient:
         finally:
             replies.close()
 
-    def answer(self, prompt, who: str, sampling: Sampling, stop: threading.Event | None = None) -> str:
-        check_stop(stop, f"the answer of {who}")
-        text = "".join(self.stream(prompt, who, sampling, stop=stop))
-        check_stop(stop, f"the answer of {who}")
-        return text
+    answer = ChatEngine.answer  # the whole streamed answer, the engine's own code over this stream
 
     def answer_batch(self, conversations: list, who: str, max_new_tokens: int, names: list[str] | None = None,
                      stop: threading.Event | None = None) -> list[str]:

@@ -110,13 +110,9 @@ def measured(engine) -> dict:
     out = {"rss_bytes": int(psutil.Process().memory_info().rss)}
     model = engine._model
     if model is not None:
-        seen, total = set(), 0
-        for t in [*model.parameters(), *model.buffers()]:
-            ptr = t.untyped_storage().data_ptr()
-            if ptr not in seen:
-                seen.add(ptr)
-                total += t.untyped_storage().nbytes()
-        out["tensor_bytes"] = total
+        from ..tracking import storage_key
+
+        out["tensor_bytes"] = sum(dict(storage_key(t) for t in [*model.parameters(), *model.buffers()]).values())
     if engine.device == "cuda":
         import torch
 
