@@ -46,7 +46,7 @@ def _step_tmp(p):
 def test_hand_counted_llama_7b():
     spec = load_model_spec(LLAMA7)
     assert spec.total_params == P7 == 6_738_415_616
-    assert buffer_bytes(spec) == BUFFERS7
+    assert buffer_bytes(spec, 2) == BUFFERS7
 
 
 def test_single_gpu_plan_is_unchanged():
@@ -213,7 +213,7 @@ def _largest_layer(spec):
 def _gpu_model_states(p, spec):
     """weights + gradients + optimizer + the step's fp32 gradient copy, without buffers, +
     for ZeRO-3 the gathered largest layer (communication minus the two 'auto' buckets)."""
-    states = p.component("weights") - buffer_bytes(spec) + _peak(p, "step") + p.component("optimizer")
+    states = p.component("weights") - buffer_bytes(spec, 2) + _peak(p, "step") + p.component("optimizer")
     if p.settings["strategy"] == "deepspeed-zero3":
         h, e = spec.hidden_size, 2
         states += p.component("communication") - int(0.9 * h * h) * e - h * h * e

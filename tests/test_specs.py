@@ -55,10 +55,12 @@ def test_later_families_count_their_published_parameters(name):
     assert load_model_spec(name).total_params == PUBLISHED[name]
 
 
-def test_only_measured_blocks_claim_exact_activations():
-    """Llama, Mistral, Qwen2, Qwen3 (q/k norms) and Phi-3/Phi-4 (fused projections) blocks have
-    the measured op-by-op walk; Gemma (extra norms, GeGLU) keeps the flagged fallback, and the
-    plan tab says so beside the peak."""
+def test_only_measured_blocks_claim_exact_activations(tmp_path):
+    """Llama, Mistral, Qwen2, Qwen3 (q/k norms), Phi-3/Phi-4 (fused projections) and Gemma 2/3
+    blocks have a measured op-by-op walk; another architecture (GPT-NeoX here) keeps the
+    flagged fallback, and the plan tab says so beside the peak."""
+    import json
+
     from workbench.memory.activations import is_llama_like
     from workbench.runspec import build_run, plan_run
     from workbench.ui.plan_tab import KNOB_NAMES, plan_view
@@ -66,12 +68,19 @@ def test_only_measured_blocks_claim_exact_activations():
     from workbench.ui.views import compare_view
 
     exact = ["meta-llama/Llama-2-7b-hf", "mistralai/Mistral-Nemo-Base-2407", "Qwen/Qwen2.5-0.5B", "Qwen/Qwen3-0.6B",
-             "microsoft/Phi-3-mini-4k-instruct", "microsoft/phi-4", "tiny"]
-    approximate = ["google/gemma-2-2b", "google/gemma-3-1b-pt"]
+             "microsoft/Phi-3-mini-4k-instruct", "microsoft/phi-4", "google/gemma-2-2b", "google/gemma-3-1b-pt",
+             "google/gemma-3-4b-pt", "tiny"]
+    neox = tmp_path / "neox"
+    neox.mkdir()
+    (neox / "config.json").write_text(json.dumps({
+        "model_type": "gpt_neox", "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "intermediate_size": 1024, "vocab_size": 1000, "max_position_embeddings": 512}))
     assert all(is_llama_like(load_model_spec(n)) for n in exact)
-    assert not any(is_llama_like(load_model_spec(n)) for n in approximate)
-    for name in ("google/gemma-3-1b-pt", "Qwen/Qwen3-0.6B"):
-        flagged = name == "google/gemma-3-1b-pt"
+    assert not is_llama_like(load_model_spec(str(neox)))
+    flagged_plan = plan_run(build_run(str(neox), "lora", settings={"device": "cuda"})).as_dict()
+    assert not flagged_plan["activations_exact_architecture"] and flagged_plan["activations_note"]
+    for name in ("Qwen/Qwen3-0.6B", "google/gemma-3-1b-pt"):  # the browser may not open a temporary folder
+        flagged = False
         p = plan_run(build_run(name, "lora", settings={"device": "cuda"})).as_dict()
         assert p["activations_exact_architecture"] is not flagged
         summary = plan_view(name, "lora", "bfloat16", "auto", 1, 256, 1, False, "adamw", "cuda",

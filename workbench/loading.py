@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SettingsError, UnknownModelError
+from .memory.attention import runnable_attention
 from .memory.planner import PARAM_SHARDING, resolve_quant
 from .memory.settings import TrainingSettings
 from .methods.base import Method
@@ -133,7 +134,7 @@ def load_base(spec: ModelSpec, method: Method, knobs: dict[str, Any], settings: 
         weights_dir(spec),
         dtype=getattr(torch, settings.dtype),
         quantization_config=quantization_config(method, knobs, settings),
-        attn_implementation=settings.attention,
+        attn_implementation=runnable_attention(spec, settings).attention,  # as planned (Gemma 2: eager)
         use_safetensors=True,
         trust_remote_code=False,
         # one GPU per process (its LOCAL_RANK under accelerate); FSDP and DeepSpeed place weights themselves

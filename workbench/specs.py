@@ -61,8 +61,9 @@ class ParamInfo:
 
 @dataclass(frozen=True)
 class BufferInfo:
-    """One buffer (e.g. rotary ``inv_freq``): name, elements and whether it follows the
-    model dtype (floating buffers registered by transformers stay fp32)."""
+    """One buffer (e.g. rotary ``inv_freq``): name, elements and its dtype, ``"model"`` when it
+    follows the dtype the model is loaded in (a buffer made in the default dtype, such as Gemma's
+    ``embed_scale``; rotary ``inv_freq`` is made in fp32 and stays fp32)."""
 
     name: str
     numel: int
@@ -149,6 +150,39 @@ class ModelSpec:
         """A fresh instance of the real model class on the ``meta`` device (no memory)."""
         return _meta_model(self.config)
 
+    @property
+    def attention_facts(self) -> AttentionFacts:
+        return _attention_facts(_config_key(self.config))
+
+
+@dataclass(frozen=True)
+class AttentionFacts:
+    """What the model class does in attention, read off transformers' config and class."""
+
+    supports_sdpa: bool  # the class has an sdpa path (Gemma 2 has none: it soft-caps the scores)
+    windows: tuple[int | None, ...]  # per block: its sliding window, None for full causal attention
+    layer_types: tuple[str, ...]  # per block: the rotary/mask type (Gemma 3 keeps a cos/sin pair per type)
+    class_name: str
+
+
+@functools.lru_cache(maxsize=64)
+def _attention_facts(config_json: str) -> AttentionFacts:
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    config = AutoConfig.for_model(**_clean_config(json.loads(config_json)))
+    cls = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    n = config.num_hidden_layers
+    window = getattr(config, "sliding_window", None)
+    types = tuple(getattr(config, "layer_types", None) or ("full_attention",) * n)[:n]
+    if not window:
+        windows = (None,) * n
+    elif getattr(config, "layer_types", None) is None:  # Mistral, Phi-3: a window in every layer
+        windows = (int(window),) * n
+    else:
+        windows = tuple(int(window) if t == "sliding_attention" else None for t in types)
+    return AttentionFacts(bool(getattr(cls, "_supports_sdpa", False)), windows, types, cls.__name__)
+
 
 def _config_key(config: dict[str, Any]) -> str:
     return json.dumps(config, sort_keys=True, default=str)
@@ -158,7 +192,7 @@ def _clean_config(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if not k.startswith("_") and k not in ("architectures", "auto_map")}
 
 
-def _meta_model(config: dict[str, Any]):
+def _meta_model(config: dict[str, Any], dtype=None):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -167,14 +201,15 @@ def _meta_model(config: dict[str, Any]):
     except (ValueError, KeyError) as exc:
         raise ConfigError(f"transformers cannot build model_type {config.get('model_type')!r}: {exc}") from None
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(hf_config)
+        return AutoModelForCausalLM.from_config(hf_config, **({"dtype": dtype} if dtype else {}))
 
 
 @functools.lru_cache(maxsize=64)
 def _inventory(config_json: str) -> Inventory:
     import torch
 
-    model = _meta_model(json.loads(config_json))
+    # built in float64, which no buffer asks for by name: a float64 buffer follows the load dtype
+    model = _meta_model(json.loads(config_json), dtype=torch.float64)
     seen: set[int] = set()
     params = []
     for name, p in model.named_parameters(remove_duplicate=False):
@@ -183,7 +218,8 @@ def _inventory(config_json: str) -> Inventory:
         seen.add(id(p))
         params.append(ParamInfo(name, p.numel(), tuple(p.shape)))
     buffers = tuple(
-        BufferInfo(name, b.numel(), str(b.dtype).removeprefix("torch.")) for name, b in model.named_buffers()
+        BufferInfo(name, b.numel(), "model" if b.dtype == torch.float64 else str(b.dtype).removeprefix("torch."))
+        for name, b in model.named_buffers()
     )
     linears = tuple(
         LinearInfo(name, m.in_features, m.out_features, m.bias is not None)

@@ -3,7 +3,7 @@
 ``torch.nn.functional.scaled_dot_product_attention`` picks a kernel at run time from the
 inputs (``aten/src/ATen/native/transformers/cuda/sdp_utils.cpp``, ``select_sdp_backend``:
 the first of the priority order whose checks all pass), and transformers decides the inputs
-(``integrations/sdpa_attention.py``: a padding mask, or ``enable_gqa`` for grouped-query heads
+(``integrations/sdpa_attention.py``: a mask, or ``enable_gqa`` for grouped-query heads
 only without a mask and with head dim <= 256; with a mask, k and v are repeated per head).
 
 CUDA (sm80+; H100/H200 are sm90), the checks that decide it for these models:
@@ -31,7 +31,7 @@ Every CUDA choice is marked unmeasured until ``bench/gpu_check.py`` has measured
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..specs import ModelSpec
 from .settings import TrainingSettings
@@ -62,10 +62,24 @@ def _torch_version() -> tuple[int, int]:
         return (2, 0)
 
 
+def runnable_attention(spec: ModelSpec, settings: TrainingSettings) -> TrainingSettings:
+    """``settings`` with the attention ``spec``'s class can run: sdpa asked of a class with no
+    sdpa path (Gemma 2, which soft-caps the attention scores) is eager, as transformers
+    itself recommends. The planner and the loader both take the settings from here."""
+    if settings.attention == "sdpa" and not spec.attention_facts.supports_sdpa:
+        return replace(settings, attention="eager")
+    return settings
+
+
 def attention_kernel(spec: ModelSpec, settings: TrainingSettings, masked: bool) -> Kernel:
     """The kernel a step of ``settings`` runs for ``spec``'s attention; ``masked``: the
-    micro-batch carries an attention mask (padding, or a prefix's positions)."""
+    micro-batch carries an attention mask (padding, a prefix's positions, a sliding window)."""
     if settings.attention == "eager":
+        facts = spec.attention_facts
+        if not facts.supports_sdpa:
+            return Kernel("eager", "eager", f"{facts.class_name} has no sdpa attention in transformers"
+                          + (" (it soft-caps the attention scores)" if spec.config.get("attn_logit_softcapping") else ""),
+                          True)
         return Kernel("eager", "eager", "attention_implementation='eager'", True)
     if settings.device != "cuda":
         return Kernel("cpu-flash", "CPU flash", "torch's CPU flash kernel (every dtype, masks allowed)", True)
@@ -73,7 +87,7 @@ def attention_kernel(spec: ModelSpec, settings: TrainingSettings, masked: bool) 
     half = settings.compute_bytes == 2
     gqa = spec.num_kv_heads != spec.num_heads
     enable_gqa = gqa and not masked and d <= FLASH_MAX_HEAD_DIM  # transformers' use_gqa_in_sdpa
-    what = (f"{settings.compute_dtype}, {'a padding mask' if masked else 'no mask'}, head dim {d}"
+    what = (f"{settings.compute_dtype}, {'a mask' if masked else 'no mask'}, head dim {d}"
             + (", grouped-query heads" if gqa else ""))
     if half and d % 8 == 0:
         if not masked and d <= FLASH_MAX_HEAD_DIM:
@@ -86,3 +100,19 @@ def attention_kernel(spec: ModelSpec, settings: TrainingSettings, masked: bool) 
         return Kernel("math", "math", f"{what}: fp32 rules out flash and cuDNN; torch "
                       f"{'.'.join(map(str, _torch_version()))} has no grouped-query memory-efficient kernel", False)
     return Kernel("fused", "memory-efficient", f"{what}: fp32 rules out flash and cuDNN", False)
+
+
+def describe_kernels(spec: ModelSpec, settings: TrainingSettings, extra_kv: int = 0) -> str:
+    """The attention kernel(s) a step runs, as the plan shows them: one line, or one per kind
+    of layer where sliding-window layers get a mask and full ones do not."""
+    from .blocks import layer_masked
+
+    kinds: dict[str, list[int]] = {}
+    for i in range(spec.num_layers):
+        kinds.setdefault(attention_kernel(spec, settings, layer_masked(spec, settings, i, extra_kv)).describe(),
+                         []).append(i)
+    if len(kinds) == 1:
+        return next(iter(kinds))
+    windows = spec.attention_facts.windows
+    return "; ".join(f"{'sliding-window' if windows[layers[0]] else 'full-attention'} layers ({len(layers)}): {text}"
+                     for text, layers in kinds.items())

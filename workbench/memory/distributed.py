@@ -206,7 +206,7 @@ def layout(spec: ModelSpec, method: Method, knobs: dict[str, Any], settings: Tra
         add_grad(g.label, g.label if g.role != "base" else g.label.rsplit(".", 1)[0], g.total * size)
     layer = max(modules.items(), key=lambda kv: kv[1][0], default=("", [0, 0]))[1]
     return Layout(
-        buffers=buffer_bytes(spec), block_bytes=max(blocks.values(), default=0),
+        buffers=buffer_bytes(spec, settings.element_bytes), block_bytes=max(blocks.values(), default=0),
         block_grad_bytes=max(block_grads.values(), default=0), root_bytes=root, root_grad_bytes=root_grads,
         layer_bytes=layer[0], layer_params=layer[1], layer_grad_bytes=max(module_grads.values(), default=0),
     )
@@ -292,10 +292,10 @@ def _fsdp(spec, method, knobs, s: TrainingSettings, quant, tensors, weights: Ter
             return Term(t.name, t.bytes, f"{tag} one process: torch runs FSDP as NO_SHARD; {t.formula}")
 
         comm = Term("communication", 0, f"{tag} one process (NO_SHARD): nothing gathered")
-        host = (weights.bytes - buffer_bytes(spec) + trainable.bytes + grads.bytes + opt.bytes
+        host = (weights.bytes - buffer_bytes(spec, s.element_bytes) + trainable.bytes + grads.bytes + opt.bytes
                 if s.offload != "none" else 0)
         if host:
-            return PerGpu(Term("weights", buffer_bytes(spec), f"{tag} CPU offload: only buffers stay on the GPU"),
+            return PerGpu(Term("weights", buffer_bytes(spec, s.element_bytes), f"{tag} CPU offload: only buffers stay on the GPU"),
                           Term("trainable_weights", 0, f"{tag} CPU offload: on the host"),
                           Term("gradients", 0, f"{tag} CPU offload: on the host"),
                           Term("optimizer", 0, f"{tag} CPU offload: the optimizer steps on the host"),

@@ -84,7 +84,7 @@ def plan_inference(spec, dtype: str, device: str, adapter_elements: int = 0, bat
         raise WorkbenchError(f"serving dtype {dtype!r}: one of {', '.join(DTYPE_BYTES)}")
     e = DTYPE_BYTES[dtype]
     params = sum(p.numel for p in spec.inventory.params)
-    buffers = buffer_bytes(spec)
+    buffers = buffer_bytes(spec, e)
     weights = Term("weights", params * e + buffers, f"{params:,} params x {e} B ({dtype}) + {buffers:,} B buffers")
     adapters = Term("adapters", adapter_elements * ADAPTER_BYTES,
                     f"{adapter_elements:,} adapter elements x {ADAPTER_BYTES} B (fp32: peft keeps adapters fp32)")

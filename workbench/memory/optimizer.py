@@ -20,6 +20,7 @@ against the tracked CPU peak (``workbench measure``).
 from __future__ import annotations
 
 import math
+import re
 
 from ..methods.base import TensorGroup
 from .weights import Term
@@ -67,35 +68,67 @@ def optimizer_term(optimizer: str, tensors: list[tuple[TensorGroup, int]]) -> Te
     raise ValueError(optimizer)
 
 
-def _adafactor_step_bytes(numel: int, param_bytes: int) -> int:
-    """transformers ``Adafactor.step`` on one tensor: ``update = grad**2 + eps`` (the power
-    and the sum are both alive at the ``+``), then the factored approximation
-    ``torch.mul(r_factor, c_factor)`` (or ``exp_avg_sq.rsqrt()`` for a vector) while the
-    first ``update`` is still referenced, then ``p.add_(-update)``: two fp32 tensors of the
-    parameter's size at each point. A 16-bit parameter adds the fp32 copies of its gradient
-    (``grad.float()``) and of itself (``p.float()``), alive for the whole update."""
-    return 4 * numel * (2 if param_bytes >= 4 else 4)
+#: the parameters the Trainer gives no weight decay (``Trainer.get_decay_parameter_names``):
+#: biases and norms go to a second parameter group
+NO_DECAY = re.compile(r"bias|layernorm|rmsnorm|(?:^|\.)norm(?:$|\.)|_norm(?:$|\.)")
+
+
+def trainer_param_groups(tensors: list[tuple[TensorGroup, int]]) -> list[list[tuple[int, int]]]:
+    """The trainable tensors as ``Trainer.create_optimizer`` groups them, (elements, element
+    bytes) in model order: the weight-decay group, then biases and norms."""
+    decay: list[tuple[int, int]] = []
+    rest: list[tuple[int, int]] = []
+    for g, b in tensors:
+        (rest if NO_DECAY.search(g.label.lower()) else decay).extend([(g.numel, b)] * g.count)
+    return [group for group in (decay, rest) if group]
+
+
+def _adamw_loop_bytes(groups: list[list[tuple[int, int]]]) -> int:
+    """torch's single-tensor AdamW (``_single_tensor_adam``), one call per parameter group:
+    ``denom = (exp_avg_sq.sqrt() / c).add_(eps)`` allocates the square root and the division
+    while the previous tensor's ``denom`` is still bound: prev + 2 x this tensor's bytes."""
+    best = 0
+    for group in groups:
+        prev = 0
+        for numel, b in group:
+            best = max(best, prev + 2 * numel * b)
+            prev = numel * b
+    return best
+
+
+def _adafactor_loop_bytes(groups: list[list[tuple[int, int]]]) -> int:
+    """transformers ``Adafactor.step``, one loop over every group's tensors: ``update =
+    grad**2 + eps`` (the power and the sum alive at the ``+``) while the previous tensor's fp32
+    ``update`` is still bound; a 16-bit tensor adds fp32 copies of its gradient and of itself
+    (``grad.float()``, ``p.float()``), made while the previous ones are still bound."""
+    best, prev = 0, 0
+    for numel, b in (t for group in groups for t in group):
+        if b >= 4:
+            best = max(best, 4 * (prev + 2 * numel))
+        else:
+            best = max(best, 4 * (2 * prev + numel), 4 * (prev + 4 * numel))
+        prev = numel
+    return best
 
 
 def optimizer_step_transient(optimizer: str, device: str, tensors: list[tuple[TensorGroup, int]]) -> Term:
-    """Temporaries during ``optimizer.step()``. On CUDA torch AdamW defaults to the
-    ``foreach`` implementation, whose ``_foreach_sqrt(exp_avg_sq)`` etc. materialise one
-    extra copy of all states (torch/optim/adamw.py ``_multi_tensor_adamw``); on CPU the
-    single-tensor loop computes ``(exp_avg_sq.sqrt() / bias_correction2_sqrt)``: two
-    temporaries as large as the largest tensor. Adafactor steps one tensor at a time
-    (:func:`_adafactor_step_bytes`) on every device."""
-    if optimizer == "adafactor" and tensors:
-        largest = max(_adafactor_step_bytes(g.numel, b) for g, b in tensors)
-        return Term("optimizer_step", largest,
-                    "Adafactor, one tensor at a time: grad**2 + eps and the (factored) update, 2 x 4 B x elements "
-                    "of the largest tensor (+ fp32 copies of a 16-bit gradient and parameter, 2 x 4 B x elements)")
-    if optimizer not in ("adamw", "sgd_momentum") or not tensors:
-        return Term("optimizer_step", 0, "no large temporaries")
-    if device == "cuda" and optimizer == "adamw":
-        total = sum(g.total * b for g, b in tensors)
-        return Term("optimizer_step", total, "foreach AdamW: one temporary copy of every state tensor")
-    largest = max(g.numel * b for g, b in tensors)
-    if optimizer == "sgd_momentum":
-        return Term("optimizer_step", 0, "SGD momentum updates in place")
-    return Term("optimizer_step", 2 * largest,
-                "single-tensor loop: sqrt(exp_avg_sq) and its division, each as large as the largest tensor")
+    """Temporaries during ``optimizer.step()``, over the Trainer's parameter groups
+    (:func:`trainer_param_groups`). On CUDA torch AdamW defaults to the ``foreach``
+    implementation, whose ``_foreach_sqrt(exp_avg_sq)`` materialises a copy of every state
+    tensor of a group (torch/optim/adamw.py ``_multi_tensor_adamw``); on CPU the single-tensor
+    loop (:func:`_adamw_loop_bytes`). Adafactor steps one tensor at a time on every device
+    (:func:`_adafactor_loop_bytes`)."""
+    groups = trainer_param_groups(tensors)
+    if optimizer == "adafactor" and groups:
+        return Term("optimizer_step", _adafactor_loop_bytes(groups),
+                    "Adafactor, one tensor at a time: grad**2 and grad**2 + eps (4 B x elements each) beside the "
+                    "previous tensor's fp32 update (+ fp32 copies of a 16-bit gradient and parameter)")
+    if optimizer != "adamw" or not groups:
+        return Term("optimizer_step", 0, "no large temporaries" if optimizer != "sgd_momentum"
+                    else "SGD momentum updates in place")
+    if device == "cuda":
+        largest = max(sum(n * b for n, b in group) for group in groups)
+        return Term("optimizer_step", largest, "foreach AdamW: one temporary copy of every state tensor of the "
+                                               "larger parameter group")
+    return Term("optimizer_step", _adamw_loop_bytes(groups),
+                "single-tensor loop: sqrt(exp_avg_sq) and its division, beside the previous tensor's denominator")

@@ -46,8 +46,8 @@ from ..errors import SettingsError
 from ..methods.base import Method
 from ..paths import PACKAGE_DIR
 from ..specs import ModelSpec
-from .activations import estimate_activations, padded_batch
-from .attention import attention_kernel
+from .activations import estimate_activations
+from .attention import describe_kernels, runnable_attention
 from .distributed import embedding_backward_per_gpu, is_distributed, per_gpu, recompute_per_gpu
 from .optimizer import optimizer_step_transient, optimizer_term
 from .settings import TrainingSettings
@@ -179,13 +179,19 @@ def _logits(spec: ModelSpec, settings: TrainingSettings, tokens: int, head_saves
     ``logits.float()`` is a temporary fp32 copy; ``cross_entropy``'s log_softmax saves its
     fp32 output; the labels are padded and shifted into an int64 copy. Backward of the loss
     then holds an fp32 gradient of the log-probabilities while the saved output is still
-    alive. Under autocast the head also keeps its cast copy of the weight (``head_cast``)."""
+    alive. Under autocast the head also keeps its cast copy of the weight (``head_cast``).
+    Soft-capped logits (Gemma 2: ``cap x tanh(logits / cap)``) keep tanh's output (e x V)."""
     e, v = settings.compute_bytes, spec.vocab_size
     head_input = e * spec.hidden_size * tokens if head_saves_input else 0
-    resident = e * v * tokens + 4 * v * tokens + 8 * tokens + 4 + head_input + head_cast
+    capped = e * v * tokens if spec.config.get("final_logit_softcapping") else 0
+    # the labels, padded by one and shifted: a single example's shifted view is contiguous and
+    # keeps the padded storage (s + 1); a batch's is copied (b·s)
+    labels = 8 * (tokens + 1 if settings.batch_size == 1 else tokens)
+    resident = e * v * tokens + 4 * v * tokens + labels + 4 + head_input + head_cast + capped
     logits = Term("logits", resident,
                   f"b·s x V x (e + 4) = {tokens}x{v}x({e}+4): logits + fp32 log-softmax saved for the loss"
-                  f" + int64 labels{' + head input' if head_input else ''}"
+                  + (f" + tanh of the soft-capped logits (e x V x b·s = {capped:,} B)" if capped else "")
+                  + f" + int64 labels{' + head input' if head_input else ''}"
                   + (f" + the head's weight cast to {settings.compute_dtype} ({head_cast:,} B)" if head_cast else ""))
     transient = Term("loss_backward", 2 * 4 * v * tokens,
                      "log-softmax backward: fp32 gradients of the log-probabilities and of the logits")
@@ -240,6 +246,7 @@ def _embedding_backward(spec: ModelSpec, settings: TrainingSettings, tensors, tr
 def plan(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, settings: TrainingSettings) -> Plan:
     """The memory plan. Pure arithmetic over the spec's inventory: no weights, no GPU."""
     knobs = method.resolve(knobs)
+    settings = runnable_attention(spec, settings)  # what the loader will run (Gemma 2: eager)
     quant = resolve_quant(method, settings)
     if settings.gradient_checkpointing and not method.supports_gradient_checkpointing:
         raise SettingsError(f"method {method.name!r} cannot be combined with gradient checkpointing "
@@ -358,6 +365,5 @@ def plan(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, settings
         activations_exact=acts.exact_architecture, world_size=settings.world_size, per_gpu=distributed,
         host_bytes=host_bytes, host_formula=host_formula, activations_note=acts.approximate_because,
         peak_phase=phase, peak_parts=parts,
-        attention=attention_kernel(spec, settings, padded_batch(settings) or method.extra_kv_positions(knobs) > 0
-                                   ).describe(),
+        attention=describe_kernels(spec, settings, method.extra_kv_positions(knobs)),
     )

@@ -66,9 +66,11 @@ def param_storage(p, quantized: set[str], quant: str, knobs: dict, element_bytes
     return "dense", p.numel * element_bytes
 
 
-def buffer_bytes(spec: ModelSpec) -> int:
-    """The model's buffers (rotary ``inv_freq`` ...) in their own dtypes."""
-    return sum(b.numel * DTYPE_BYTES.get(b.dtype, 8 if "int64" in b.dtype else 4) for b in spec.inventory.buffers)
+def buffer_bytes(spec: ModelSpec, element_bytes: int) -> int:
+    """The model's buffers (rotary ``inv_freq`` ...) in their own dtypes; those made in the
+    default dtype (Gemma's ``embed_scale``) in the dtype the model is loaded in."""
+    return sum(b.numel * (element_bytes if b.dtype == "model" else DTYPE_BYTES.get(b.dtype, 8 if "int64" in b.dtype else 4))
+               for b in spec.inventory.buffers)
 
 
 def weights_term(spec: ModelSpec, method: Method, knobs: dict, settings: TrainingSettings, quant: str) -> Term:
@@ -79,7 +81,7 @@ def weights_term(spec: ModelSpec, method: Method, knobs: dict, settings: Trainin
         kind, nbytes = param_storage(p, quantized, quant, knobs, e)
         stored[kind] += nbytes
     dense, quant4, quant8 = stored["dense"], stored["nf4"], stored["int8"]
-    buffers = buffer_bytes(spec)
+    buffers = buffer_bytes(spec, e)
     extras = sum(g.total * (g.element_bytes or ADAPTER_BYTES) for g in method.extra_weight_groups(spec, knobs))
     parts = [f"{dense:,} B dense params x {e} B ({settings.dtype})"]
     if quant4:

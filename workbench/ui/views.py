@@ -15,7 +15,7 @@ from ..specs import load_model_spec
 
 
 APPROXIMATE_ACTIVATIONS = ("⚠ **Activations approximate** for this architecture: a textbook formula (Korthikanti et "
-                           "al. 2022), not the op-by-op count measured for Llama, Mistral, Qwen2/3 and Phi-3/4 "
+                           "al. 2022), not the op-by-op count measured for Llama, Mistral, Qwen2/3, Phi-3/4 and Gemma 2/3 "
                            "blocks; weights, gradients, optimizer and logits are exact.  \n")
 
 
