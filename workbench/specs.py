@@ -170,8 +170,12 @@ def _attention_facts(config_json: str) -> AttentionFacts:
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
-    config = AutoConfig.for_model(**_clean_config(json.loads(config_json)))
-    cls = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    raw = json.loads(config_json)
+    try:
+        config = AutoConfig.for_model(**_clean_config(raw))
+        cls = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    except (ValueError, KeyError) as exc:
+        raise ConfigError(f"transformers cannot build model_type {raw.get('model_type')!r}: {exc}") from None
     n = config.num_hidden_layers
     window = getattr(config, "sliding_window", None)
     types = tuple(getattr(config, "layer_types", None) or ("full_attention",) * n)[:n]
