@@ -221,20 +221,27 @@ def test_the_cuda_attention_kernel_follows_torchs_selection_rules(monkeypatch):
     assert attention_kernel(odd, s, masked=False).name == "math"
 
 
+def _random_init(tmp_path_factory, tag: str, source: str, drop: tuple[str, ...] = (), **changes):
+    """A random-init copy of bundled ``source`` (seed 0) with its config ``changes`` (2 blocks,
+    a small vocabulary ...) and without the keys ``drop``, saved as safetensors, as a spec."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = {k: v for k, v in load_model_spec(source).config.items()
+              if not k.startswith("_") and k not in ("architectures", "auto_map", *drop)}
+    config.update(changes)
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp(tag)
+    AutoModelForCausalLM.from_config(AutoConfig.for_model(**config)).save_pretrained(folder, safe_serialization=True)
+    return load_model_spec(str(folder))
+
+
 @pytest.fixture(scope="module")
 def qwen3(tmp_path_factory):
     """Qwen3-0.6B's real block widths (16 heads / 8 kv of head dim 128, q/k RMSNorms per head,
     tied embeddings), cut to 2 blocks and an 8,192-token vocabulary, random weights."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = {k: v for k, v in load_model_spec("Qwen/Qwen3-0.6B").config.items()
-              if not k.startswith("_") and k not in ("architectures", "auto_map")}
-    config.update(num_hidden_layers=2, max_window_layers=2, vocab_size=8192)
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("qwen3")
-    AutoModelForCausalLM.from_config(AutoConfig.for_model(**config)).save_pretrained(folder, safe_serialization=True)
-    return load_model_spec(str(folder))
+    return _random_init(tmp_path_factory, "qwen3", "Qwen/Qwen3-0.6B", num_hidden_layers=2, max_window_layers=2,
+                        vocab_size=8192)
 
 
 @pytest.mark.parametrize("name, dtype, batch, seq, gc", [("full", "float32", 2, 64, False),
@@ -267,20 +274,10 @@ def phi3(tmp_path_factory):
     """Phi-3-mini's block (fused qkv_proj and gate_up_proj, rotary ending in a cat) at its real
     widths, 2 blocks, an 8,192-token vocabulary, random weights: as published (32 heads, no
     grouping) and with 8 kv heads (Phi-4's grouped-query layout)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    base = {k: v for k, v in load_model_spec("microsoft/Phi-3-mini-4k-instruct").config.items()
-            if not k.startswith("_") and k not in ("architectures", "auto_map")}
-    specs = {}
-    for tag, extra in (("mha", {}), ("gqa", {"num_key_value_heads": 8})):
-        config = {**base, "num_hidden_layers": 2, "vocab_size": 8192, "pad_token_id": 0, "bos_token_id": 1,
-                  "eos_token_id": 2, **extra}
-        torch.manual_seed(0)
-        folder = tmp_path_factory.mktemp(f"phi3-{tag}")
-        AutoModelForCausalLM.from_config(AutoConfig.for_model(**config)).save_pretrained(folder, safe_serialization=True)
-        specs[tag] = load_model_spec(str(folder))
-    return specs
+    return {tag: _random_init(tmp_path_factory, f"phi3-{tag}", "microsoft/Phi-3-mini-4k-instruct",
+                              num_hidden_layers=2, vocab_size=8192, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                              **extra)
+            for tag, extra in (("mha", {}), ("gqa", {"num_key_value_heads": 8}))}
 
 
 @pytest.mark.parametrize("tag, name, dtype, batch, seq, gc", [("mha", "lora", "float32", 2, 64, False),
@@ -313,22 +310,11 @@ def gemma(tmp_path_factory):
     4 heads / 1 kv head, q/k norms, a sliding layer and a full layer with their own rotary
     pairs, the window cut to 64 so that a 96-token sequence reaches it), 2 blocks, an
     8,192-token vocabulary, random weights."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    specs = {}
-    for tag, source, extra in (("gemma2", "google/gemma-2-2b", {}),
-                               ("gemma3", "google/gemma-3-1b-pt", {"sliding_window": 64,
-                                                                   "layer_types": ["sliding_attention",
-                                                                                   "full_attention"]})):
-        config = {k: v for k, v in load_model_spec(source).config.items()
-                  if not k.startswith("_") and k not in ("architectures", "auto_map", "sliding_window_pattern")}
-        config.update(num_hidden_layers=2, vocab_size=8192, **extra)
-        torch.manual_seed(0)
-        folder = tmp_path_factory.mktemp(tag)
-        AutoModelForCausalLM.from_config(AutoConfig.for_model(**config)).save_pretrained(folder, safe_serialization=True)
-        specs[tag] = load_model_spec(str(folder))
-    return specs
+    return {tag: _random_init(tmp_path_factory, tag, source, drop=("sliding_window_pattern",), num_hidden_layers=2,
+                              vocab_size=8192, **extra)
+            for tag, source, extra in (("gemma2", "google/gemma-2-2b", {}),
+                                       ("gemma3", "google/gemma-3-1b-pt",
+                                        {"sliding_window": 64, "layer_types": ["sliding_attention", "full_attention"]}))}
 
 
 @pytest.mark.parametrize("tag, name, dtype, batch, seq, gc", [("gemma2", "full", "float32", 2, 64, False),

@@ -89,6 +89,13 @@ def _approximation(method: Method, knobs: dict, settings: TrainingSettings, quan
     return ""
 
 
+def _rotary_of(spec: ModelSpec, i: int) -> str:
+    """Which rotary embedding block ``i`` uses: its layer type's own where the model keeps one
+    per type (Gemma 3's ``{type}_inv_freq`` buffers), else the model's one."""
+    kind = spec.attention_facts.layer_types[i]
+    return kind if any(b.name.endswith(f".{kind}_inv_freq") for b in spec.inventory.buffers) else ""
+
+
 def _trained_grad_bytes_from_each_block(spec: ModelSpec, trained: set[str], e: int) -> list[int]:
     """For each block i: bytes of the gradients of the model's own trained weights in blocks
     i..L-1 and outside the blocks after them (final norm, head)."""
@@ -134,11 +141,11 @@ def estimate_activations(spec: ModelSpec, method: Method, knobs: dict, settings:
         layer, rg_out, layer_rope = walk_block(i, rg, spec, method, knobs, settings, trained, adapted, quant,
                                                kernel.name)
         per_layer.append(layer.bytes(tokens))
-        live_in_mlp.append(per_layer[-1] - layer.freed_before_mlp_backward(tokens))
+        live_in_mlp.append(per_layer[-1] - layer.bytes_of(layer.after_mlp, tokens))
         transient = max(transient, layer.transient, layer.backward_transient)
-        kept += layer.kept_outside_autograd(tokens)
+        kept += layer.bytes_of(layer.outside_autograd, tokens)
         if layer_rope:
-            rope_types.add(spec.attention_facts.layer_types[i] if spec.model_type == "gemma3_text" else "")
+            rope_types.add(_rotary_of(spec, i))
         rg = rg_out
     # cos/sin in the hidden states' dtype, a pair per rotary (Gemma 3: one per layer type)
     rope_bytes = len(rope_types) * 2 * s * spec.head_dim * r

@@ -65,11 +65,9 @@ class LayerSaved:
     def bytes(self, tokens: int) -> int:
         return int(sum(b for _, b in self.per_token.values()) * tokens) + self.constant
 
-    def kept_outside_autograd(self, tokens: int) -> int:
-        return int(sum(self.per_token[k][1] for k in self.outside_autograd) * tokens)
-
-    def freed_before_mlp_backward(self, tokens: int) -> int:
-        return int(sum(self.per_token[k][1] for k in self.after_mlp) * tokens)
+    def bytes_of(self, keys: set[str], tokens: int) -> int:
+        """Bytes of the saved tensors ``keys`` (``outside_autograd``, ``after_mlp``)."""
+        return int(sum(self.per_token[k][1] for k in keys) * tokens)
 
 
 def block_params(spec: ModelSpec) -> set[str]:
