@@ -84,6 +84,20 @@ CPU_MODELS = {
                         "SmolLM2-135M config, 4 of 30 blocks, tied 49152-token embeddings"),
     "qwen2.5-0.5b-2L": ("Qwen/Qwen2.5-0.5B", {"num_hidden_layers": 2},
                         "Qwen2.5-0.5B config, 2 of 24 blocks, q/k/v biases, tied 151936-token embeddings"),
+    # the families issue 17 added to the op-by-op walk: real block widths, 2 blocks, an 8,192-token
+    # vocabulary (a key set to None is dropped from the bundled config)
+    "qwen3-0.6b-2blk": ("Qwen/Qwen3-0.6B", {"num_hidden_layers": 2, "max_window_layers": 2, "vocab_size": 8192},
+                        "Qwen3-0.6B config, 2 of 28 blocks (q/k norms), vocab cut to 8192"),
+    "gemma-2-2b-2blk": ("google/gemma-2-2b", {"num_hidden_layers": 2, "vocab_size": 8192,
+                                              "sliding_window_pattern": None},
+                        "gemma-2-2b config, 2 of 26 blocks (four fp32 norms, GeGLU, soft-capping, eager), vocab 8192"),
+    "gemma-3-1b-2blk": ("google/gemma-3-1b-pt", {"num_hidden_layers": 2, "vocab_size": 8192, "sliding_window": 64,
+                                                 "layer_types": ["sliding_attention", "full_attention"],
+                                                 "sliding_window_pattern": None},
+                        "gemma-3-1b config, a sliding (window 64) and a full block, one kv head, vocab 8192"),
+    "phi-3-mini-2blk": ("microsoft/Phi-3-mini-4k-instruct", {"num_hidden_layers": 2, "vocab_size": 8192,
+                                                             "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2},
+                        "Phi-3-mini config, 2 of 32 blocks (fused qkv_proj, gate_up_proj), vocab 8192"),
 }
 CUDA_MODELS = {
     **CPU_MODELS,
@@ -110,6 +124,7 @@ def build_model(key: str, models: dict, root: Path):
         config = {k: v for k, v in load_model_spec(bundled).config.items()
                   if not k.startswith("_") and k not in ("architectures", "auto_map")}
         config.update(overrides)
+        config = {k: v for k, v in config.items() if v is not None}
         hf_config = AutoConfig.for_model(**config)
         torch.manual_seed(0)
         # initialised on the GPU when there is one: an 8B model's random init takes minutes on a CPU
@@ -159,7 +174,19 @@ def cpu_matrix() -> list[dict]:
     m += [_cfg("qwen2.5-0.5b-2L", "lora", **s, **a2), _cfg("qwen2.5-0.5b-2L", "full", **s, optimizer="sgd"),
           _cfg("qwen2.5-0.5b-2L", "ia3", **s), _cfg("qwen2.5-0.5b-2L", "prefix", **s),
           _cfg("qwen2.5-0.5b-2L", "lora-8bit", **{**s, "dtype": "bfloat16"})]
-    return m + precision_matrix()
+    return m + precision_matrix() + families_matrix()
+
+
+def families_matrix() -> list[dict]:
+    """Qwen3, Gemma 2 / 3 and Phi-3 (issue 17's op-by-op walks), pure and mixed precision."""
+    mix = {"dtype": "float32", "autocast": "bfloat16"}
+    return [_cfg("qwen3-0.6b-2blk", "full", **mix, seq_len=128), _cfg("qwen3-0.6b-2blk", "ia3", seq_len=128),
+            _cfg("qwen3-0.6b-2blk", "lora", **mix, batch_size=4, gradient_checkpointing=True),
+            _cfg("gemma-2-2b-2blk", "lora", **mix, seq_len=128), _cfg("gemma-2-2b-2blk", "full", batch_size=1, seq_len=128),
+            _cfg("gemma-3-1b-2blk", "lora", **mix, seq_len=128, gradient_checkpointing=True),
+            _cfg("gemma-3-1b-2blk", "full", **mix, batch_size=1, seq_len=128), _cfg("gemma-3-1b-2blk", "prefix", **mix),
+            _cfg("phi-3-mini-2blk", "lora", **mix, seq_len=128),
+            _cfg("phi-3-mini-2blk", "full", dtype="bfloat16", batch_size=1, seq_len=128)]
 
 
 def precision_matrix() -> list[dict]:
@@ -250,6 +277,11 @@ HELD_OUT = (
     "smollm2-135m-4L full b2x128 float32+autocast-bfloat16 adamw",
     "smollm2-135m-4L lora b2x256 float32+autocast-bfloat16 adamw gc",
     "qwen2.5-0.5b-2L lora b1x64 float32+autocast-bfloat16 adamw ga2",
+    # the families block, chosen 2026-12-03 before these configurations were first measured
+    "qwen3-0.6b-2blk full b2x128 float32+autocast-bfloat16 adamw",
+    "gemma-2-2b-2blk lora b2x128 float32+autocast-bfloat16 adamw",
+    "gemma-3-1b-2blk lora b2x128 float32+autocast-bfloat16 adamw gc",
+    "phi-3-mini-2blk lora b2x128 float32+autocast-bfloat16 adamw",
     # the CUDA matrix's held-out block, chosen 2026-12-02 before any configuration ran on a GPU
     "smollm2-135m dora b4x512 bfloat16 adamw",
     "smollm2-135m lora b1x4096 bfloat16 adamw",

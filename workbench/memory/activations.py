@@ -34,12 +34,12 @@ Other architectures fall back to Korthikanti et al. 2022 (arXiv:2205.05198),
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..methods.base import Method
 from ..specs import ModelSpec
 from .attention import attention_kernel
-from .blocks import has_fused_projections, has_qk_norms, is_gemma, is_llama_like, layer_masked, padded_batch, walk_block
+from .blocks import is_gemma, is_llama_like, layer_masked, padded_batch, walk_block
 from .settings import TrainingSettings
 
 __all__ = ["ActivationEstimate", "estimate_activations", "is_llama_like", "padded_batch"]
@@ -65,26 +65,12 @@ def _head_cast(spec: ModelSpec, settings: TrainingSettings, needed: bool) -> int
     return settings.compute_bytes * spec.vocab_size * spec.hidden_size
 
 
-def _approximation(method: Method, knobs: dict, settings: TrainingSettings, quant: str = "none",
-                   qk_norms: bool = False, fused: bool = False, gemma: bool = False) -> str:
+def _approximation(method: Method, settings: TrainingSettings, quant: str = "none") -> str:
     """Why a known block's walk is not exact for this method and precision ("" when it is)."""
-    if gemma and settings.autocast != "none":
-        return "Gemma's fp32 norms under autocast have no measured walk yet"
-    if qk_norms and settings.autocast != "none":
-        return "Qwen3's q/k norms under autocast have no measured walk yet"
-    if fused and (settings.autocast != "none" or settings.attention == "eager" or method.extra_kv_positions(knobs)):
-        return ("Phi-3's fused projections have a measured walk with sdpa in pure precision only (not under "
-                "autocast, with eager attention or a prefix)")
     if quant == "8bit" and settings.device == "cuda":
         return ("bitsandbytes' int8 matmul (MatMul8bitLt) keeps other tensors for backward on CUDA than on the CPU "
                 "it was measured on; not yet measured on a GPU")
-    if settings.autocast == "none":
-        return ""
-    if settings.attention == "eager":
-        return "eager attention under autocast has no measured walk yet"
-    if method.extra_kv_positions(knobs) or method.extra_tokens(knobs):
-        return f"{method.name} under autocast has no measured walk yet"
-    if not method.autocast_exact:
+    if settings.autocast != "none" and not method.autocast_exact:
         return f"{method.name}'s adapters under autocast have no measured walk yet"
     return ""
 
@@ -119,6 +105,9 @@ def _trained_grad_bytes_from_each_block(spec: ModelSpec, trained: set[str], e: i
 def estimate_activations(spec: ModelSpec, method: Method, knobs: dict, settings: TrainingSettings,
                          trained: set[str], tokens_per_example: int, quant: str = "none") -> ActivationEstimate:
     b, s, e, r = settings.batch_size, tokens_per_example, settings.compute_bytes, settings.element_bytes
+    # the sequence the blocks attend over (masks, windows, eager probabilities) includes prompt
+    # tuning's virtual tokens
+    settings = replace(settings, seq_len=s)
     tokens = b * s
     inv = spec.inventory
     head_trained = f"{inv.head_name}.weight" in trained or (inv.tied_embeddings and inv.params[0].name in trained)
@@ -149,11 +138,9 @@ def estimate_activations(spec: ModelSpec, method: Method, knobs: dict, settings:
         rg = rg_out
     # cos/sin in the hidden states' dtype, a pair per rotary (Gemma 3: one per layer type)
     rope_bytes = len(rope_types) * 2 * s * spec.head_dim * r
-    if prefix:  # the (b, 1, s, p + s) additive mask, in the compute dtype, once per forward
-        rope_bytes += b * s * (s + prefix) * e
     head_cast = _head_cast(spec, settings, rg or head_trained)
     gemma = is_gemma(spec)
-    why = _approximation(method, knobs, settings, quant, has_qk_norms(spec), has_fused_projections(spec), gemma)
+    why = _approximation(method, settings, quant)
     final = 0
     if rg:  # Gemma's norm also keeps its fp32 (1 + w)
         final += (4 * spec.hidden_size + 4) * tokens + (4 * spec.hidden_size if gemma else 0)

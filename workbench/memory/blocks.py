@@ -89,14 +89,6 @@ def is_gemma(spec: ModelSpec) -> bool:
     return spec.model_type in GEMMA_TYPES
 
 
-def has_qk_norms(spec: ModelSpec) -> bool:
-    return QWEN3_NORMS <= block_params(spec)
-
-
-def has_fused_projections(spec: ModelSpec) -> bool:
-    return block_params(spec) == FUSED_BLOCK
-
-
 def padded_batch(settings: TrainingSettings) -> bool:
     """Does a micro-batch carry a padding mask? The worker pads a batch to its longest example
     and passes the attention mask (``training/collate.py``); with more than one example some
@@ -133,10 +125,12 @@ def walk_block(i: int, rg: bool, spec: ModelSpec, method: Method, knobs: dict, s
     p = f"{spec.inventory.block_prefix}.{i}"
     out = LayerSaved()
 
-    def norm(key: str, label: str, x_rg: bool, width: int, rows: int = 1) -> bool:
-        """An RMSNorm over ``width`` features (``rows`` norms per token: heads for q/k norms).
-        Llama's: the fp32 input and rsqrt when its input requires grad, its normalised input
-        in the storage dtype when its gain is trained. Gemma's runs in fp32 and multiplies by
+    def norm(key: str, label: str, x_rg: bool, width: int, rows: int = 1, x_bytes: int = r) -> bool:
+        """An RMSNorm over ``width`` features (``rows`` norms per token: heads for q/k norms) of
+        an input of ``x_bytes`` per element (the residual stream's storage dtype; q/k norms take
+        a linear's output, in the compute dtype under autocast). Llama's: the fp32 input and
+        rsqrt when its input requires grad, its normalised input cast back to the input's dtype
+        when its gain is trained. Gemma's runs in fp32 and multiplies by
         (1 + w): that fp32 (1 + w) is kept when the input requires grad, the fp32 normalised
         input when the gain is trained."""
         if x_rg:
@@ -146,7 +140,7 @@ def walk_block(i: int, rg: bool, spec: ModelSpec, method: Method, knobs: dict, s
                 out.constant += 4 * (width // rows)
         gain = f"{key}.weight" in trained
         if gain:
-            nb = 4 if gemma else r
+            nb = 4 if gemma else x_bytes
             out.save(f"{key}.normed", f"{label}: normalised input ({nb} B x {width})", nb * width)
         return x_rg or gain
 
@@ -182,8 +176,8 @@ def walk_block(i: int, rg: bool, spec: ModelSpec, method: Method, knobs: dict, s
         k_rg = linear("k_proj", f"{p}.y1", h, y1_rg, r)
         v_rg = linear("v_proj", f"{p}.y1", h, y1_rg, r)
     if f"{p}.self_attn.q_norm.weight" in weights:  # Qwen3, Gemma 3: a norm over each head's q and k
-        q_rg = norm(f"{p}.self_attn.q_norm", "q_norm", q_rg, q_width, nh)
-        k_rg = norm(f"{p}.self_attn.k_norm", "k_norm", k_rg, kv, spec.num_kv_heads)
+        q_rg = norm(f"{p}.self_attn.q_norm", "q_norm", q_rg, q_width, nh, e)
+        k_rg = norm(f"{p}.self_attn.k_norm", "k_norm", k_rg, kv, spec.num_kv_heads, e)
     prefix = method.extra_kv_positions(knobs)
     attn_rg = q_rg or k_rg or v_rg or prefix > 0  # trained prefix keys/values enter here
     if attn_rg:
@@ -267,15 +261,19 @@ def _attention(out: LayerSaved, p: str, spec: ModelSpec, settings: TrainingSetti
         # a mask (padding, a prefix, a sliding window): transformers then repeats k/v per head
         # (use_gqa_in_sdpa needs no mask) and torch turns the boolean mask into an additive one
         # in the compute dtype, per layer (sdp_utils convert_boolean_attn_mask), which the CPU
-        # flash kernel saves; a prefix's mask is made once per forward (counted by the caller)
+        # flash kernel saves (with a prefix, over its positions too)
         width = (q_width if gqa else kv) * (seq + prefix) / seq
+        # one kv head: repeat_kv's view of k is rotated in the storage dtype under autocast, and
+        # sdpa's cast of that expanded view is a full per-head copy (v, a linear's output, is not cast)
+        k_width = q_width * (seq + prefix) / seq if nh > 1 and not gqa and e != settings.element_bytes else width
         out.save(f"{p}.q", "sdpa: rotated q (e x heads x d)", e * q_width)
-        out.save(f"{p}.k", "sdpa with a mask: " + ("prefix + " if prefix else "") + "k repeated per head", e * width)
+        out.save(f"{p}.k", "sdpa with a mask: " + ("prefix + " if prefix else "") + "k repeated per head"
+                 + (" (autocast's copy of the one kv head's view)" if k_width != width else ""), e * k_width)
         out.save(f"{p}.v", "sdpa with a mask: " + ("prefix + " if prefix else "") + "v repeated per head", e * width)
         out.save(f"{p}.attn_out", "sdpa: output (e x heads x d)", e * q_width)
         out.save(f"{p}.lse", "sdpa: fp32 logsumexp per head", 4 * nh)
-        if not prefix:
-            out.save(f"{p}.mask", "sdpa: additive attention mask (e x s per token)", e * seq)
+        out.save(f"{p}.mask", "sdpa: additive attention mask (e x " + ("(p + s)" if prefix else "s") + " per token)",
+                 e * (seq + prefix))
     else:
         out.save(f"{p}.q", "sdpa: rotated q (e x heads x d)", e * q_width)
         out.save(f"{p}.k", "sdpa: rotated k (e x kv)", e * kv)

@@ -365,5 +365,6 @@ def plan(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, settings
         activations_exact=acts.exact_architecture, world_size=settings.world_size, per_gpu=distributed,
         host_bytes=host_bytes, host_formula=host_formula, activations_note=acts.approximate_because,
         peak_phase=phase, peak_parts=parts,
-        attention=describe_kernels(spec, settings, method.extra_kv_positions(knobs)),
+        attention=describe_kernels(spec, replace(settings, seq_len=tokens_per_example),
+                                    method.extra_kv_positions(knobs)),
     )

@@ -15,6 +15,7 @@ class PrefixMethod(Method):
     summary = "Learn key/value vectors for virtual positions in every attention layer."
     # transformers drops the key/value cache under gradient checkpointing, and with it the prefix
     supports_gradient_checkpointing = False
+    autocast_exact = True  # measured under bf16 autocast on CPU (tests/test_precision.py)
     knobs = (Knob("num_virtual_tokens", int, 20, "virtual key/value positions per layer", 1, 2048),)
 
     def trainable_groups(self, spec: ModelSpec, knobs: dict[str, Any]) -> list[TensorGroup]:

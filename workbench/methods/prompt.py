@@ -16,6 +16,7 @@ class PromptMethod(Method):
     summary = "Learn a few virtual token embeddings in front of every example."
     knobs = (Knob("num_virtual_tokens", int, 20, "virtual tokens prepended to every example", 1, 2048),)
     extra_tokens_knob = "num_virtual_tokens"
+    autocast_exact = True  # measured under bf16 autocast on CPU (tests/test_precision.py)
 
     def trainable_groups(self, spec: ModelSpec, knobs: dict[str, Any]) -> list[TensorGroup]:
         """num_virtual_tokens x hidden_size (peft ``PromptEmbedding``)."""
