@@ -328,12 +328,14 @@ def gemma(tmp_path_factory):
                                                               ("gemma2", "lora", "float32", 2, 64, True),
                                                               ("gemma3", "full", "bf16-mixed", 2, 64, False),
                                                               ("gemma3", "ia3", "bfloat16", 1, 96, False),
+                                                              ("gemma3", "prefix", "bf16-mixed", 2, 64, False),
                                                               ("gemma3", "lora", "bfloat16", 1, 48, True)])
 def test_gemma_blocks_follow_the_measured_walk(gemma, tag, name, dtype, batch, seq, gc):
     """Gemma 2 / 3 (issue 17): four fp32 norms per block scaled by (1 + w), GeGLU, Gemma 2's
     tanh soft-capping of the scores (eager) and of the logits, Gemma 3's q/k norms, one kv head
     (repeat_kv stays a view, which autocast's cast copies per head), a rotary pair per layer
-    type and a sliding window's mask, in pure precision and under bf16 autocast. Exact, no
+    type and a sliding window's mask, in pure precision and under bf16 autocast (with a prefix,
+    whose fp32 values make v a cast copy per head too). Exact, no
     longer the textbook fallback; the optimizer step is AdamW's single-tensor loop."""
     from workbench.memory.activations import is_llama_like
 

@@ -4,7 +4,6 @@ ETA for a queued, failed or cancelled run), the failure paragraph with its escap
 (:mod:`workbench.ui.state`: hostile browser state refused, an attached run's own settings)."""
 
 import json
-import os
 from types import SimpleNamespace
 
 import pytest

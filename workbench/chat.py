@@ -39,85 +39,20 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
+# the request checks live in chat_request; the engine's callers import them from here too
+from .chat_request import (DEFAULT_MAX_PROMPT_CHARS, DEFAULT_WAIT_SECONDS, MAX_NEW_TOKENS,  # noqa: F401
+                           PROMPT_CHARS_VARIABLE, WAIT_VARIABLE, ModelBusyError, OperationCancelled,
+                           PromptTooLongError, Sampling, as_messages, check_stop, env_setting)
 from .data.render import apply_template
 from .errors import WorkbenchError
 
 BASE = "base"
-MAX_NEW_TOKENS = 4096
-SEED_RANGE = (-(1 << 63), (1 << 64) - 1)  # what torch.manual_seed accepts
-PROMPT_CHARS_VARIABLE, DEFAULT_MAX_PROMPT_CHARS = "WORKBENCH_MAX_PROMPT_CHARS", 32_000
-WAIT_VARIABLE, DEFAULT_WAIT_SECONDS = "WORKBENCH_MODEL_WAIT_S", 60.0
 PERPLEXITY_TOKENS = 1024  # tokens of each text scored by perplexity (fewer when the context is shorter)
-
-
-class ModelBusyError(WorkbenchError):
-    """Another answer held the model longer than a caller may wait for it."""
-
-
-class PromptTooLongError(WorkbenchError):
-    """A prompt over the character cap, or too long for the model's context with its answer."""
-
-
-class OperationCancelled(WorkbenchError):
-    """The caller's ``stop`` event was set: the work ended early, its result is incomplete."""
-
-
-def check_stop(stop: threading.Event | None, what: str) -> None:
-    """Raise :class:`OperationCancelled` naming ``what`` once ``stop`` is set."""
-    if stop is not None and stop.is_set():
-        raise OperationCancelled(f"{what}: cancelled")
-
-
-def _setting(variable: str, default: float) -> float:
-    raw = os.environ.get(variable, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not math.isfinite(value) or value < 0:
-        raise WorkbenchError(f"{variable}={raw!r}: give a number >= 0 (default {default:g})")
-    return value
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-@dataclass(frozen=True)
-class Sampling:
-    max_new_tokens: int = 64
-    temperature: float = 0.8
-    top_p: float = 0.95
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        ok = (isinstance(self.max_new_tokens, int) and not isinstance(self.max_new_tokens, bool)
-              and 1 <= self.max_new_tokens <= MAX_NEW_TOKENS
-              and _is_number(self.temperature) and self.temperature >= 0
-              and _is_number(self.top_p) and 0 < self.top_p <= 1
-              and isinstance(self.seed, int) and SEED_RANGE[0] <= self.seed <= SEED_RANGE[1])
-        if not ok:
-            raise WorkbenchError(f"sampling: max_new_tokens 1..{MAX_NEW_TOKENS}, temperature >= 0, top_p in (0, 1], "
-                                 f"a whole-number seed; got max_new_tokens={self.max_new_tokens!r}, "
-                                 f"temperature={self.temperature!r}, top_p={self.top_p!r}, seed={self.seed!r}")
-
-
-def _as_messages(prompt) -> list[dict[str, str]]:
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-    if not isinstance(messages, list) or not all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-            for m in messages):
-        raise WorkbenchError("a prompt is text, or a list of messages {'role': ..., 'content': ...} with text")
-    return messages
 
 
 def _stopper(*events: threading.Event):
@@ -139,9 +74,9 @@ class ChatEngine:
                  wait_seconds: float | None = None, device: str = "cpu") -> None:
         self.model_name, self.dtype, self.device = model, dtype, device
         self.max_prompt_chars = int(max_prompt_chars if max_prompt_chars is not None
-                                    else _setting(PROMPT_CHARS_VARIABLE, DEFAULT_MAX_PROMPT_CHARS))
+                                    else env_setting(PROMPT_CHARS_VARIABLE, DEFAULT_MAX_PROMPT_CHARS))
         self.wait_seconds = float(wait_seconds if wait_seconds is not None
-                                  else _setting(WAIT_VARIABLE, DEFAULT_WAIT_SECONDS))
+                                  else env_setting(WAIT_VARIABLE, DEFAULT_WAIT_SECONDS))
         self._model = self._tokenizer = None
         self._context: int | None = None  # tokens the model attends to, where known
         self._adapters: dict[str, Path] = {}
@@ -291,7 +226,7 @@ class ChatEngine:
         from transformers import TextIteratorStreamer
 
         self._check_who(who)
-        messages = _as_messages(prompt)
+        messages = as_messages(prompt)
         self._check_chars(messages)
         closed = threading.Event()
         errors: list[BaseException] = []
@@ -358,7 +293,7 @@ class ChatEngine:
             raise WorkbenchError(f"max_new_tokens: 1..{MAX_NEW_TOKENS}, got {max_new_tokens!r}")
         if not conversations:
             return []
-        conversations = [_as_messages(c) for c in conversations]
+        conversations = [as_messages(c) for c in conversations]
         names = names or [f"prompt {i + 1} of {len(conversations)}" for i in range(len(conversations))]
         for messages, name in zip(conversations, names):
             self._check_chars(messages, name)

@@ -38,7 +38,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from ..chat import BASE, ChatEngine, ModelBusyError, OperationCancelled, PromptTooLongError, Sampling, _setting, check_stop
+from ..chat import BASE, ChatEngine
+from ..chat_request import ModelBusyError, OperationCancelled, PromptTooLongError, Sampling, check_stop, env_setting
 from ..errors import WorkbenchError
 from ..reservations import NoRoom
 
@@ -67,7 +68,7 @@ class InferenceClient:
         self.model_name = model
         self.device = device or default_device()  # NVML, never CUDA
         self.idle_seconds = float(idle_seconds if idle_seconds is not None
-                                  else _setting(IDLE_VARIABLE, DEFAULT_IDLE_SECONDS))
+                                  else env_setting(IDLE_VARIABLE, DEFAULT_IDLE_SECONDS))
         self._adapters: dict[str, Path] = {}
         self._proc: subprocess.Popen | None = None
         self._pending: dict[int, queue.Queue] = {}

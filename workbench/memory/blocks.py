@@ -14,6 +14,10 @@ init blocks at their real widths, ``tests/test_planner_exact.py``):
   SiLU does), Gemma 3's q/k norms; Gemma 2 soft-caps the attention scores (eager attention
   only: tanh keeps its output) and Gemma 3 keeps a rotary cos/sin pair per layer type.
 
+Each family is measured in pure precision and under bf16 autocast (fp32 storage: the norms'
+outputs and rotary stay fp32, each linear and sdpa casts its own inputs; tests/test_precision.py
+and the planner-accuracy matrix).
+
 Sliding-window layers (Gemma, Mistral, Phi-3) bring a mask once the sequence reaches the
 window (transformers ``_ignore_causal_mask_sdpa``); a mask makes transformers repeat k/v per
 head and torch save an additive mask per layer.
@@ -264,12 +268,14 @@ def _attention(out: LayerSaved, p: str, spec: ModelSpec, settings: TrainingSetti
         # flash kernel saves (with a prefix, over its positions too)
         width = (q_width if gqa else kv) * (seq + prefix) / seq
         # one kv head: repeat_kv's view of k is rotated in the storage dtype under autocast, and
-        # sdpa's cast of that expanded view is a full per-head copy (v, a linear's output, is not cast)
+        # sdpa's cast of that expanded view is a full per-head copy; v, a linear's output, is not
+        # cast -- unless a prefix's fp32 values were concatenated to it
         k_width = q_width * (seq + prefix) / seq if nh > 1 and not gqa and e != settings.element_bytes else width
+        v_width = k_width if prefix else width
         out.save(f"{p}.q", "sdpa: rotated q (e x heads x d)", e * q_width)
         out.save(f"{p}.k", "sdpa with a mask: " + ("prefix + " if prefix else "") + "k repeated per head"
                  + (" (autocast's copy of the one kv head's view)" if k_width != width else ""), e * k_width)
-        out.save(f"{p}.v", "sdpa with a mask: " + ("prefix + " if prefix else "") + "v repeated per head", e * width)
+        out.save(f"{p}.v", "sdpa with a mask: " + ("prefix + " if prefix else "") + "v repeated per head", e * v_width)
         out.save(f"{p}.attn_out", "sdpa: output (e x heads x d)", e * q_width)
         out.save(f"{p}.lse", "sdpa: fp32 logsumexp per head", 4 * nh)
         out.save(f"{p}.mask", "sdpa: additive attention mask (e x " + ("(p + s)" if prefix else "s") + " per token)",

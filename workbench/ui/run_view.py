@@ -196,7 +196,7 @@ def failure_paragraph(state: str, last: dict[str, Any]) -> str:
         return head + " What to try -- each of these is planned to fit the memory this run had:  \n" + \
             "  \n".join(f"- {tip}" for tip in tips)
     if reason == "disk_full":
-        return (f"**Failed (disk full)**: the server's disk is full, so the run could not be saved"
+        return ("**Failed (disk full)**: the server's disk is full, so the run could not be saved"
                 + (f" ({told})" if told else "") + ". What to try: delete runs you no longer need on the Runs "
                 "tab, then resume this one there.")
     kind, _, text = told.partition(": ")

@@ -28,7 +28,7 @@ def act(action: str, session_id: str | None, user: str | None = None):
     if not session_id:
         return "Pick a run first.", None
     try:
-        folder = check_access(session_id, user)
+        check_access(session_id, user)
         if action == "cancel":
             return f"{session_id}: {cancel(session_id, grace=30)}", None
         if action == "resume":
