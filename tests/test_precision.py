@@ -121,6 +121,20 @@ def test_cli_plan_says_the_model_state_per_parameter(capsys):
     assert "precision 'fp8': choose from" in capsys.readouterr().err
 
 
+def test_cli_plan_says_when_activations_are_approximate_and_which_attention_runs(capsys):
+    from workbench.cli import main
+
+    assert main(["plan", "--model", "tiny", "--method", "dora", "--precision", "bf16-mixed", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "! activations approximate: dora's adapters under autocast have no measured walk yet" in out
+    assert "attention: CPU flash" in out
+    assert main(["plan", "--model", "google/gemma-2-2b", "--method", "prefix", "--precision", "bf16-mixed",
+                 "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "activations approximate" not in out  # measured: Gemma 2, eager, a prefix, under autocast
+    assert "attention: eager: Gemma2ForCausalLM has no sdpa attention" in out
+
+
 def test_the_trainer_gets_the_precision_flags(tmp_path):
     from workbench.training.recipe import training_arguments
 

@@ -126,6 +126,8 @@ def _print_plan(d: dict[str, Any]) -> None:
     width = max(len(c["name"]) for c in d["components"])
     for c in d["components"]:
         print(f"  {c['name']:<{width}}  {_human(c['bytes']):>11}   {c['formula']}")
+    if d.get("activations_note"):
+        print(f"  {'':<{width}}  {'':>11}   ! activations approximate: {d['activations_note']}")
     print()
     print(f"  {'peak':<{width}}  {_human(d['peak_bytes']):>11}   "
           + "persistent + max(backward, end_of_backward, step): " + ", ".join(f"{t['name']} {_human(t['bytes'])}" for t in d["peak_terms"]))
@@ -134,6 +136,8 @@ def _print_plan(d: dict[str, Any]) -> None:
     print(f"  {'inference':<{width}}  {_human(d['inference_bytes']):>11}   {d['inference_formula']}")
     print(f"  peak / inference = {d['peak_over_inference']:.2f}x"
           + ("  (inference on one GPU)" if d.get("per_gpu") else ""))
+    if d.get("attention"):
+        print(f"  attention: {d['attention']}")
     if d.get("host_bytes"):
         print(f"  {'host':<{width}}  {_human(d['host_bytes']):>11}   {d['host_formula']}")
 
