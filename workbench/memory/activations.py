@@ -123,7 +123,7 @@ def estimate_activations(spec: ModelSpec, method: Method, knobs: dict, settings:
     prefix = method.extra_kv_positions(knobs)
     embed = next(p.name for p in inv.params if "embed" in p.name)
     rg = embed in trained or method.extra_tokens(knobs) > 0
-    per_layer, rope_types, transient, kept, live_in_mlp = [], set(), 0, 0, []
+    per_layer, rope_types, transient, kept, live_in_mlp, forward_tmp = [], set(), 0, 0, [], 0
     ids_bytes = 8 * tokens if embed in trained else 0
     for i in range(spec.num_layers):
         kernel = attention_kernel(spec, settings, layer_masked(spec, settings, i, prefix))
@@ -132,6 +132,7 @@ def estimate_activations(spec: ModelSpec, method: Method, knobs: dict, settings:
         per_layer.append(layer.bytes(tokens))
         live_in_mlp.append(per_layer[-1] - layer.bytes_of(layer.after_mlp, tokens))
         transient = max(transient, layer.transient, layer.backward_transient)
+        forward_tmp = max(forward_tmp, layer.forward_transient_per_token)
         kept += layer.bytes_of(layer.outside_autograd, tokens)
         if layer_rope:
             rope_types.add(_rotary_of(spec, i))
@@ -157,6 +158,9 @@ def estimate_activations(spec: ModelSpec, method: Method, knobs: dict, settings:
         # Gradients of trained weights in block i and after it exist while block i is redone.
         grads_from = _trained_grad_bytes_from_each_block(spec, trained, r)
         backward_tmp = tokens * (r * spec.hidden_size + 3 * e * spec.intermediate_size)
+        # ... or, if larger, what the recomputed forward holds at its largest adapted linear
+        # (LoRA's unsaved fp32 copies of a 16-bit input), beside the block output's gradient
+        backward_tmp = max(backward_tmp, int(tokens * (r * spec.hidden_size + forward_tmp)))
         # Tied embeddings, trained: the head's gradient of the shared weight is not stored yet;
         # it waits in autograd's input buffer for the embedding's (summed at the end of
         # backward), alive while every block is redone. Unsharded on every GPU.

@@ -59,6 +59,9 @@ class LayerSaved:
     constant: int = 0
     transient: int = 0  # allocated and freed inside the block's forward
     backward_transient: int = 0  # allocated by an adapter's backward, beyond what it saved
+    #: per token, alive while the largest adapted linear runs forward (its input when nothing
+    #: saves it, the adapter's unsaved copies, the output): the peak of a recomputed block's forward
+    forward_transient_per_token: float = 0
     outside_autograd: set[str] = field(default_factory=set)  # kept on ctx, survives checkpointing
     #: saved after the MLP (Gemma's post-feed-forward norm): back-propagated, and freed, before it
     after_mlp: set[str] = field(default_factory=set)
@@ -169,6 +172,9 @@ def walk_block(i: int, rg: bool, spec: ModelSpec, method: Method, knobs: dict, s
             out.constant += method.adapter_saved_constant(lin, knobs, ctx)
             out.transient = max(out.transient, method.adapter_transient_constant(lin, knobs, ctx))
             out.backward_transient = max(out.backward_transient, method.adapter_backward_transient(lin, knobs, ctx))
+            unsaved_input = in_bytes * in_width if in_key not in out.per_token else 0
+            out.forward_transient_per_token = max(out.forward_transient_per_token, unsaved_input + e * lin.out_features
+                                                  + method.adapter_transient_per_token(lin, knobs, ctx))
         return in_rg or base or lin is not None
 
     y1_rg = norm(f"{p}.input_layernorm", "input_layernorm", rg, h)

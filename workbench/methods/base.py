@@ -198,6 +198,11 @@ class Method:
         they matter when a checkpointed block is recomputed during backward."""
         return 0
 
+    def adapter_transient_per_token(self, linear: LinearInfo, knobs: dict[str, Any], ctx: AdapterContext) -> float:
+        """Bytes per token the adapter's forward allocates and does not save (alive while it
+        runs); they matter when a checkpointed block is recomputed during backward."""
+        return 0
+
     def adapter_backward_transient(self, linear: LinearInfo, knobs: dict[str, Any], ctx: AdapterContext) -> int:
         """Bytes the adapter's backward allocates beyond its saved tensors (e.g. the gradient
         of a materialised delta weight); they matter while a checkpointed block is redone."""

@@ -66,6 +66,15 @@ class LoraMethod(Method):
         saved.append(Saved(f"{name}: lora_A output ({c} B x r)", c * knobs["rank"], f"{name}:a_out"))
         return saved
 
+    def adapter_transient_per_token(self, linear: LinearInfo, knobs: dict[str, Any], ctx: AdapterContext) -> float:
+        """peft's fp32 copy of a 16-bit ``x`` when nothing saves it (dropout saves only its mask
+        and lora_A the dropped-out copy, or under autocast its own bf16 cast), and under autocast
+        the dropped-out fp32 copy too: alive while the adapter runs."""
+        a, n_in = ctx.adapter_bytes, linear.in_features
+        copy = a * n_in if ctx.input_bytes != a and (ctx.autocast_bytes or knobs["dropout"] > 0) else 0
+        dropped = a * n_in if ctx.autocast_bytes and knobs["dropout"] > 0 else 0
+        return copy + dropped
+
     def adapter_saved_constant(self, linear: LinearInfo, knobs: dict[str, Any], ctx: AdapterContext) -> int:
         """Under autocast: the cast copies of lora_B's weight (kept to back-propagate into
         lora_A's output) and, when the layer's input requires grad, of lora_A's."""
