@@ -255,7 +255,8 @@ def qwen3(tmp_path_factory):
 @pytest.mark.parametrize("name, dtype, batch, seq, gc", [("full", "float32", 2, 64, False),
                                                          ("full", "bf16-mixed", 2, 64, False),
                                                          ("ia3", "bfloat16", 1, 96, False),
-                                                         ("lora", "bfloat16", 2, 64, True)])
+                                                         ("lora", "bfloat16", 2, 64, True),
+                                                         ("lora", "bf16-mixed", 2, 64, True)])
 def test_qwen3_blocks_follow_the_measured_walk(qwen3, name, dtype, batch, seq, gc):
     """Qwen3's q/k norms: an fp32 copy of each head's q and k and an rsqrt per head, as the
     block's own RMSNorms; under autocast their trained gains keep the normalised q/k in the
@@ -267,7 +268,10 @@ def test_qwen3_blocks_follow_the_measured_walk(qwen3, name, dtype, batch, seq, g
     planned, measured = _compare(qwen3, METHODS[name], {}, settings)
     assert planned.activations_exact and not planned.activations_note
     peak = measured.device_peak["peak_tensor_bytes"]
-    assert abs(planned.peak_bytes - peak) <= 0.05 * peak, measured.device_peak["peak_at_op"]
+    # under autocast a recomputed block peaks in its forward, at down_proj's LoRA (its fp32 copies
+    # of the bf16 product): -0.93% when only the MLP backward's temporaries were planned, -0.09% now
+    tolerance = 0.005 if gc and dtype == "bf16-mixed" else 0.05
+    assert abs(planned.peak_bytes - peak) <= tolerance * peak, measured.device_peak["peak_at_op"]
     if not gc:
         knobs = METHODS[name].resolve({})
         per_block = estimate_activations(qwen3, METHODS[name], knobs, settings, METHODS[name].trains_base(qwen3, knobs),
