@@ -27,7 +27,9 @@ i = intermediate, kv = kv_heads x head_dim, e = compute dtype bytes:
 Gradient checkpointing (Chen et al. 2016, arXiv:1604.06174; non-reentrant, per block)
 keeps only each block's input (e·h); one block is recomputed at a time in backward, while the
 gradients of the trained weights after it exist (with tied, trained embeddings also the head's
-gradient of the shared weight, waiting in autograd's input buffer for the embedding's).
+gradient of the shared weight, waiting in autograd's input buffer for the embedding's). That
+block peaks either in its backward (the MLP's gradients) or in its recomputed forward, at the
+largest adapted linear (LoRA's unsaved fp32 copies of a 16-bit input): the larger is planned.
 Other architectures fall back to Korthikanti et al. 2022 (arXiv:2205.05198),
 ``s·b·h·(34 + 5·a·s/h)`` bytes per layer in 16-bit, scaled to the dtype.
 """
