@@ -145,7 +145,7 @@ def main() -> int:
         f"Worker: {demo['settings']['dtype']}, set-up {demo['loading_s']} s, median untracked step "
         f"{demo['step_s_median_untracked']} s, tracked step (the probe) {demo['tracked_steps_s']} s; "
         f"final loss {demo['final_loss']:.4f}; probe measured {demo['probe']['measured_bytes'] / 2**30:.3f} GiB vs "
-        f"predicted {demo['probe']['predicted_bytes'] / 2**30:.3f} GiB ({demo['probe']['error_percent']:+.2f}%).", "",
+        f"predicted {demo['probe']['predicted_bytes'] / 2**30:.3f} GiB (plan error {demo['probe']['plan_error_percent']:+.2f}%).", "",
         "| model | exact match | JSON parse rate | field accuracy | per field | tokens/s (batched greedy) |",
         "|---|---:|---:|---:|---|---:|"]
     for r in (base, adapter):

@@ -74,7 +74,7 @@ def test_api_inspect_start_and_poll_a_run(client, tmp_path):
         if "completed" in status or "failed" in status:
             break
         time.sleep(1)
-    assert "completed" in status and "Predicted peak" in status and "prediction error" in status
+    assert "completed" in status and "Predicted peak" in status and "the measured peak" in status
     assert progress.startswith("done in ") and progress.endswith("· 12 / 12 steps")  # a line, not a slider
     assert client.predict(run_id, api_name="/cancel_run") == f"Run `{run_id}`: completed"
     choices = client.predict("tiny", api_name="/adapters")

@@ -97,7 +97,7 @@ def test_training_output_is_for_people(tmp_path):
     assert re.fullmatch(r"step 1/2  loss \d+\.\d{4}  [\d,]+ tokens/s  ETA \d+\.\d s", steps[0]), steps
     assert any(re.search(r"eval loss \d+\.\d{4}\b", line) for line in steps), steps
     assert re.search(r"\[completed\] adapter .*measured peak \d+\.\d{3} GiB, predicted peak \d+\.\d{3} GiB, "
-                     r"prediction error [+-]\d+\.\d%, measured as live tensor bytes", text), text
+                     r"plan error [+-]\d+\.\d%, measured as live tensor bytes", text), text
     listed = run("sessions", "list", "--sessions-dir", root)
     assert listed.returncode == 0 and "None" not in listed.stdout
     assert re.search(r"completed .* \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ  step 2/2 +loss \d+\.\d{4}$", listed.stdout.strip())
@@ -119,9 +119,9 @@ def test_status_and_step_lines_leave_out_what_was_not_measured():
                       "eta_seconds": None}) == "step 3/9  eval loss 1.2346"
     assert loss_text(float("nan")).startswith("nan (") and loss_text(0.5) == "0.5000"
     line = status_line({"kind": "status", "time": 1.0, "status": "failed", "reason": "out_of_memory",
-                        "measured_peak_bytes": 3 * 2**30, "error_percent": -0.01, "suggestions": ["a", "b"],
+                        "measured_peak_bytes": 3 * 2**30, "plan_error_percent": -0.01, "suggestions": ["a", "b"],
                         "message": None, "log_tail": ["x"]})
-    assert line == "[failed] reason out_of_memory, measured peak 3.000 GiB, error +0.0%, suggestions a; b"
+    assert line == "[failed] reason out_of_memory, measured peak 3.000 GiB, plan error +0.0%, suggestions a; b"
 
 
 def test_measure_human_output_rounds_losses_and_names_units():

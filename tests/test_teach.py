@@ -66,6 +66,8 @@ def test_chart_bands_and_bars():
     assert sum(len(b.y) for b in bars) == len(t["rows"])
     assert len({b.marker.pattern.shape for b in bars}) == len(bars)  # a band is told by pattern, not colour alone
     assert all(base == 1 for b in bars for base in ([b.base] if not isinstance(b.base, tuple) else b.base))
+    ticks = dict(zip(fig.layout.xaxis.tickvals, fig.layout.xaxis.ticktext))  # every band edge named in full
+    assert all(ticks[v] == f"{v:g}x" for band in BANDS.values() for v in band) and ticks[20] == "20x"
 
 
 def test_view_refuses_bad_input_with_the_field():

@@ -234,7 +234,10 @@ def teach_bar(t: dict[str, Any]) -> go.Figure:
                     hovertemplate="<b>%{y}</b>: %{text} inference<br>%{customdata[0]}<br>"
                                   "<i>%{customdata[1]}</i><extra></extra>")
     top = max([25.0] + [r["ratio"] * 1.4 for r in order])
-    fig.update_layout(xaxis=dict(type="log", range=[0, math.log10(top)], title="training peak / inference memory "
+    # ticks named in full (plotly's own log ticks label 20x as a bare "2"), at the band edges
+    ticks = [v for v in (1, 1.1, 1.5, 2, 3, 4, 5, 10, 20, 50, 100, 200, 500, 1000) if v <= top]
+    fig.update_layout(xaxis=dict(type="log", range=[0, math.log10(top)], tickvals=ticks,
+                                 ticktext=[f"{v:g}x" for v in ticks], title="training peak / inference memory "
                                  "(x, log scale; a bar starts at 1x, the memory of inference)"),
                       yaxis=dict(title="method", categoryorder="array", categoryarray=[r["method"] for r in order]),
                       legend_title_text="method family", barmode="overlay", height=max(420, 28 * len(order) + 120),

@@ -100,7 +100,7 @@ class SessionInfo:
     predicted_peak_bytes: int | None
     measured_peak_bytes: int | None
     measured_peak_source: str | None
-    prediction_error_percent: float | None = None  # measured step peak vs predicted, once measured
+    plan_error_percent: float | None = None  # (predicted - measured step peak) / measured, once measured: + = plan over
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -297,7 +297,7 @@ def info(session_id: str) -> SessionInfo:
         checkpoints=[str(p) for p in complete_checkpoints(folder)], created=(folder / "job.json").stat().st_mtime,
         finished=final_status.get("time") if status in FINAL else None, pid=pid,
         events_path=str(folder / "events.jsonl"), predicted_peak_bytes=predicted, measured_peak_bytes=measured,
-        measured_peak_source=source, prediction_error_percent=error,
+        measured_peak_source=source, plan_error_percent=error,
     )
 
 
@@ -313,16 +313,18 @@ def predicted_plan(folder: Path) -> dict[str, Any] | None:
 
 
 def measured_vs_predicted(folder: Path, events: list[dict[str, Any]]):
-    """(measured step peak, its quantity, predicted peak, error %): the largest step peak
-    the worker measured (``step_memory`` events: live tensor bytes on CPU, CUDA
-    max_memory_allocated) against the predicted peak -- the same quantity."""
+    """(measured step peak, its quantity, predicted peak, plan error %): the largest step
+    peak the worker measured (``step_memory`` events: live tensor bytes on CPU, CUDA
+    max_memory_allocated) against the predicted peak -- the same quantity. The error is the
+    planner-accuracy benchmark's: (predicted - measured) / measured, positive when the plan
+    is over."""
     steps = [e for e in events if e.get("kind") == "step_memory" and e.get("rank") in (None, 0)]
     plan = predicted_plan(folder)
     predicted = plan.get("peak_bytes") if plan else None
     if not steps:
         return None, None, predicted, None
     measured = max(e["peak_bytes"] for e in steps)
-    error = round((measured - predicted) / predicted * 100, 2) if predicted else None
+    error = round((predicted - measured) / measured * 100, 2) if predicted and measured else None
     return measured, steps[-1].get("quantity"), predicted, error
 
 

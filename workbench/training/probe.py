@@ -9,7 +9,7 @@
   ``step_check`` when the run does not probe: the same step, on whatever batch it got);
   over the limit it stops the run (:class:`ProbeExceeded`, a ``MemoryError``: the run
   fails as ``oom`` with suggestions).
-- :class:`Setup` -- what set-up made, and the finished run's prediction error.
+- :class:`Setup` -- what set-up made, and the finished run's plan error.
 - The CPU worker's memory cap (``RLIMIT_AS``), in force from the worker's first line:
   :func:`cap_before_imports` allows what the libraries will map plus what the run may use
   (:func:`memory_allowed`: the RAM available less the preflight's margin, or
@@ -54,7 +54,7 @@ class ProbeCheck:
         measured = record["peak_bytes"]
         fits = self.limit is None or measured <= self.limit
         self.result = {"step": record["step"], "measured_bytes": measured, "predicted_bytes": self.predicted,
-                       "error_percent": round((measured - self.predicted) / self.predicted * 100, 2),
+                       "plan_error_percent": round((self.predicted - measured) / measured * 100, 2) if measured else None,
                        "limit_bytes": self.limit, "fits": fits, "quantity": record["quantity"]}
         self.events.emit("probe" if self.probing else "step_check", **self.result)
         if not fits:
@@ -71,14 +71,14 @@ class Setup:
         self.predicted_peak, self.limit = predicted_peak, limit
 
     def accuracy(self) -> dict:
-        """The run's prediction error: its largest measured step peak against the plan of
+        """The run's plan error, (predicted - measured) / measured: its largest measured step peak against the plan of
         the batches it ran (the same quantity)."""
         measured = self.step_peaks.peak_bytes
         if not measured:
             return {}
-        error = (measured - self.predicted_peak) / self.predicted_peak * 100
+        error = (self.predicted_peak - measured) / measured * 100  # the benchmark's sign: + = plan over
         return {"measured_peak_bytes": measured, "predicted_peak_bytes": self.predicted_peak,
-                "prediction_error_percent": round(error, 2), "measured_quantity": self.step_peaks.records[-1]["quantity"]}
+                "plan_error_percent": round(error, 2), "measured_quantity": self.step_peaks.records[-1]["quantity"]}
 
 
 def record_plans(job, train, val, session: Path, events: EventWriter | None) -> int:

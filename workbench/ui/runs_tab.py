@@ -15,7 +15,7 @@ from .run_view import run_view
 from .views import sessions_rows, user_of
 
 HEADERS = ["id", "state", "method", "model", "dataset", "step", "last loss", "predicted peak GiB",
-           "measured step peak GiB", "measured as", "prediction error"]
+           "measured step peak GiB", "measured as", "plan error (plan - measured) / measured"]
 
 
 def act(action: str, session_id: str | None, user: str | None = None):

@@ -162,7 +162,7 @@ def sessions_rows(user: str | None = None) -> list[list[Any]]:
              None if not s.predicted_peak_bytes else round(s.predicted_peak_bytes / GIB, 3),
              None if not s.measured_peak_bytes else round(s.measured_peak_bytes / GIB, 3),
              s.measured_peak_source if s.measured_peak_bytes else None,
-             None if s.prediction_error_percent is None else f"{s.prediction_error_percent:+.1f}%"]
+             None if s.plan_error_percent is None else f"{s.plan_error_percent:+.1f}%"]
             for s in list_sessions(user)]
 
 
