@@ -271,6 +271,11 @@ def plan(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, settings
     acts = estimate_activations(spec, method, knobs, settings, trained, tokens_per_example, quant)
     activations = Term("activations", acts.saved_bytes, acts.formula)
     logits, loss_bwd = _logits(spec, settings, tokens, acts.head_input_saved, acts.head_cast_bytes)
+    reg, reg_formula = method.loss_saved(spec, knobs, settings)
+    if reg:
+        logits = Term("logits", logits.bytes + reg, f"{logits.formula} + {reg_formula} ({reg:,} B)")
+    # gradients a loss term of the method's own makes first (AdaLoRA's regularizer): alive all backward
+    early = sum(g.total * b for g, b in tensors if method.early_gradient(g))
     if settings.device == "cuda":
         c = device_constants()["cuda"]
         overhead = Term("overhead", c["cublas_workspace_bytes"],
@@ -308,9 +313,13 @@ def plan(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, settings
     # The loss backward runs first, while every activation is alive and the logits tensor is
     # already freed; a checkpointed block is recomputed after the loss's saved tensors and
     # gradients are gone.
-    backward = activations.bytes + max(logits.bytes - logits_tensor + loss_bwd.bytes, recompute) + comm_backward
+    # The method's own loss term is back-propagated before the model's: its saved tensors are
+    # freed by then, its gradients made.
+    backward = activations.bytes + max(logits.bytes - reg - logits_tensor + loss_bwd.bytes, recompute) + comm_backward
     if settings.grad_accum > 1:
         backward += grads.bytes
+    elif early:
+        backward += early
     end_of_backward = grads.bytes + emb_bwd.bytes + comm_backward
     step = grads.bytes + step_tmp.bytes
     peak_terms = (
@@ -323,7 +332,9 @@ def plan(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, settings
                 else f"logits - the logits tensor (freed by the Trainer before backward, e x V x b·s = "
                      f"{logits_tensor:,} B) + loss-gradient temporaries")
              + (f" + gathered parameters/gradients in flight ({comm_backward:,} B)" if comm_backward else "")
-             + (" + accumulated gradients" if settings.grad_accum > 1 else "")),
+             + (" + accumulated gradients" if settings.grad_accum > 1 else "")
+             + (f" + the gradients {method.name}'s own loss term made first ({early:,} B; its saved tensors "
+                f"freed, {reg:,} B)" if early and settings.grad_accum == 1 else "")),
         Term("recompute", recompute, "one block's activations, recomputed under checkpointing"
              + (" (+ this GPU's share of the later blocks' gradients)" if distributed and recompute else "")),
         loss_bwd,
@@ -340,7 +351,7 @@ def plan(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, settings
              Term("buffers", overhead.bytes + comm, overhead.formula + (f"; the strategy's buffers {comm:,} B" if comm else ""))]
     if phase == "backward":
         parts.append(activations)
-        kept = logits.bytes - logits_tensor + loss_bwd.bytes
+        kept = logits.bytes - reg - logits_tensor + loss_bwd.bytes
         if recompute > kept:
             parts.append(Term("temporaries", recompute, "one checkpointed block recomputed (with the gradients after it)"))
         else:
@@ -348,6 +359,8 @@ def plan(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, settings
                                               f"({loss_bwd.bytes:,} B); the Trainer freed the logits tensor itself"))
         if settings.grad_accum > 1:
             parts.append(Term("gradients", grads.bytes, "accumulated over the micro-batches"))
+        elif early:
+            parts.append(Term("gradients", early, f"made first by {method.name}'s own loss term"))
     elif phase == "end_of_backward":
         parts += [grads, Term("temporaries", emb_bwd.bytes, emb_bwd.formula)]
     else:

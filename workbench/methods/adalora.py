@@ -11,6 +11,7 @@ from .base import TARGETS_HELP, AdapterContext, Knob, Method, Saved, TensorGroup
 
 class AdaLoraMethod(Method):
     name = "adalora"
+    autocast_exact = True  # measured under bf16 autocast on CPU (tests/test_precision.py)
     title = "AdaLoRA"
     summary = "LoRA whose rank is re-allocated across layers during training (starts at init_rank)."
     knobs = (
@@ -41,12 +42,21 @@ class AdaLoraMethod(Method):
 
     def adapter_saved(self, linear: LinearInfo, knobs: dict[str, Any], ctx: AdapterContext) -> list[Saved]:
         """peft ``adalora.SVDLinear.forward``: ``dropout(x) @ (A*E).T @ B.T``; the matmuls save
-        their inputs: x (cast to fp32 when the model is not fp32) and the r-wide product."""
+        their inputs: x (cast to fp32 when the model is not fp32) and the r-wide product. Under
+        autocast the matmuls run in the autocast dtype and keep their own casts of both."""
         a, r = ctx.adapter_bytes, knobs["init_rank"]
         n_in = linear.in_features
+        mask = 1 if ctx.device == "cuda" else a
+        if ctx.autocast_bytes:
+            c = ctx.autocast_bytes
+            first = [Saved(f"{linear.name}: dropout mask ({mask} B x in)", mask * n_in, f"{linear.name}:mask")] \
+                if knobs["dropout"] > 0 and ctx.input_requires_grad else []
+            return first + [Saved(f"{linear.name}: input cast by autocast ({c} B x in)", c * n_in, f"{linear.name}:a_in"),
+                            Saved(f"{linear.name}: x·(A*E)ᵀ (r wide, {c} B)", c * r, f"{linear.name}:a_out")]
         if knobs["dropout"] > 0:
-            first = [Saved(f"{linear.name}: dropout mask", n_in, f"{linear.name}:mask"),
-                     Saved(f"{linear.name}: dropped-out input", a * n_in, f"{linear.name}:drop")]
+            first = [Saved(f"{linear.name}: dropped-out input", a * n_in, f"{linear.name}:drop")]
+            if ctx.input_requires_grad:
+                first.append(Saved(f"{linear.name}: dropout mask ({mask} B x in)", mask * n_in, f"{linear.name}:mask"))
         elif ctx.input_bytes != a:
             first = [Saved(f"{linear.name}: input cast to fp32", a * n_in, f"{linear.name}:cast")]
         else:
@@ -54,9 +64,32 @@ class AdaLoraMethod(Method):
         return first + [Saved(f"{linear.name}: x·(A*E)ᵀ (r wide)", a * r, f"{linear.name}:a_out")]
 
     def adapter_saved_constant(self, linear: LinearInfo, knobs: dict[str, Any], ctx: AdapterContext) -> int:
-        """``(A * E)ᵀ``-side products are parameters; what is saved is Bᵀ's fp32 transpose
-        (out x r) and the ranknum scalar."""
-        return 4 * knobs["init_rank"] * linear.out_features + 4
+        """The ranknum scalar (+ 1e-5), and -- when x needs a gradient -- the fp32 product
+        ``A * E`` (r x in) that the first matmul multiplies x's gradient with (Bᵀ is a view of
+        the parameter). Under autocast the matmuls keep their own casts: Bᵀ's (r x out) and,
+        when x needs a gradient, (A * E)ᵀ's."""
+        r, n_in = knobs["init_rank"], linear.in_features
+        if ctx.autocast_bytes:
+            return ctx.autocast_bytes * r * (linear.out_features + (n_in if ctx.input_requires_grad else 0)) + 4
+        return (4 * r * n_in if ctx.input_requires_grad else 0) + 4
+
+    def loss_saved(self, spec: ModelSpec, knobs: dict[str, Any], settings) -> tuple[int, str]:
+        """peft ``AdaLoraModel.forward`` adds ``orth_reg_weight x sum ||P Pᵀ - I||_F`` over every
+        lora_A (P Pᵀ) and lora_B (Qᵀ Q) to the loss: each Frobenius norm keeps its r x r input
+        and its scalar output. Under autocast the product runs in the autocast dtype: the cast
+        of the parameter (cached, a leaf) and of its transpose (a view: cast again) are kept,
+        and the norm's input and output are in that dtype too."""
+        r, c = knobs["init_rank"], settings.compute_bytes if settings.autocast != "none" else 4
+        lins = self.adapted_linears(spec, knobs)
+        casts = sum(2 * c * r * (lin.in_features + lin.out_features) for lin in lins) if c != 4 else 0
+        norms = 2 * len(lins) * c * (r * r + 1)
+        return casts + norms, (f"AdaLoRA's orthogonal regularizer: ||P·Pᵀ - I|| and ||Qᵀ·Q - I|| per layer, "
+                               f"r x r + 1 x {c} B each" + (" + two casts of P and of Q" if casts else ""))
+
+    def early_gradient(self, group: TensorGroup) -> bool:
+        """The regularizer's term is back-propagated before the model's loss (autograd runs the
+        newest nodes first): P's and Q's gradients exist from the start of backward."""
+        return group.label.endswith((".lora_A", ".lora_B"))
 
     def apply(self, model, spec: ModelSpec, knobs: dict[str, Any]):
         """peft's wrap, with the rank counters frozen: they are bookkeeping, not weights."""

@@ -208,6 +208,16 @@ class Method:
         of a materialised delta weight); they matter while a checkpointed block is redone."""
         return 0
 
+    def loss_saved(self, spec: ModelSpec, knobs: dict[str, Any], settings) -> tuple[int, str]:
+        """Bytes a loss term of the method's own saves beside the model's loss (AdaLoRA's
+        orthogonal regularizer), and the formula; (0, "") for most methods."""
+        return 0, ""
+
+    def early_gradient(self, group: TensorGroup) -> bool:
+        """Is this trained tensor's gradient made before the model's backward starts (a term of
+        the method's own loss, back-propagated first)? Then it is alive through all of it."""
+        return False
+
     def extra_kv_positions(self, knobs: dict[str, Any]) -> int:
         """Key/value positions added in every attention layer (prefix tuning)."""
         return 0
