@@ -198,12 +198,16 @@ def precision_matrix() -> list[dict]:
             _cfg("tiny", "full", **mix, batch_size=4, seq_len=256, gradient_checkpointing=True),
             _cfg("tiny", "lora", **mix, batch_size=4, seq_len=128, gradient_checkpointing=True),
             _cfg("tiny", "bitfit", **mix, grad_accum=2), _cfg("tiny", "freeze", **mix, gradient_checkpointing=True),
-            _cfg("tiny", "ia3", **mix), _cfg("tiny", "dora", **mix),
+            _cfg("tiny", "ia3", **mix), _cfg("tiny", "dora", **mix), _cfg("tiny", "adalora", **mix),
+            _cfg("tiny", "vera", **mix), _cfg("tiny", "oft", {"target_modules": "q_proj,k_proj,v_proj,o_proj,down_proj"}, **mix),
             _cfg("smollm2-135m-4L", "full", **s), _cfg("smollm2-135m-4L", "lora", **{**s, "seq_len": 256},
                                                        gradient_checkpointing=True),
             # Qwen2's 151,936-token vocabulary makes its bf16 steps slow on a CPU without bf16 kernels (a
             # b2x128 one took 30 min): one short configuration
-            _cfg("qwen2.5-0.5b-2L", "lora", **{**s, "batch_size": 1, "seq_len": 64}, grad_accum=2)]
+            _cfg("qwen2.5-0.5b-2L", "lora", **{**s, "batch_size": 1, "seq_len": 64}, grad_accum=2),
+            # DoRA, AdaLoRA and VeRA walked under autocast (2026-12-03): held out on SmolLM2's widths
+            _cfg("smollm2-135m-4L", "dora", **s), _cfg("smollm2-135m-4L", "adalora", **s, grad_accum=2),
+            _cfg("smollm2-135m-4L", "vera", **s)]
 
 
 def cuda_matrix() -> list[dict]:
@@ -253,6 +257,8 @@ def config_id(c: dict) -> str:
     if s.get("attention", "sdpa") != "sdpa":
         extra.append(s["attention"])
     precision = s["dtype"] if s.get("autocast", "none") == "none" else f"{s['dtype']}+autocast-{s['autocast']}"
+    if c.get("knobs", {}).get("target_modules"):  # named only where a row sets them
+        extra.append(f"targets={c['knobs']['target_modules']}")
     return f"{c['model']} {c['method']} b{s['batch_size']}x{s['seq_len']} {precision} {' '.join(extra)}"
 
 
@@ -277,6 +283,10 @@ HELD_OUT = (
     "smollm2-135m-4L full b2x128 float32+autocast-bfloat16 adamw",
     "smollm2-135m-4L lora b2x256 float32+autocast-bfloat16 adamw gc",
     "qwen2.5-0.5b-2L lora b1x64 float32+autocast-bfloat16 adamw ga2",
+    # DoRA / AdaLoRA / VeRA under autocast, chosen 2026-12-03 before these configurations were first measured
+    "smollm2-135m-4L dora b2x128 float32+autocast-bfloat16 adamw",
+    "smollm2-135m-4L adalora b2x128 float32+autocast-bfloat16 adamw ga2",
+    "smollm2-135m-4L vera b2x128 float32+autocast-bfloat16 adamw",
     # the families block, chosen 2026-12-03 before these configurations were first measured
     "qwen3-0.6b-2blk full b2x128 float32+autocast-bfloat16 adamw",
     "gemma-2-2b-2blk lora b2x128 float32+autocast-bfloat16 adamw",

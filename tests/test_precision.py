@@ -147,12 +147,17 @@ def test_the_trainer_gets_the_precision_flags(tmp_path):
 def test_methods_not_measured_under_autocast_say_so():
     spec = load_model_spec("tiny")
     mixed = TrainingSettings(dtype="float32", autocast="bfloat16", device="cpu", batch_size=2, seq_len=64)
-    for name in ("full", "freeze", "bitfit", "lora", "rslora", "ia3", "prefix", "prompt"):
+    for name in ("full", "freeze", "bitfit", "lora", "rslora", "dora", "adalora", "vera", "ia3", "prefix", "prompt"):
         assert plan(spec, METHODS[name], {}, mixed).activations_note == "", name
         assert plan(spec, METHODS[name], {}, replace(mixed, attention="eager")).activations_note == "", name
-    for name in ("dora", "loha", "lokr", "vera"):
+    for name in ("loha", "lokr"):
         p = plan(spec, METHODS[name], {}, mixed)
         assert "under autocast ha" in p.activations_note and "no measured walk yet" in p.activations_note and not p.as_dict()["activations_exact"]
+    # VeRA and OFT return fp32 under autocast: exact where nothing keeps it, flagged where the MLP does
+    for name, knobs in (("oft", {}), ("vera", {"target_modules": "q_proj,gate_proj"})):
+        p = plan(spec, METHODS[name], knobs, mixed)
+        assert p.activations_note.startswith(f"{name}'s fp32 outputs on gate_proj") and not p.as_dict()["activations_exact"]
+    assert plan(spec, METHODS["oft"], {"target_modules": "q_proj,v_proj,o_proj,down_proj"}, mixed).activations_note == ""
     assert plan(spec, METHODS["loha"], {}, replace(mixed, autocast="none")).activations_note == ""
     from workbench.ui.plan_tab import plan_view
 
@@ -160,6 +165,44 @@ def test_methods_not_measured_under_autocast_say_so():
     assert "Activations approximate**: loha's adapters under autocast" in summary
     assert "Activations approximate" not in plan_view("tiny", "lora", "bf16-mixed", "auto", 2, 64, 1, False,
                                                       "adamw", "cpu")[0]
+
+
+#: adapters whose own tensors change under autocast (their products and the casts of their weights in
+#: the autocast dtype, fp32 outputs, AdaLoRA's regularizer), at their defaults and with other knobs
+ADAPTER_CASES = [("dora", {}), ("dora", {"dropout": 0.0}), ("adalora", {}), ("adalora", {"dropout": 0.1}),
+                 ("vera", {}), ("vera", {"dropout": 0.1}), ("oft", {"target_modules": "q_proj,k_proj,v_proj,o_proj,down_proj"})]
+
+
+@pytest.mark.parametrize("name, knobs", ADAPTER_CASES, ids=[f"{n}-{'-'.join(map(str, k.values())) or 'defaults'}"
+                                                            for n, k in ADAPTER_CASES])
+def test_bf16_mixed_adapters_equal_the_worker_trainer_step(name, knobs):
+    """Every component and the saved activations to the byte, the step peak within 0.5%."""
+    spec = load_model_spec("tiny")
+    settings = TrainingSettings(dtype="float32", autocast="bfloat16", batch_size=2, seq_len=64, device="cpu")
+    planned = plan(spec, METHODS[name], knobs, settings)
+    assert planned.activations_note == "" and planned.as_dict()["activations_exact"]
+    measured = measure(spec, METHODS[name], knobs, settings, steps=2)
+    for component in ("weights", "trainable_weights", "gradients", "optimizer", "activations", "logits"):
+        assert planned.component(component) == measured.components[component], component
+    at_peak = plan(spec, METHODS[name], knobs, replace(settings, seq_len=measured.device_peak["peak_width"]))
+    peak = measured.device_peak["peak_tensor_bytes"]
+    assert abs(at_peak.peak_bytes - peak) <= 0.005 * peak, measured.device_peak["peak_at_op"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_adalora_regularizer_and_products_exact_in_pure_precision(dtype):
+    """AdaLoRA without autocast: the fp32 A*E product (r x in), the orthogonal regularizer's
+    saved tensors in the logits component, its gradients alive from the start of backward."""
+    spec = load_model_spec("tiny")
+    settings = TrainingSettings(dtype=dtype, batch_size=2, seq_len=64, device="cpu")
+    planned = plan(spec, METHODS["adalora"], {}, settings)
+    measured = measure(spec, METHODS["adalora"], {}, settings, steps=2)
+    for component in ("activations", "logits"):
+        assert planned.component(component) == measured.components[component], component
+    assert "orthogonal regularizer" in dict((t.name, t.formula) for t in planned.components)["logits"]
+    at_peak = plan(spec, METHODS["adalora"], {}, replace(settings, seq_len=measured.device_peak["peak_width"]))
+    peak = measured.device_peak["peak_tensor_bytes"]
+    assert abs(at_peak.peak_bytes - peak) <= 0.005 * peak, measured.device_peak["peak_at_op"]
 
 
 MIXED_CASES = [("full", 2, 64, False, "sdpa"), ("full", 4, 256, True, "sdpa"), ("lora", 2, 64, False, "sdpa"),

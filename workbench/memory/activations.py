@@ -67,13 +67,13 @@ def _head_cast(spec: ModelSpec, settings: TrainingSettings, needed: bool) -> int
     return settings.compute_bytes * spec.vocab_size * spec.hidden_size
 
 
-def _approximation(method: Method, settings: TrainingSettings, quant: str = "none") -> str:
+def _approximation(spec: ModelSpec, method: Method, knobs: dict, settings: TrainingSettings, quant: str = "none") -> str:
     """Why a known block's walk is not exact for this method and precision ("" when it is)."""
     if quant == "8bit" and settings.device == "cuda":
         return ("bitsandbytes' int8 matmul (MatMul8bitLt) keeps other tensors for backward on CUDA than on the CPU "
                 "it was measured on; not yet measured on a GPU")
-    if settings.autocast != "none" and not method.autocast_exact:
-        return f"{method.name}'s adapters under autocast have no measured walk yet"
+    if settings.autocast != "none":
+        return method.autocast_approximation(spec, knobs)
     return ""
 
 
@@ -143,7 +143,7 @@ def estimate_activations(spec: ModelSpec, method: Method, knobs: dict, settings:
     rope_bytes = len(rope_types) * 2 * s * spec.head_dim * r
     head_cast = _head_cast(spec, settings, rg or head_trained)
     gemma = is_gemma(spec)
-    why = _approximation(method, settings, quant)
+    why = _approximation(spec, method, knobs, settings, quant)
     final = 0
     if rg:  # Gemma's norm also keeps its fp32 (1 + w)
         final += (4 * spec.hidden_size + 4) * tokens + (4 * spec.hidden_size if gemma else 0)

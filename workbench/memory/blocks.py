@@ -158,12 +158,14 @@ def walk_block(i: int, rg: bool, spec: ModelSpec, method: Method, knobs: dict, s
         if base:
             out.save(cast_key, f"{short}: input{' cast by autocast' if in_bytes != e else ''} (e x {in_width})",
                      e * in_width)
-        if cast and (base or in_rg):
+        lin = adapted.get(name)
+        # OFT feeds the base layer a rotated input, which needs a gradient whatever x's
+        rotated = lin is not None and method.rotates_input
+        if cast and (base or in_rg or rotated):
             out.constant += e * weights[f"{name}.weight"]  # autocast's copy of the weight, kept for backward
         elif quant == "8bit" and in_rg:  # bitsandbytes MatMul8bitLt keeps A on ctx.tensors
             out.save(in_key, f"{short}: input kept by the int8 matmul (e x {in_width})", e * in_width)
             out.outside_autograd.add(in_key)
-        lin = adapted.get(name)
         if lin is not None:
             ctx = AdapterContext(input_key=in_key, input_bytes=in_bytes, input_requires_grad=in_rg,
                                  device=settings.device, autocast_bytes=e if settings.autocast != "none" else None)

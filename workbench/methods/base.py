@@ -145,6 +145,8 @@ class Method:
     supports_gradient_checkpointing: bool = True
     #: can train on a bitsandbytes 8-bit/4-bit base (peft has quantized layers for it)
     supports_quantization: bool = True
+    #: the adapter transforms the layer's input before the frozen weight (OFT's rotation)
+    rotates_input: bool = False
     #: how the token sequence grows: prompt tuning prepends virtual tokens to every example
     extra_tokens_knob: str | None = None
 
@@ -208,6 +210,11 @@ class Method:
         of a materialised delta weight); they matter while a checkpointed block is redone."""
         return 0
 
+    def autocast_approximation(self, spec: ModelSpec, knobs: dict[str, Any]) -> str:
+        """Why this method's activations under autocast are not walked exactly here ("" when
+        they are: ``autocast_exact``, measured in tests/test_precision.py)."""
+        return "" if self.autocast_exact else f"{self.name}'s adapters under autocast have no measured walk yet"
+
     def loss_saved(self, spec: ModelSpec, knobs: dict[str, Any], settings) -> tuple[int, str]:
         """Bytes a loss term of the method's own saves beside the model's loss (AdaLoRA's
         orthogonal regularizer), and the formula; (0, "") for most methods."""
@@ -234,6 +241,19 @@ class Method:
         import peft
 
         return peft.get_peft_model(model, self.peft_config(spec, knobs))
+
+
+def fp32_outputs_kept(method: Method, spec: ModelSpec, knobs: dict[str, Any]) -> str:
+    """For a method whose adapted layers return fp32 under autocast (VeRA, OFT: peft gives the
+    output the input's dtype): attention casts q/k/v back and the residual stream is fp32
+    anyway, so the walk holds there; where the next op keeps the output (the MLP's activation
+    and product, Qwen3's and Gemma 3's q/k norms) it is not walked. Returns why, or ""."""
+    keeps = {"gate_proj", "up_proj", "gate_up_proj"}
+    if any(p.name.endswith("self_attn.q_norm.weight") for p in spec.inventory.params):
+        keeps |= {"q_proj", "k_proj", "qkv_proj"}
+    hit = sorted({lin.short_name for lin in method.adapted_linears(spec, knobs)} & keeps)
+    return (f"{method.name}'s fp32 outputs on {', '.join(hit)} under autocast are kept by the next op; "
+            "not walked yet" if hit else "")
 
 
 def resolve_targets(spec: ModelSpec, targets: str) -> list[LinearInfo]:

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..specs import LinearInfo, ModelSpec
 from .base import (
-    TARGETS_HELP, AdapterContext, Knob, Method, Saved, TensorGroup, input_saved, peft_targets
+    TARGETS_HELP, AdapterContext, Knob, Method, Saved, TensorGroup, fp32_outputs_kept, input_saved, peft_targets,
 )
 
 
@@ -32,6 +32,8 @@ class OftMethod(Method):
     name = "oft"
     title = "OFT"
     summary = "Rotate each targeted weight with a learned block-diagonal orthogonal matrix."
+    autocast_exact = True  # for targets whose fp32 output nothing keeps (see autocast_approximation)
+    rotates_input = True
     knobs = (
         Knob("block_size", int, 32, "size of each orthogonal block (adjusted to divide the layer width)", 2, 4096),
         Knob("target_modules", str, "all-linear", TARGETS_HELP),
@@ -56,13 +58,28 @@ class OftMethod(Method):
 
     def adapter_saved(self, linear: LinearInfo, knobs: dict[str, Any], ctx: AdapterContext) -> list[Saved]:
         """peft ``oft.Linear.forward`` rotates the input, x·Rᵀ block by block, before the
-        frozen layer: the rotation saves x (fp32 cast when the model is not fp32)."""
+        frozen layer: the rotation saves x (fp32 cast when the model is not fp32); under
+        autocast the block matmul keeps its own cast of x in the autocast dtype."""
+        if ctx.autocast_bytes:
+            c = ctx.autocast_bytes
+            return [Saved(f"{linear.name}: input cast by autocast ({c} B x in)", c * linear.in_features,
+                          f"{linear.name}:a_in")]
         return input_saved(linear, ctx)
 
     def adapter_saved_constant(self, linear: LinearInfo, knobs: dict[str, Any], ctx: AdapterContext) -> int:
         """The Cayley transform R = (I + Q)(I - Q)⁻¹ keeps four (blocks x b x b) fp32
-        matrices (skew Q, I - Q, its inverse, R): 16·in·b bytes."""
-        return 16 * linear.in_features * block_size_for(linear.in_features, knobs["block_size"])
+        matrices (skew Q, I - Q, its inverse, R): 16·in·b bytes. Under autocast six of them are
+        in the autocast dtype, and the rotation keeps its cast of R when x needs a gradient:
+        (6 or 7)·c·in·b."""
+        blocks = linear.in_features * block_size_for(linear.in_features, knobs["block_size"])
+        if ctx.autocast_bytes:
+            return (7 if ctx.input_requires_grad else 6) * ctx.autocast_bytes * blocks
+        return 16 * blocks
+
+    def autocast_approximation(self, spec: ModelSpec, knobs: dict[str, Any]) -> str:
+        """peft's OFT returns its layer's output in the input's dtype, fp32 under autocast: see
+        :func:`.base.fp32_outputs_kept`."""
+        return fp32_outputs_kept(self, spec, knobs)
 
     def peft_config(self, spec: ModelSpec, knobs: dict[str, Any]):
         import peft

@@ -7,12 +7,13 @@ from typing import Any
 
 from ..specs import LinearInfo, ModelSpec
 from .base import (
-    TARGETS_HELP, AdapterContext, Knob, Method, Saved, TensorGroup, peft_targets,
+    TARGETS_HELP, AdapterContext, Knob, Method, Saved, TensorGroup, fp32_outputs_kept, peft_targets,
 )
 
 
 class VeraMethod(Method):
     name = "vera"
+    autocast_exact = True  # for targets whose fp32 output nothing keeps (see autocast_approximation)
     title = "VeRA"
     summary = "Shared frozen random projections, two trained vectors per layer: tiny adapters."
     knobs = (
@@ -41,16 +42,33 @@ class VeraMethod(Method):
     def adapter_saved(self, linear: LinearInfo, knobs: dict[str, Any], ctx: AdapterContext) -> list[Saved]:
         """peft ``vera.Linear.forward``: ``lambda_b * linear(lambda_d * linear(x, A), B)``;
         A and B are frozen, so x itself is never needed: only the r-wide product that lambda_d
-        scales and the out-wide product that lambda_b scales are kept (fp32)."""
+        scales and the out-wide product that lambda_b scales are kept (fp32; under autocast
+        both come out of a linear in the autocast dtype)."""
         a, out, r = ctx.adapter_bytes, linear.out_features, knobs["rank"]
+        c = ctx.autocast_bytes or a
         saved = [
-            Saved(f"{linear.name}: x·Aᵀ (fp32, r wide) for lambda_d", a * r, f"{linear.name}:xa"),
-            Saved(f"{linear.name}: λd·x·Aᵀ·Bᵀ (fp32, out wide) for lambda_b", a * out, f"{linear.name}:b_out"),
+            Saved(f"{linear.name}: x·Aᵀ ({c} B x r) for lambda_d", c * r, f"{linear.name}:xa"),
+            Saved(f"{linear.name}: λd·x·Aᵀ·Bᵀ ({c} B x out) for lambda_b", c * out, f"{linear.name}:b_out"),
         ]
         if knobs["dropout"] > 0 and ctx.input_requires_grad:
             mask = 1 if ctx.device == "cuda" else a
             saved.append(Saved(f"{linear.name}: dropout mask", mask * linear.in_features, f"{linear.name}:mask"))
         return saved
+
+    def adapter_saved_constant(self, linear: LinearInfo, knobs: dict[str, Any], ctx: AdapterContext) -> int:
+        """Under autocast the two linears keep their own casts of the frozen projections (A and
+        B are buffers, not leaves that require grad, so nothing is cached): B's slice (r x out)
+        for lambda_d's gradient and, when x needs a gradient, A's (r x in). In fp32 they are
+        views of the shared buffers."""
+        if not ctx.autocast_bytes:
+            return 0
+        r = knobs["rank"]
+        return ctx.autocast_bytes * r * (linear.out_features + (linear.in_features if ctx.input_requires_grad else 0))
+
+    def autocast_approximation(self, spec: ModelSpec, knobs: dict[str, Any]) -> str:
+        """peft's VeRA returns its layer's output in the input's dtype, fp32 under autocast (the
+        fp32 lambda_b promotes it): see :func:`.base.fp32_outputs_kept`."""
+        return fp32_outputs_kept(self, spec, knobs)
 
     def peft_config(self, spec: ModelSpec, knobs: dict[str, Any]):
         import peft
