@@ -186,7 +186,12 @@ def families_matrix() -> list[dict]:
             _cfg("gemma-3-1b-2blk", "lora", **mix, seq_len=128, gradient_checkpointing=True),
             _cfg("gemma-3-1b-2blk", "full", **mix, batch_size=1, seq_len=128), _cfg("gemma-3-1b-2blk", "prefix", **mix),
             _cfg("phi-3-mini-2blk", "lora", **mix, seq_len=128),
-            _cfg("phi-3-mini-2blk", "full", dtype="bfloat16", batch_size=1, seq_len=128)]
+            _cfg("phi-3-mini-2blk", "full", dtype="bfloat16", batch_size=1, seq_len=128),
+            # fp32 adapter outputs through q/k norms and one kv head; a materialised delta's backward
+            _cfg("qwen3-0.6b-2blk", "lokr", **mix), _cfg("gemma-2-2b-2blk", "vera", **mix, batch_size=1, seq_len=128),
+            _cfg("phi-3-mini-2blk", "lokr", {"target_modules": "gate_up_proj,o_proj"}),
+            _cfg("phi-3-mini-2blk", "lokr", {"target_modules": "gate_up_proj,down_proj"}, dtype="bfloat16",
+                 batch_size=1, seq_len=128)]
 
 
 def precision_matrix() -> list[dict]:
@@ -200,6 +205,7 @@ def precision_matrix() -> list[dict]:
             _cfg("tiny", "bitfit", **mix, grad_accum=2), _cfg("tiny", "freeze", **mix, gradient_checkpointing=True),
             _cfg("tiny", "ia3", **mix), _cfg("tiny", "dora", **mix), _cfg("tiny", "adalora", **mix),
             _cfg("tiny", "vera", **mix), _cfg("tiny", "oft", {"target_modules": "q_proj,k_proj,v_proj,o_proj,down_proj"}, **mix),
+            _cfg("tiny", "oft", **mix), _cfg("tiny", "loha", **mix), _cfg("tiny", "lokr", **mix),
             _cfg("smollm2-135m-4L", "full", **s), _cfg("smollm2-135m-4L", "lora", **{**s, "seq_len": 256},
                                                        gradient_checkpointing=True),
             # Qwen2's 151,936-token vocabulary makes its bf16 steps slow on a CPU without bf16 kernels (a
@@ -207,7 +213,9 @@ def precision_matrix() -> list[dict]:
             _cfg("qwen2.5-0.5b-2L", "lora", **{**s, "batch_size": 1, "seq_len": 64}, grad_accum=2),
             # DoRA, AdaLoRA and VeRA walked under autocast (2026-12-03): held out on SmolLM2's widths
             _cfg("smollm2-135m-4L", "dora", **s), _cfg("smollm2-135m-4L", "adalora", **s, grad_accum=2),
-            _cfg("smollm2-135m-4L", "vera", **s)]
+            _cfg("smollm2-135m-4L", "vera", **s),
+            # LoHa, LoKr, OFT (and VeRA) return fp32 under autocast, kept by the MLP: held out likewise
+            _cfg("smollm2-135m-4L", "loha", **s), _cfg("smollm2-135m-4L", "oft", **s)]
 
 
 def cuda_matrix() -> list[dict]:
@@ -287,6 +295,11 @@ HELD_OUT = (
     "smollm2-135m-4L dora b2x128 float32+autocast-bfloat16 adamw",
     "smollm2-135m-4L adalora b2x128 float32+autocast-bfloat16 adamw ga2",
     "smollm2-135m-4L vera b2x128 float32+autocast-bfloat16 adamw",
+    "smollm2-135m-4L loha b2x128 float32+autocast-bfloat16 adamw",
+    "smollm2-135m-4L oft b2x128 float32+autocast-bfloat16 adamw",
+    "qwen3-0.6b-2blk lokr b2x64 float32+autocast-bfloat16 adamw",
+    "gemma-2-2b-2blk vera b1x128 float32+autocast-bfloat16 adamw",
+    "phi-3-mini-2blk lokr b1x128 bfloat16 adamw targets=gate_up_proj,down_proj",
     # the families block, chosen 2026-12-03 before these configurations were first measured
     "qwen3-0.6b-2blk full b2x128 float32+autocast-bfloat16 adamw",
     "gemma-2-2b-2blk lora b2x128 float32+autocast-bfloat16 adamw",

@@ -124,9 +124,10 @@ def test_cli_plan_says_the_model_state_per_parameter(capsys):
 def test_cli_plan_says_when_activations_are_approximate_and_which_attention_runs(capsys):
     from workbench.cli import main
 
-    assert main(["plan", "--model", "tiny", "--method", "dora", "--precision", "bf16-mixed", "--device", "cpu"]) == 0
+    assert main(["plan", "--model", "microsoft/Phi-3-mini-4k-instruct", "--method", "loha", "--precision", "bf16-mixed",
+                 "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert "! activations approximate: dora's adapters under autocast have no measured walk yet" in out
+    assert "! activations approximate: loha's fp32 outputs on qkv_proj under autocast are not walked yet" in out
     assert "attention: CPU flash" in out
     assert main(["plan", "--model", "google/gemma-2-2b", "--method", "prefix", "--precision", "bf16-mixed",
                  "--device", "cpu"]) == 0
@@ -147,30 +148,35 @@ def test_the_trainer_gets_the_precision_flags(tmp_path):
 def test_methods_not_measured_under_autocast_say_so():
     spec = load_model_spec("tiny")
     mixed = TrainingSettings(dtype="float32", autocast="bfloat16", device="cpu", batch_size=2, seq_len=64)
-    for name in ("full", "freeze", "bitfit", "lora", "rslora", "dora", "adalora", "vera", "ia3", "prefix", "prompt"):
+    trainable_in_fp32 = [n for n, m in METHODS.items() if not m.quantization]  # 4/8-bit bases refuse mixed
+    for name in trainable_in_fp32:
         assert plan(spec, METHODS[name], {}, mixed).activations_note == "", name
         assert plan(spec, METHODS[name], {}, replace(mixed, attention="eager")).activations_note == "", name
-    for name in ("loha", "lokr"):
-        p = plan(spec, METHODS[name], {}, mixed)
-        assert "under autocast ha" in p.activations_note and "no measured walk yet" in p.activations_note and not p.as_dict()["activations_exact"]
-    # VeRA and OFT return fp32 under autocast: exact where nothing keeps it, flagged where the MLP does
-    for name, knobs in (("oft", {}), ("vera", {"target_modules": "q_proj,gate_proj"})):
-        p = plan(spec, METHODS[name], knobs, mixed)
-        assert p.activations_note.startswith(f"{name}'s fp32 outputs on gate_proj") and not p.as_dict()["activations_exact"]
-    assert plan(spec, METHODS["oft"], {"target_modules": "q_proj,v_proj,o_proj,down_proj"}, mixed).activations_note == ""
-    assert plan(spec, METHODS["loha"], {}, replace(mixed, autocast="none")).activations_note == ""
+    # VeRA, OFT, LoHa and LoKr return fp32 under autocast: walked through the MLP and the q/k norms,
+    # not through Phi-3's fused qkv_proj
+    phi3 = load_model_spec("microsoft/Phi-3-mini-4k-instruct")
+    for name in ("vera", "oft", "loha", "lokr"):
+        p = plan(phi3, METHODS[name], {"target_modules": "qkv_proj,o_proj"}, mixed)
+        assert p.activations_note.startswith(f"{name}'s fp32 outputs on qkv_proj under autocast are not walked"), name
+        assert not p.as_dict()["activations_exact"]
+        assert plan(phi3, METHODS[name], {"target_modules": "gate_up_proj,o_proj"}, mixed).activations_note == ""
+        assert plan(phi3, METHODS[name], {"target_modules": "qkv_proj"}, replace(mixed, autocast="none")).activations_note == ""
     from workbench.ui.plan_tab import plan_view
 
-    summary = plan_view("tiny", "loha", "bf16-mixed", "auto", 2, 64, 1, False, "adamw", "cpu")[0]
-    assert "Activations approximate**: loha's adapters under autocast" in summary
+    summary = plan_view("microsoft/Phi-3-mini-4k-instruct", "oft", "bf16-mixed", "auto", 2, 64, 1, False, "adamw",
+                        "cpu")[0]
+    assert "Activations approximate**: oft's fp32 outputs on qkv_proj under autocast" in summary
     assert "Activations approximate" not in plan_view("tiny", "lora", "bf16-mixed", "auto", 2, 64, 1, False,
                                                       "adamw", "cpu")[0]
 
 
 #: adapters whose own tensors change under autocast (their products and the casts of their weights in
-#: the autocast dtype, fp32 outputs, AdaLoRA's regularizer), at their defaults and with other knobs
+#: the autocast dtype, AdaLoRA's regularizer, VeRA's/OFT's/LoHa's/LoKr's fp32 outputs kept by the MLP),
+#: at their defaults and with other knobs
 ADAPTER_CASES = [("dora", {}), ("dora", {"dropout": 0.0}), ("adalora", {}), ("adalora", {"dropout": 0.1}),
-                 ("vera", {}), ("vera", {"dropout": 0.1}), ("oft", {"target_modules": "q_proj,k_proj,v_proj,o_proj,down_proj"})]
+                 ("vera", {}), ("vera", {"dropout": 0.1}), ("vera", {"target_modules": "gate_proj", "rank": 64}),
+                 ("oft", {}), ("oft", {"target_modules": "up_proj,down_proj"}), ("loha", {}),
+                 ("loha", {"target_modules": "q_proj,k_proj,v_proj,o_proj,down_proj"}), ("lokr", {})]
 
 
 @pytest.mark.parametrize("name, knobs", ADAPTER_CASES, ids=[f"{n}-{'-'.join(map(str, k.values())) or 'defaults'}"

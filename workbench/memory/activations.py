@@ -57,6 +57,9 @@ class ActivationEstimate:
     head_cast_bytes: int = 0  # autocast's copy of the output head's weight, kept for backward
     #: why the activations are approximate ("" when architecture, method and precision follow a measured walk)
     approximate_because: str = ""
+    #: without checkpointing: the largest adapter backward's temporaries (a materialised delta's
+    #: gradients: LoKr, LoHa) beside the residual stream's gradient, while a block is back-propagated
+    block_backward_bytes: int = 0
 
 
 def _head_cast(spec: ModelSpec, settings: TrainingSettings, needed: bool) -> int:
@@ -125,7 +128,8 @@ def estimate_activations(spec: ModelSpec, method: Method, knobs: dict, settings:
     prefix = method.extra_kv_positions(knobs)
     embed = next(p.name for p in inv.params if "embed" in p.name)
     rg = embed in trained or method.extra_tokens(knobs) > 0
-    per_layer, rope_types, transient, kept, live_in_mlp, forward_tmp = [], set(), 0, 0, [], 0
+    per_layer, rope_types, transient, kept, live_in_mlp, forward_tmp, adapter_bwd = [], set(), 0, 0, [], 0, 0
+    before = 0  # saved by the blocks before this one
     ids_bytes = 8 * tokens if embed in trained else 0
     for i in range(spec.num_layers):
         kernel = attention_kernel(spec, settings, layer_masked(spec, settings, i, prefix))
@@ -134,6 +138,10 @@ def estimate_activations(spec: ModelSpec, method: Method, knobs: dict, settings:
         per_layer.append(layer.bytes(tokens))
         live_in_mlp.append(per_layer[-1] - layer.bytes_of(layer.after_mlp, tokens))
         transient = max(transient, layer.transient, layer.backward_transient)
+        # an adapter's backward runs once the later blocks, and what this block saved after it, are freed
+        for bwd, per_token, constant in layer.backward_at:
+            adapter_bwd = max(adapter_bwd, before + int(per_token * tokens) + constant + bwd)
+        before += per_layer[-1]
         forward_tmp = max(forward_tmp, layer.forward_transient_per_token)
         kept += layer.bytes_of(layer.outside_autograd, tokens)
         if layer_rope:
@@ -182,4 +190,6 @@ def estimate_activations(spec: ModelSpec, method: Method, knobs: dict, settings:
     if e != r:
         formula += (f"; autocast to {settings.compute_dtype}: each linear keeps its own {e}-byte copy of its input "
                     f"and of its weight")
-    return ActivationEstimate(saved, 0, tuple(per_layer), head_trained, formula, True, head_cast, why)
+    # beside the residual stream's gradient; counted on top of the activations as the other phases are
+    block_bwd = max(0, adapter_bwd + tokens * spec.hidden_size * r - sum(per_layer)) if adapter_bwd else 0
+    return ActivationEstimate(saved, 0, tuple(per_layer), head_trained, formula, True, head_cast, why, block_bwd)

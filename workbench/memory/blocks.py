@@ -65,6 +65,9 @@ class LayerSaved:
     outside_autograd: set[str] = field(default_factory=set)  # kept on ctx, survives checkpointing
     #: saved after the MLP (Gemma's post-feed-forward norm): back-propagated, and freed, before it
     after_mlp: set[str] = field(default_factory=set)
+    #: per adapter with a backward of its own: (its temporaries, per-token bytes and constant bytes the
+    #: block had saved up to it): what is still alive when backward reaches it
+    backward_at: list[tuple[int, float, int]] = field(default_factory=list)
 
     def save(self, key: str, name: str, bytes_per_token: float) -> None:
         self.per_token.setdefault(key, (name, bytes_per_token))
@@ -131,6 +134,9 @@ def walk_block(i: int, rg: bool, spec: ModelSpec, method: Method, knobs: dict, s
     q_width = nh * spec.head_dim
     p = f"{spec.inventory.block_prefix}.{i}"
     out = LayerSaved()
+    # each linear's output element size: e, but under autocast a method whose layers return the
+    # input's dtype (VeRA, OFT, LoHa, LoKr: fp32 from an fp32 input) changes what the MLP keeps
+    out_bytes: dict[str, int] = {}
 
     def norm(key: str, label: str, x_rg: bool, width: int, rows: int = 1, x_bytes: int = r) -> bool:
         """An RMSNorm over ``width`` features (``rows`` norms per token: heads for q/k norms) of
@@ -159,6 +165,7 @@ def walk_block(i: int, rg: bool, spec: ModelSpec, method: Method, knobs: dict, s
             out.save(cast_key, f"{short}: input{' cast by autocast' if in_bytes != e else ''} (e x {in_width})",
                      e * in_width)
         lin = adapted.get(name)
+        out_bytes[short] = in_bytes if lin is not None and cast and method.output_in_input_dtype else e
         # OFT feeds the base layer a rotated input, which needs a gradient whatever x's
         rotated = lin is not None and method.rotates_input
         if cast and (base or in_rg or rotated):
@@ -173,7 +180,10 @@ def walk_block(i: int, rg: bool, spec: ModelSpec, method: Method, knobs: dict, s
                 out.save(s.key, s.name, s.bytes_per_token)
             out.constant += method.adapter_saved_constant(lin, knobs, ctx)
             out.transient = max(out.transient, method.adapter_transient_constant(lin, knobs, ctx))
-            out.backward_transient = max(out.backward_transient, method.adapter_backward_transient(lin, knobs, ctx))
+            bwd = method.adapter_backward_transient(lin, knobs, ctx)
+            out.backward_transient = max(out.backward_transient, bwd)
+            if bwd:
+                out.backward_at.append((bwd, sum(b for _, b in out.per_token.values()), out.constant))
             unsaved_input = in_bytes * in_width if in_key not in out.per_token else 0
             out.forward_transient_per_token = max(out.forward_transient_per_token, unsaved_input + e * lin.out_features
                                                   + method.adapter_transient_per_token(lin, knobs, ctx))
@@ -188,12 +198,13 @@ def walk_block(i: int, rg: bool, spec: ModelSpec, method: Method, knobs: dict, s
         k_rg = linear("k_proj", f"{p}.y1", h, y1_rg, r)
         v_rg = linear("v_proj", f"{p}.y1", h, y1_rg, r)
     if f"{p}.self_attn.q_norm.weight" in weights:  # Qwen3, Gemma 3: a norm over each head's q and k
-        q_rg = norm(f"{p}.self_attn.q_norm", "q_norm", q_rg, q_width, nh, e)
-        k_rg = norm(f"{p}.self_attn.k_norm", "k_norm", k_rg, kv, spec.num_kv_heads, e)
+        q_rg = norm(f"{p}.self_attn.q_norm", "q_norm", q_rg, q_width, nh, out_bytes["q_proj"])
+        k_rg = norm(f"{p}.self_attn.k_norm", "k_norm", k_rg, kv, spec.num_kv_heads, out_bytes["k_proj"])
     prefix = method.extra_kv_positions(knobs)
     attn_rg = q_rg or k_rg or v_rg or prefix > 0  # trained prefix keys/values enter here
     if attn_rg:
-        _attention(out, p, spec, settings, kernel, fused, layer_masked(spec, settings, i, prefix), prefix)
+        _attention(out, p, spec, settings, kernel, fused, layer_masked(spec, settings, i, prefix), prefix,
+                   v_storage=out_bytes.get("v_proj", e) != e)
     # Phi-3's rotary ends in a cat, so q is laid out (b, heads, s, d) and sdpa's output too: the
     # transpose back for o_proj is a copy, a tensor of its own (Llama's is a view of the output)
     o_rg = linear("o_proj", f"{p}.o_proj_input" if fused else f"{p}.attn_out", q_width, attn_rg, e)
@@ -206,19 +217,22 @@ def walk_block(i: int, rg: bool, spec: ModelSpec, method: Method, knobs: dict, s
         y2_rg = norm(f"{p}.post_attention_layernorm", "post_attention_layernorm", mid_rg, h)
     if fused:  # gate and up are the two halves (views) of gate_up_proj's output
         gate_rg = up_rg = linear("gate_up_proj", f"{p}.y2", h, y2_rg, r)
+        g = u = out_bytes["gate_up_proj"]
         if gate_rg:
-            out.save(f"{p}.gate_up", "SiLU input and product: gate_up output (e x 2i)", e * 2 * inter)
-            out.save(f"{p}.act", "product: SiLU output (e x i)", e * inter)
+            out.save(f"{p}.gate_up", f"SiLU input and product: gate_up output ({g} B x 2i)", g * 2 * inter)
+            out.save(f"{p}.act", f"product: SiLU output ({g} B x i)", g * inter)
     else:
         act = "GELU" if gemma else "SiLU"
         gate_rg = linear("gate_proj", f"{p}.y2", h, y2_rg, r)
         up_rg = linear("up_proj", f"{p}.y2", h, y2_rg, r)
+        g, u = out_bytes["gate_proj"], out_bytes["up_proj"]
         if gate_rg:
-            out.save(f"{p}.gate", f"{act} input: gate output (e x i)", e * inter)
-            out.save(f"{p}.up", "product: up output (e x i)", e * inter)
+            out.save(f"{p}.gate", f"{act} input: gate output ({g} B x i)", g * inter)
+            out.save(f"{p}.up", f"product: up output ({u} B x i)", u * inter)
         if up_rg:
-            out.save(f"{p}.act", f"product: {act} output (e x i)", e * inter)
-    down_rg = linear("down_proj", f"{p}.prod", inter, gate_rg or up_rg, e)
+            out.save(f"{p}.act", f"product: {act} output ({g} B x i)", g * inter)
+    # the product is in the wider of its factors' dtypes
+    down_rg = linear("down_proj", f"{p}.prod", inter, gate_rg or up_rg, max(g, u))
     if gemma:
         before = set(out.per_token)
         down_rg = norm(f"{p}.post_feedforward_layernorm", "post_feedforward_layernorm", down_rg, h)
@@ -227,8 +241,10 @@ def walk_block(i: int, rg: bool, spec: ModelSpec, method: Method, knobs: dict, s
 
 
 def _attention(out: LayerSaved, p: str, spec: ModelSpec, settings: TrainingSettings, kernel: str, fused: bool,
-               masked: bool, prefix: int) -> None:
-    """What the attention saves when its inputs require grad (``kernel``: :mod:`.attention`)."""
+               masked: bool, prefix: int, v_storage: bool = False) -> None:
+    """What the attention saves when its inputs require grad (``kernel``: :mod:`.attention`).
+    ``v_storage``: v comes out of its layer in the storage dtype (an adapter's fp32 output
+    under autocast), so sdpa casts it as it does k."""
     e = settings.compute_bytes
     kv, nh = spec.num_kv_heads * spec.head_dim, spec.num_heads
     q_width = nh * spec.head_dim
@@ -277,9 +293,9 @@ def _attention(out: LayerSaved, p: str, spec: ModelSpec, settings: TrainingSetti
         width = (q_width if gqa else kv) * (seq + prefix) / seq
         # one kv head: repeat_kv's view of k is rotated in the storage dtype under autocast, and
         # sdpa's cast of that expanded view is a full per-head copy; v, a linear's output, is not
-        # cast -- unless a prefix's fp32 values were concatenated to it
+        # cast -- unless a prefix's fp32 values were concatenated to it, or an adapter returned it in fp32
         k_width = q_width * (seq + prefix) / seq if nh > 1 and not gqa and e != settings.element_bytes else width
-        v_width = k_width if prefix else width
+        v_width = k_width if prefix or v_storage else width
         out.save(f"{p}.q", "sdpa: rotated q (e x heads x d)", e * q_width)
         out.save(f"{p}.k", "sdpa with a mask: " + ("prefix + " if prefix else "") + "k repeated per head"
                  + (" (autocast's copy of the one kv head's view)" if k_width != width else ""), e * k_width)

@@ -315,7 +315,10 @@ def plan(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, settings
     # gradients are gone.
     # The method's own loss term is back-propagated before the model's: its saved tensors are
     # freed by then, its gradients made.
-    backward = activations.bytes + max(logits.bytes - reg - logits_tensor + loss_bwd.bytes, recompute) + comm_backward
+    # Without checkpointing a materialised delta's backward (LoKr, LoHa) can outgrow the loss's.
+    block_bwd = acts.block_backward_bytes
+    backward = (activations.bytes + max(logits.bytes - reg - logits_tensor + loss_bwd.bytes, recompute, block_bwd)
+                + comm_backward)
     if settings.grad_accum > 1:
         backward += grads.bytes
     elif early:
@@ -352,7 +355,10 @@ def plan(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, settings
     if phase == "backward":
         parts.append(activations)
         kept = logits.bytes - reg - logits_tensor + loss_bwd.bytes
-        if recompute > kept:
+        if block_bwd > max(kept, recompute):
+            parts.append(Term("temporaries", block_bwd, "an adapter's backward: the gradients of its materialised "
+                                                        "delta weight, beside the residual stream's gradient"))
+        elif recompute > kept:
             parts.append(Term("temporaries", recompute, "one checkpointed block recomputed (with the gradients after it)"))
         else:
             parts.append(Term("logits", kept, "what the loss saved, and the loss backward's fp32 temporaries "

@@ -145,6 +145,8 @@ class Method:
     supports_gradient_checkpointing: bool = True
     #: can train on a bitsandbytes 8-bit/4-bit base (peft has quantized layers for it)
     supports_quantization: bool = True
+    #: under autocast the adapted layer returns its input's dtype (fp32), not the autocast dtype
+    output_in_input_dtype: bool = False
     #: the adapter transforms the layer's input before the frozen weight (OFT's rotation)
     rotates_input: bool = False
     #: how the token sequence grows: prompt tuning prepends virtual tokens to every example
@@ -244,16 +246,15 @@ class Method:
 
 
 def fp32_outputs_kept(method: Method, spec: ModelSpec, knobs: dict[str, Any]) -> str:
-    """For a method whose adapted layers return fp32 under autocast (VeRA, OFT: peft gives the
-    output the input's dtype): attention casts q/k/v back and the residual stream is fp32
-    anyway, so the walk holds there; where the next op keeps the output (the MLP's activation
-    and product, Qwen3's and Gemma 3's q/k norms) it is not walked. Returns why, or ""."""
-    keeps = {"gate_proj", "up_proj", "gate_up_proj"}
-    if any(p.name.endswith("self_attn.q_norm.weight") for p in spec.inventory.params):
-        keeps |= {"q_proj", "k_proj", "qkv_proj"}
+    """For a method whose adapted layers return fp32 under autocast (VeRA, OFT, LoHa, LoKr:
+    peft gives the output the input's dtype, ``output_in_input_dtype``): attention casts q/k/v
+    back, the residual stream is fp32 anyway, and the walk keeps the MLP's fp32 activation and
+    product and the q/k norms' fp32 inputs (``out_bytes`` in :func:`..memory.blocks.walk_block`);
+    Phi-3's fused qkv_proj in fp32 is not walked. Returns why, or ""."""
+    keeps = {"qkv_proj"}  # Phi-3's fused q/k/v in fp32: sdpa's casts of its slices are not walked
     hit = sorted({lin.short_name for lin in method.adapted_linears(spec, knobs)} & keeps)
-    return (f"{method.name}'s fp32 outputs on {', '.join(hit)} under autocast are kept by the next op; "
-            "not walked yet" if hit else "")
+    return (f"{method.name}'s fp32 outputs on {', '.join(hit)} under autocast are not walked yet (sdpa's casts of "
+            "the fused q/k/v slices)" if hit else "")
 
 
 def resolve_targets(spec: ModelSpec, targets: str) -> list[LinearInfo]:

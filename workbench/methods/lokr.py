@@ -6,7 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..specs import LinearInfo, ModelSpec
-from .base import TARGETS_HELP, AdapterContext, Knob, Method, Saved, TensorGroup, peft_targets
+from .base import (
+    TARGETS_HELP, AdapterContext, Knob, Method, Saved, TensorGroup, fp32_outputs_kept, peft_targets,
+)
 
 
 def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
@@ -18,6 +20,7 @@ def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
 
 class LokrMethod(Method):
     name = "lokr"
+    output_in_input_dtype = True  # peft returns the input's dtype: fp32 under autocast
     title = "LoKr"
     supports_quantization = False  # peft has no bitsandbytes LoKr layer
     summary = "Kronecker product of two small factors: very few parameters for a full-rank update."
@@ -50,19 +53,41 @@ class LokrMethod(Method):
 
     def adapter_saved(self, linear: LinearInfo, knobs: dict[str, Any], ctx: AdapterContext) -> list[Saved]:
         """``F.linear(x, ΔW)`` with the materialised Kronecker delta saves x (fp32 cast when
-        the model is not fp32)."""
+        the model is not fp32; under autocast, its own cast to the autocast dtype)."""
         a = ctx.adapter_bytes
+        if ctx.autocast_bytes:  # peft casts x to the factors' fp32 first: a copy of its own every time
+            c = ctx.autocast_bytes
+            return [Saved(f"{linear.name}: input cast by autocast ({c} B x in)", c * linear.in_features,
+                          f"{linear.name}:a_in")]
         if ctx.input_bytes != a:
             return [Saved(f"{linear.name}: input cast to fp32", a * linear.in_features, f"{linear.name}:cast")]
         return [Saved(f"{linear.name}: input", a * linear.in_features, ctx.input_key)]
 
     def adapter_saved_constant(self, linear: LinearInfo, knobs: dict[str, Any], ctx: AdapterContext) -> int:
-        """ΔW = W1 ⊗ W2 (out x in, fp32) is saved by the matmul each forward."""
-        return 4 * linear.in_features * linear.out_features
+        """ΔW = W1 ⊗ W2 (out x in, fp32) is saved by the matmul when x needs a gradient; the
+        Kronecker product keeps W2 (k x n) for W1's gradient: the product W2a·W2b where W2 is
+        low-rank (a parameter otherwise). Under autocast these are in the autocast dtype, and
+        the W2a·W2b matmul keeps its casts of both factors."""
+        c = ctx.autocast_bytes or 4
+        delta = c * linear.in_features * linear.out_features if ctx.input_requires_grad else 0
+        shapes = dict(self._factors(linear, knobs))
+        if "lokr_w2_a" not in shapes:
+            return delta
+        (k, r), (_, n) = shapes["lokr_w2_a"], shapes["lokr_w2_b"]
+        return delta + c * k * n + (c * r * (k + n) if ctx.autocast_bytes else 0)
 
     def adapter_backward_transient(self, linear: LinearInfo, knobs: dict[str, Any], ctx: AdapterContext) -> int:
-        """The out x in gradient of ΔW and its reshaped copy for the Kronecker backward (fp32)."""
-        return 2 * 4 * linear.in_features * linear.out_features
+        """The out x in gradient of ΔW, its scaled copy and the Kronecker backward's product
+        with the other factor (fp32, measured at aten.sum on one peft layer: 3.0 x 4·in·out),
+        less the saved ΔW that the matmul's backward has just released."""
+        n_in, out = linear.in_features, linear.out_features
+        saved = (ctx.autocast_bytes or 4) * n_in * out if ctx.input_requires_grad else 0
+        return 3 * 4 * n_in * out - saved
+
+    def autocast_approximation(self, spec: ModelSpec, knobs: dict[str, Any]) -> str:
+        """peft's LoKr returns its layer's output in the input's dtype, fp32 under autocast: see
+        :func:`.base.fp32_outputs_kept`."""
+        return fp32_outputs_kept(self, spec, knobs)
 
     def peft_config(self, spec: ModelSpec, knobs: dict[str, Any]):
         import peft

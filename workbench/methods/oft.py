@@ -30,6 +30,7 @@ def block_size_for(in_features: int, wanted: int) -> int:
 
 class OftMethod(Method):
     name = "oft"
+    output_in_input_dtype = True  # peft returns the input's dtype: fp32 under autocast
     title = "OFT"
     summary = "Rotate each targeted weight with a learned block-diagonal orthogonal matrix."
     autocast_exact = True  # for targets whose fp32 output nothing keeps (see autocast_approximation)

@@ -25,8 +25,8 @@ def approximate_activations(plan: dict) -> str:
         return ""
     if not plan["activations_exact_architecture"]:
         return APPROXIMATE_ACTIVATIONS
-    return (f"⚠ **Activations approximate**: {plan['activations_note']} (the adapters' rules without autocast are "
-            "used); weights, gradients, optimizer and logits are exact.  \n")
+    return (f"⚠ **Activations approximate**: {plan['activations_note']}; weights, gradients, optimizer and logits "
+            "are exact.  \n")
 
 
 def settings_from(dtype: str, quant: str, batch_size: float, seq_len: float, grad_accum: float,
