@@ -380,3 +380,8 @@ def test_fp32_outputs_and_delta_backward_in_the_families(request, family, tag, n
     assert planned.component("activations") == measured.components["activations"]
     peak = measured.device_peak["peak_tensor_bytes"]
     assert abs(planned.peak_bytes - peak) <= tolerance * peak, measured.device_peak["peak_at_op"]
+    if family == "phi3":  # the plan says what sets the peak, and the composition at the peak reaches it
+        d = planned.as_dict()
+        backward = next(t["formula"] for t in d["peak_terms"] if t["name"] == "backward")
+        assert "an adapter's backward" in backward and "outgrows the loss's" in backward
+        assert sum(t["bytes"] for t in d["peak_parts"]) == planned.peak_bytes

@@ -337,7 +337,10 @@ def plan(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, settings
              + (f" + gathered parameters/gradients in flight ({comm_backward:,} B)" if comm_backward else "")
              + (" + accumulated gradients" if settings.grad_accum > 1 else "")
              + (f" + the gradients {method.name}'s own loss term made first ({early:,} B; its saved tensors "
-                f"freed, {reg:,} B)" if early and settings.grad_accum == 1 else "")),
+                f"freed, {reg:,} B)" if early and settings.grad_accum == 1 else "")
+             + (f"; here an adapter's backward ({block_bwd:,} B: its materialised delta's gradients, with the later "
+                "blocks' saved tensors freed) outgrows the loss's" if block_bwd > max(
+                    logits.bytes - reg - logits_tensor + loss_bwd.bytes, recompute) else "")),
         Term("recompute", recompute, "one block's activations, recomputed under checkpointing"
              + (" (+ this GPU's share of the later blocks' gradients)" if distributed and recompute else "")),
         loss_bwd,
