@@ -6,7 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from ..specs import LinearInfo, ModelSpec
-from .base import TARGETS_HELP, AdapterContext, Knob, Method, Saved, TensorGroup, peft_targets
+from .base import (
+    TARGETS_HELP, AdapterContext, Knob, Method, Saved, TensorGroup, autocast_input_saved, dropout_mask_saved,
+    dropout_saved, input_saved, peft_targets,
+)
 
 
 class AdaLoraMethod(Method):
@@ -44,24 +47,14 @@ class AdaLoraMethod(Method):
         """peft ``adalora.SVDLinear.forward``: ``dropout(x) @ (A*E).T @ B.T``; the matmuls save
         their inputs: x (cast to fp32 when the model is not fp32) and the r-wide product. Under
         autocast the matmuls run in the autocast dtype and keep their own casts of both."""
-        a, r = ctx.adapter_bytes, knobs["init_rank"]
-        n_in = linear.in_features
-        mask = 1 if ctx.device == "cuda" else a
+        r, dropout = knobs["init_rank"], knobs["dropout"] > 0
         if ctx.autocast_bytes:
             c = ctx.autocast_bytes
-            first = [Saved(f"{linear.name}: dropout mask ({mask} B x in)", mask * n_in, f"{linear.name}:mask")] \
-                if knobs["dropout"] > 0 and ctx.input_requires_grad else []
-            return first + [Saved(f"{linear.name}: input cast by autocast ({c} B x in)", c * n_in, f"{linear.name}:a_in"),
-                            Saved(f"{linear.name}: x·(A*E)ᵀ (r wide, {c} B)", c * r, f"{linear.name}:a_out")]
-        if knobs["dropout"] > 0:
-            first = [Saved(f"{linear.name}: dropped-out input", a * n_in, f"{linear.name}:drop")]
-            if ctx.input_requires_grad:
-                first.append(Saved(f"{linear.name}: dropout mask ({mask} B x in)", mask * n_in, f"{linear.name}:mask"))
-        elif ctx.input_bytes != a:
-            first = [Saved(f"{linear.name}: input cast to fp32", a * n_in, f"{linear.name}:cast")]
+            first = (dropout_mask_saved(linear, ctx) if dropout else []) + autocast_input_saved(linear, ctx)
         else:
-            first = [Saved(f"{linear.name}: input", a * n_in, ctx.input_key)]
-        return first + [Saved(f"{linear.name}: x·(A*E)ᵀ (r wide)", a * r, f"{linear.name}:a_out")]
+            c = ctx.adapter_bytes
+            first = dropout_saved(linear, ctx) if dropout else input_saved(linear, ctx)
+        return first + [Saved(f"{linear.name}: x·(A*E)ᵀ (r wide, {c} B)", c * r, f"{linear.name}:a_out")]
 
     def adapter_saved_constant(self, linear: LinearInfo, knobs: dict[str, Any], ctx: AdapterContext) -> int:
         """The ranknum scalar (+ 1e-5), and -- when x needs a gradient -- the fp32 product

@@ -115,11 +115,30 @@ def dropout_saved(linear: LinearInfo, ctx: AdapterContext) -> list[Saved]:
     input requires grad -- a bool tensor from CUDA's fused ``native_dropout``, an input-typed
     one from the CPU kernel -- and the adapter's first matmul keeps the dropped-out copy."""
     a, n_in = ctx.adapter_bytes, linear.in_features
-    saved = [Saved(f"{linear.name}: dropped-out input ({a} B x in)", a * n_in, f"{linear.name}:drop")]
-    if ctx.input_requires_grad:
-        mask = 1 if ctx.device == "cuda" else a
-        saved.append(Saved(f"{linear.name}: dropout mask ({mask} B x in)", mask * n_in, f"{linear.name}:mask"))
-    return saved
+    return [Saved(f"{linear.name}: dropped-out input ({a} B x in)", a * n_in, f"{linear.name}:drop")] \
+        + dropout_mask_saved(linear, ctx)
+
+
+def dropout_mask_saved(linear: LinearInfo, ctx: AdapterContext) -> list[Saved]:
+    """Dropout's mask, which autograd keeps only when the input requires grad: bool (1 B) from
+    CUDA's fused ``native_dropout``, in the adapters' dtype from the CPU kernel."""
+    if not ctx.input_requires_grad:
+        return []
+    mask = 1 if ctx.device == "cuda" else ctx.adapter_bytes
+    return [Saved(f"{linear.name}: dropout mask ({mask} B x in)", mask * linear.in_features, f"{linear.name}:mask")]
+
+
+def autocast_input_saved(linear: LinearInfo, ctx: AdapterContext) -> list[Saved]:
+    """Under autocast an adapter's first matmul keeps its own cast of its (fp32) input in the
+    autocast dtype: never shared, as a cast of a non-leaf tensor is not cached."""
+    c = ctx.autocast_bytes
+    return [Saved(f"{linear.name}: input cast by autocast ({c} B x in)", c * linear.in_features, f"{linear.name}:a_in")]
+
+
+def materialised_delta_saved(linear: LinearInfo, ctx: AdapterContext) -> int:
+    """``F.linear(x, ΔW)`` with a materialised out x in delta (LoHa, LoKr) keeps ΔW -- fp32, or
+    its cast under autocast -- only when x needs a gradient."""
+    return (ctx.autocast_bytes or 4) * linear.in_features * linear.out_features if ctx.input_requires_grad else 0
 
 
 def input_saved(linear: LinearInfo, ctx: AdapterContext) -> list[Saved]:
@@ -214,8 +233,17 @@ class Method:
 
     def autocast_approximation(self, spec: ModelSpec, knobs: dict[str, Any]) -> str:
         """Why this method's activations under autocast are not walked exactly here ("" when
-        they are: ``autocast_exact``, measured in tests/test_precision.py)."""
-        return "" if self.autocast_exact else f"{self.name}'s adapters under autocast have no measured walk yet"
+        they are: ``autocast_exact``, measured in tests/test_precision.py). A method whose
+        layers return fp32 there (``output_in_input_dtype``) is walked through the MLP and the
+        q/k norms (``out_bytes`` in :func:`..memory.blocks.walk_block`; attention casts q/k/v
+        back, the residual stream is fp32 anyway) but not through Phi-3's fused qkv_proj."""
+        if not self.autocast_exact:
+            return f"{self.name}'s adapters under autocast have no measured walk yet"
+        fused_qkv = any(lin.short_name == "qkv_proj" for lin in self.adapted_linears(spec, knobs))
+        if self.output_in_input_dtype and fused_qkv:
+            return (f"{self.name}'s fp32 outputs on qkv_proj under autocast are not walked yet (sdpa's casts of "
+                    "the fused q/k/v slices)")
+        return ""
 
     def loss_saved(self, spec: ModelSpec, knobs: dict[str, Any], settings) -> tuple[int, str]:
         """Bytes a loss term of the method's own saves beside the model's loss (AdaLoRA's
@@ -243,18 +271,6 @@ class Method:
         import peft
 
         return peft.get_peft_model(model, self.peft_config(spec, knobs))
-
-
-def fp32_outputs_kept(method: Method, spec: ModelSpec, knobs: dict[str, Any]) -> str:
-    """For a method whose adapted layers return fp32 under autocast (VeRA, OFT, LoHa, LoKr:
-    peft gives the output the input's dtype, ``output_in_input_dtype``): attention casts q/k/v
-    back, the residual stream is fp32 anyway, and the walk keeps the MLP's fp32 activation and
-    product and the q/k norms' fp32 inputs (``out_bytes`` in :func:`..memory.blocks.walk_block`);
-    Phi-3's fused qkv_proj in fp32 is not walked. Returns why, or ""."""
-    keeps = {"qkv_proj"}  # Phi-3's fused q/k/v in fp32: sdpa's casts of its slices are not walked
-    hit = sorted({lin.short_name for lin in method.adapted_linears(spec, knobs)} & keeps)
-    return (f"{method.name}'s fp32 outputs on {', '.join(hit)} under autocast are not walked yet (sdpa's casts of "
-            "the fused q/k/v slices)" if hit else "")
 
 
 def resolve_targets(spec: ModelSpec, targets: str) -> list[LinearInfo]:

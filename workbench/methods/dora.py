@@ -48,10 +48,10 @@ class DoraMethod(LoraMethod):
         and the (1 x out) magnitude/norm scale, fp32 (twice, as ``scale`` and ``scale - 1``,
         when x needs a gradient: only then does the base output's product keep ``scale - 1``),
         and -- for a 16-bit base -- the fp32 copy of the base weight (out x in) that the DoRA
-        branch multiplies x with, kept when x needs a gradient. Under autocast that copy is the linear's own cast of the base
-        weight (autocast caches only leaves that require grad, so it is not the base layer's),
-        made only where peft runs the base weight again (dropout on: the base output cannot be
-        reused), beside LoRA's cast copies of lora_A and lora_B."""
+        branch multiplies x with, kept when x needs a gradient. Under autocast that copy is the
+        linear's own cast of the base weight (autocast caches only leaves that require grad, so
+        it is not the base layer's), made only where peft runs the base weight again (dropout
+        on: the base output cannot be reused), beside LoRA's cast copies of lora_A and lora_B."""
         n_in, out = linear.in_features, linear.out_features
         norms = 4 * (3 if ctx.input_requires_grad else 2) * out
         if ctx.autocast_bytes:

@@ -7,13 +7,15 @@ from typing import Any
 
 from ..specs import LinearInfo, ModelSpec
 from .base import (
-    TARGETS_HELP, AdapterContext, Knob, Method, Saved, TensorGroup, fp32_outputs_kept, peft_targets,
+    TARGETS_HELP, AdapterContext, Knob, Method, Saved, TensorGroup, autocast_input_saved, input_saved,
+    materialised_delta_saved, peft_targets,
 )
 
 
 class LohaMethod(Method):
     name = "loha"
     output_in_input_dtype = True  # peft returns the input's dtype: fp32 under autocast
+    autocast_exact = True  # measured under bf16 autocast on CPU; not on Phi-3's fused qkv_proj (autocast_approximation)
     title = "LoHa"
     supports_quantization = False  # peft has no bitsandbytes LoHa layer
     summary = "Hadamard product of two low-rank updates: higher effective rank for the same parameters."
@@ -37,23 +39,17 @@ class LohaMethod(Method):
         """peft ``loha.Linear``: ``F.linear(x, ΔW)`` with the materialised delta; the matmul
         saves x (cast to the delta's fp32 when the model is not fp32; under autocast, its own
         cast to the autocast dtype)."""
-        a = ctx.adapter_bytes
         if ctx.autocast_bytes and ctx.input_bytes != ctx.autocast_bytes:
-            c = ctx.autocast_bytes
-            return [Saved(f"{linear.name}: input cast by autocast ({c} B x in)", c * linear.in_features,
-                          f"{linear.name}:a_in")]
+            return autocast_input_saved(linear, ctx)
         if ctx.autocast_bytes:  # already in the autocast dtype (o_proj, down_proj): peft passes it as is
             return [Saved(f"{linear.name}: input", ctx.input_bytes * linear.in_features, ctx.input_key)]
-        if ctx.input_bytes != a:
-            return [Saved(f"{linear.name}: input cast to fp32", a * linear.in_features, f"{linear.name}:cast")]
-        return [Saved(f"{linear.name}: input", a * linear.in_features, ctx.input_key)]
+        return input_saved(linear, ctx)
 
     def adapter_saved_constant(self, linear: LinearInfo, knobs: dict[str, Any], ctx: AdapterContext) -> int:
         """The matmul keeps the materialised ΔW (out x in, fp32; under autocast its cast) when x
         needs a gradient; peft's ``HadaWeight`` autograd function keeps only the four factors
         (parameters) and the scale (a 4-byte scalar), so nothing else is full size."""
-        delta = (ctx.autocast_bytes or 4) * linear.in_features * linear.out_features
-        return (delta if ctx.input_requires_grad else 0) + 4
+        return materialised_delta_saved(linear, ctx) + 4
 
     def adapter_backward_transient(self, linear: LinearInfo, knobs: dict[str, Any], ctx: AdapterContext) -> int:
         """Backward of ``F.linear(x, ΔW)`` gives the out x in gradient of ΔW; ``HadaWeight``
@@ -61,15 +57,8 @@ class LohaMethod(Method):
         peft layer at its mul, 5 fp32 matrices in fp32, 4 where the input is 16-bit or under
         autocast (ΔW's gradient arrives in 16-bit and is cast), less the saved ΔW that the
         matmul's backward has just released."""
-        n_in, out = linear.in_features, linear.out_features
         n = 5 if ctx.input_bytes == 4 and not ctx.autocast_bytes else 4
-        saved = (ctx.autocast_bytes or 4) * n_in * out if ctx.input_requires_grad else 0
-        return n * 4 * n_in * out - saved
-
-    def autocast_approximation(self, spec: ModelSpec, knobs: dict[str, Any]) -> str:
-        """peft's LoHa returns its layer's output in the input's dtype, fp32 under autocast: see
-        :func:`.base.fp32_outputs_kept`."""
-        return fp32_outputs_kept(self, spec, knobs)
+        return n * 4 * linear.in_features * linear.out_features - materialised_delta_saved(linear, ctx)
 
     def peft_config(self, spec: ModelSpec, knobs: dict[str, Any]):
         import peft

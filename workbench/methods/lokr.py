@@ -7,7 +7,8 @@ from typing import Any
 
 from ..specs import LinearInfo, ModelSpec
 from .base import (
-    TARGETS_HELP, AdapterContext, Knob, Method, Saved, TensorGroup, fp32_outputs_kept, peft_targets,
+    TARGETS_HELP, AdapterContext, Knob, Method, Saved, TensorGroup, autocast_input_saved, input_saved,
+    materialised_delta_saved, peft_targets,
 )
 
 
@@ -21,6 +22,7 @@ def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
 class LokrMethod(Method):
     name = "lokr"
     output_in_input_dtype = True  # peft returns the input's dtype: fp32 under autocast
+    autocast_exact = True  # measured under bf16 autocast on CPU; not on Phi-3's fused qkv_proj (autocast_approximation)
     title = "LoKr"
     supports_quantization = False  # peft has no bitsandbytes LoKr layer
     summary = "Kronecker product of two small factors: very few parameters for a full-rank update."
@@ -54,14 +56,9 @@ class LokrMethod(Method):
     def adapter_saved(self, linear: LinearInfo, knobs: dict[str, Any], ctx: AdapterContext) -> list[Saved]:
         """``F.linear(x, ΔW)`` with the materialised Kronecker delta saves x (fp32 cast when
         the model is not fp32; under autocast, its own cast to the autocast dtype)."""
-        a = ctx.adapter_bytes
         if ctx.autocast_bytes:  # peft casts x to the factors' fp32 first: a copy of its own every time
-            c = ctx.autocast_bytes
-            return [Saved(f"{linear.name}: input cast by autocast ({c} B x in)", c * linear.in_features,
-                          f"{linear.name}:a_in")]
-        if ctx.input_bytes != a:
-            return [Saved(f"{linear.name}: input cast to fp32", a * linear.in_features, f"{linear.name}:cast")]
-        return [Saved(f"{linear.name}: input", a * linear.in_features, ctx.input_key)]
+            return autocast_input_saved(linear, ctx)
+        return input_saved(linear, ctx)
 
     def adapter_saved_constant(self, linear: LinearInfo, knobs: dict[str, Any], ctx: AdapterContext) -> int:
         """ΔW = W1 ⊗ W2 (out x in, fp32) is saved by the matmul when x needs a gradient; the
@@ -69,7 +66,7 @@ class LokrMethod(Method):
         low-rank (a parameter otherwise). Under autocast these are in the autocast dtype, and
         the W2a·W2b matmul keeps its casts of both factors."""
         c = ctx.autocast_bytes or 4
-        delta = c * linear.in_features * linear.out_features if ctx.input_requires_grad else 0
+        delta = materialised_delta_saved(linear, ctx)
         shapes = dict(self._factors(linear, knobs))
         if "lokr_w2_a" not in shapes:
             return delta
@@ -80,14 +77,7 @@ class LokrMethod(Method):
         """The out x in gradient of ΔW, its scaled copy and the Kronecker backward's product
         with the other factor (fp32, measured at aten.sum on one peft layer: 3.0 x 4·in·out),
         less the saved ΔW that the matmul's backward has just released."""
-        n_in, out = linear.in_features, linear.out_features
-        saved = (ctx.autocast_bytes or 4) * n_in * out if ctx.input_requires_grad else 0
-        return 3 * 4 * n_in * out - saved
-
-    def autocast_approximation(self, spec: ModelSpec, knobs: dict[str, Any]) -> str:
-        """peft's LoKr returns its layer's output in the input's dtype, fp32 under autocast: see
-        :func:`.base.fp32_outputs_kept`."""
-        return fp32_outputs_kept(self, spec, knobs)
+        return 3 * 4 * linear.in_features * linear.out_features - materialised_delta_saved(linear, ctx)
 
     def peft_config(self, spec: ModelSpec, knobs: dict[str, Any]):
         import peft

@@ -7,7 +7,8 @@ from typing import Any
 
 from ..specs import LinearInfo, ModelSpec
 from .base import (
-    TARGETS_HELP, AdapterContext, Knob, Method, Saved, TensorGroup, dropout_saved, input_saved, peft_targets,
+    TARGETS_HELP, AdapterContext, Knob, Method, Saved, TensorGroup, autocast_input_saved, dropout_mask_saved,
+    dropout_saved, input_saved, peft_targets,
 )
 
 LORA_KNOBS = (
@@ -58,13 +59,9 @@ class LoraMethod(Method):
         lora_A then runs in the autocast dtype: it keeps its own c-byte copy of its input (never
         shared: a cast of a non-leaf tensor is not cached), and lora_B keeps the c-byte
         r-wide output of lora_A."""
-        c, a, name = ctx.autocast_bytes, ctx.adapter_bytes, linear.name
-        saved = [Saved(f"{name}: adapter input cast by autocast ({c} B x in)", c * linear.in_features, f"{name}:a_in")]
-        if knobs["dropout"] > 0 and ctx.input_requires_grad:
-            mask = 1 if ctx.device == "cuda" else a
-            saved.append(Saved(f"{name}: dropout mask ({mask} B x in)", mask * linear.in_features, f"{name}:mask"))
-        saved.append(Saved(f"{name}: lora_A output ({c} B x r)", c * knobs["rank"], f"{name}:a_out"))
-        return saved
+        c = ctx.autocast_bytes
+        return (autocast_input_saved(linear, ctx) + (dropout_mask_saved(linear, ctx) if knobs["dropout"] > 0 else [])
+                + [Saved(f"{linear.name}: lora_A output ({c} B x r)", c * knobs["rank"], f"{linear.name}:a_out")])
 
     def adapter_transient_per_token(self, linear: LinearInfo, knobs: dict[str, Any], ctx: AdapterContext) -> float:
         """peft's fp32 copy of a 16-bit ``x`` when nothing saves it (dropout saves only its mask

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..specs import LinearInfo, ModelSpec
 from .base import (
-    TARGETS_HELP, AdapterContext, Knob, Method, Saved, TensorGroup, fp32_outputs_kept, input_saved, peft_targets,
+    TARGETS_HELP, AdapterContext, Knob, Method, Saved, TensorGroup, autocast_input_saved, input_saved, peft_targets,
 )
 
 
@@ -61,11 +61,7 @@ class OftMethod(Method):
         """peft ``oft.Linear.forward`` rotates the input, x·Rᵀ block by block, before the
         frozen layer: the rotation saves x (fp32 cast when the model is not fp32); under
         autocast the block matmul keeps its own cast of x in the autocast dtype."""
-        if ctx.autocast_bytes:
-            c = ctx.autocast_bytes
-            return [Saved(f"{linear.name}: input cast by autocast ({c} B x in)", c * linear.in_features,
-                          f"{linear.name}:a_in")]
-        return input_saved(linear, ctx)
+        return autocast_input_saved(linear, ctx) if ctx.autocast_bytes else input_saved(linear, ctx)
 
     def adapter_saved_constant(self, linear: LinearInfo, knobs: dict[str, Any], ctx: AdapterContext) -> int:
         """The Cayley transform R = (I + Q)(I - Q)⁻¹ keeps four (blocks x b x b) fp32
@@ -76,11 +72,6 @@ class OftMethod(Method):
         if ctx.autocast_bytes:
             return (7 if ctx.input_requires_grad else 6) * ctx.autocast_bytes * blocks
         return 16 * blocks
-
-    def autocast_approximation(self, spec: ModelSpec, knobs: dict[str, Any]) -> str:
-        """peft's OFT returns its layer's output in the input's dtype, fp32 under autocast: see
-        :func:`.base.fp32_outputs_kept`."""
-        return fp32_outputs_kept(self, spec, knobs)
 
     def peft_config(self, spec: ModelSpec, knobs: dict[str, Any]):
         import peft

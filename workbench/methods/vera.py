@@ -7,7 +7,7 @@ from typing import Any
 
 from ..specs import LinearInfo, ModelSpec
 from .base import (
-    TARGETS_HELP, AdapterContext, Knob, Method, Saved, TensorGroup, fp32_outputs_kept, peft_targets,
+    TARGETS_HELP, AdapterContext, Knob, Method, Saved, TensorGroup, dropout_mask_saved, peft_targets,
 )
 
 
@@ -51,10 +51,7 @@ class VeraMethod(Method):
             Saved(f"{linear.name}: x·Aᵀ ({c} B x r) for lambda_d", c * r, f"{linear.name}:xa"),
             Saved(f"{linear.name}: λd·x·Aᵀ·Bᵀ ({c} B x out) for lambda_b", c * out, f"{linear.name}:b_out"),
         ]
-        if knobs["dropout"] > 0 and ctx.input_requires_grad:
-            mask = 1 if ctx.device == "cuda" else a
-            saved.append(Saved(f"{linear.name}: dropout mask", mask * linear.in_features, f"{linear.name}:mask"))
-        return saved
+        return saved + (dropout_mask_saved(linear, ctx) if knobs["dropout"] > 0 else [])
 
     def adapter_saved_constant(self, linear: LinearInfo, knobs: dict[str, Any], ctx: AdapterContext) -> int:
         """Under autocast the two linears keep their own casts of the frozen projections (A and
@@ -65,11 +62,6 @@ class VeraMethod(Method):
             return 0
         r = knobs["rank"]
         return ctx.autocast_bytes * r * (linear.out_features + (linear.in_features if ctx.input_requires_grad else 0))
-
-    def autocast_approximation(self, spec: ModelSpec, knobs: dict[str, Any]) -> str:
-        """peft's VeRA returns its layer's output in the input's dtype, fp32 under autocast (the
-        fp32 lambda_b promotes it): see :func:`.base.fp32_outputs_kept`."""
-        return fp32_outputs_kept(self, spec, knobs)
 
     def peft_config(self, spec: ModelSpec, knobs: dict[str, Any]):
         import peft
