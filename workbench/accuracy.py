@@ -16,6 +16,12 @@ RESULTS_FILE = REPO_DIR / "bench" / "results" / "planner_accuracy.json"
 DEVICE_NAMES = {"cpu": "CPU", "cuda": "GPU"}
 
 
+def plan_error_percent(predicted: int, measured: int) -> float | None:
+    """The plan's error as the planner-accuracy benchmark reports it, (predicted - measured) /
+    measured in percent: positive when the plan is over. ``None`` when nothing was measured."""
+    return (predicted - measured) / measured * 100 if measured else None
+
+
 def planner_accuracy(device: str, path: str | Path | None = None) -> str | None:
     """``"planner error on CPU (tiny/small configs, 2026-11-25): median 0.4%, 31/32 within ±5%,
     worst -7.9%"`` for ``device`` (``"cpu"`` or ``"cuda"``), or ``None`` when that device has

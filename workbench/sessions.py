@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .accuracy import plan_error_percent
 from .errors import WorkbenchError
 from .paths import REPO_DIR
 from .training.checkpoints import complete_checkpoints, final_adapter
@@ -324,7 +325,7 @@ def measured_vs_predicted(folder: Path, events: list[dict[str, Any]]):
     if not steps:
         return None, None, predicted, None
     measured = max(e["peak_bytes"] for e in steps)
-    error = round((predicted - measured) / measured * 100, 2) if predicted and measured else None
+    error = round(plan_error_percent(predicted, measured), 2) if predicted and measured else None
     return measured, steps[-1].get("quantity"), predicted, error
 
 

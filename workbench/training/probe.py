@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..accuracy import plan_error_percent
 from .events import EventWriter
 
 
@@ -54,7 +55,7 @@ class ProbeCheck:
         measured = record["peak_bytes"]
         fits = self.limit is None or measured <= self.limit
         self.result = {"step": record["step"], "measured_bytes": measured, "predicted_bytes": self.predicted,
-                       "plan_error_percent": round((self.predicted - measured) / measured * 100, 2) if measured else None,
+                       "plan_error_percent": round(plan_error_percent(self.predicted, measured), 2) if measured else None,
                        "limit_bytes": self.limit, "fits": fits, "quantity": record["quantity"]}
         self.events.emit("probe" if self.probing else "step_check", **self.result)
         if not fits:
@@ -71,12 +72,12 @@ class Setup:
         self.predicted_peak, self.limit = predicted_peak, limit
 
     def accuracy(self) -> dict:
-        """The run's plan error, (predicted - measured) / measured: its largest measured step peak against the plan of
-        the batches it ran (the same quantity)."""
+        """The run's plan error (:func:`..accuracy.plan_error_percent`): its largest measured
+        step peak against the plan of the batches it ran (the same quantity)."""
         measured = self.step_peaks.peak_bytes
         if not measured:
             return {}
-        error = (self.predicted_peak - measured) / measured * 100  # the benchmark's sign: + = plan over
+        error = plan_error_percent(self.predicted_peak, measured)  # the benchmark's sign: + = plan over
         return {"measured_peak_bytes": measured, "predicted_peak_bytes": self.predicted_peak,
                 "plan_error_percent": round(error, 2), "measured_quantity": self.step_peaks.records[-1]["quantity"]}
 

@@ -12,6 +12,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+from ..accuracy import plan_error_percent
 from ..charts import GIB, live_memory, training_curves
 from ..errors import WorkbenchError
 
@@ -93,7 +94,8 @@ def _run_view(session_id: str, folder: Path, s):
         limit = f"; memory limit {probe['limit_bytes'] / GIB:.2f} GiB {'✓ fits' if probe['fits'] else '✗ over'}" \
             if probe.get("limit_bytes") else ""
         lines.append(f"{what}: measured {probe['measured_bytes'] / GIB:.3f} GiB of {probe['quantity']} vs predicted "
-                     f"peak {probe['predicted_bytes'] / GIB:.3f} GiB (plan {_over(plan_error(probe['predicted_bytes'], probe['measured_bytes']))}){limit}")
+                     f"peak {probe['predicted_bytes'] / GIB:.3f} GiB (plan "
+                     f"{_over(plan_error_percent(probe['predicted_bytes'], probe['measured_bytes']))}){limit}")
     if s.predicted_peak_bytes and s.measured_peak_bytes:
         lines.append(f"Predicted peak {s.predicted_peak_bytes / GIB:.3f} GiB; measured step peak "
                      f"{s.measured_peak_bytes / GIB:.3f} GiB ({s.measured_peak_source}): the plan is "
@@ -105,11 +107,6 @@ def _run_view(session_id: str, folder: Path, s):
     if s.final_adapter:
         lines.append(f"adapter: `{s.final_adapter}`")
     return "  \n".join(lines), progress_line(session_id, s.state, events), live_memory(memory, plan, steps), training_curves(logs)
-
-
-def plan_error(predicted: int, measured: int) -> float | None:
-    """The planner-accuracy benchmark's error, (predicted - measured) / measured in percent."""
-    return (predicted - measured) / measured * 100 if measured else None
 
 
 def _over(error: float | None) -> str:
