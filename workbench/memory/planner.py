@@ -317,8 +317,8 @@ def plan(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, settings
     # freed by then, its gradients made.
     # Without checkpointing a materialised delta's backward (LoKr, LoHa) can outgrow the loss's.
     block_bwd = acts.block_backward_bytes
-    backward = (activations.bytes + max(logits.bytes - reg - logits_tensor + loss_bwd.bytes, recompute, block_bwd)
-                + comm_backward)
+    loss_part = logits.bytes - reg - logits_tensor + loss_bwd.bytes  # what the loss keeps while it is back-propagated
+    backward = activations.bytes + max(loss_part, recompute, block_bwd) + comm_backward
     if settings.grad_accum > 1:
         backward += grads.bytes
     elif early:
@@ -339,8 +339,7 @@ def plan(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, settings
              + (f" + the gradients {method.name}'s own loss term made first ({early:,} B; its saved tensors "
                 f"freed, {reg:,} B)" if early and settings.grad_accum == 1 else "")
              + (f"; here an adapter's backward ({block_bwd:,} B: its materialised delta's gradients, with the later "
-                "blocks' saved tensors freed) outgrows the loss's" if block_bwd > max(
-                    logits.bytes - reg - logits_tensor + loss_bwd.bytes, recompute) else "")),
+                "blocks' saved tensors freed) outgrows the loss's" if block_bwd > max(loss_part, recompute) else "")),
         Term("recompute", recompute, "one block's activations, recomputed under checkpointing"
              + (" (+ this GPU's share of the later blocks' gradients)" if distributed and recompute else "")),
         loss_bwd,
@@ -357,15 +356,14 @@ def plan(spec: ModelSpec, method: Method, knobs: dict[str, Any] | None, settings
              Term("buffers", overhead.bytes + comm, overhead.formula + (f"; the strategy's buffers {comm:,} B" if comm else ""))]
     if phase == "backward":
         parts.append(activations)
-        kept = logits.bytes - reg - logits_tensor + loss_bwd.bytes
-        if block_bwd > max(kept, recompute):
+        if block_bwd > max(loss_part, recompute):
             parts.append(Term("temporaries", block_bwd, "an adapter's backward: the gradients of its materialised "
                                                         "delta weight, beside the residual stream's gradient"))
-        elif recompute > kept:
+        elif recompute > loss_part:
             parts.append(Term("temporaries", recompute, "one checkpointed block recomputed (with the gradients after it)"))
         else:
-            parts.append(Term("logits", kept, "what the loss saved, and the loss backward's fp32 temporaries "
-                                              f"({loss_bwd.bytes:,} B); the Trainer freed the logits tensor itself"))
+            parts.append(Term("logits", loss_part, "what the loss saved, and the loss backward's fp32 temporaries "
+                                                   f"({loss_bwd.bytes:,} B); the Trainer freed the logits tensor itself"))
         if settings.grad_accum > 1:
             parts.append(Term("gradients", grads.bytes, "accumulated over the micro-batches"))
         elif early:
